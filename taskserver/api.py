@@ -1,0 +1,140 @@
+"""HTTP endpoints: the worker protocol and the JSON status. Thin: the store holds the rules.
+
+    GET  /api/claim?worker=W                 -> {"status": "task"|"wait"|"drained", ...}
+    POST /api/tasks/<id>/heartbeat           {"lease", "progress"}
+    POST /api/tasks/<id>/complete            {"lease", "result", "next": bool, "worker": W}
+    POST /api/tasks/<id>/fail                {"lease", "error", "permanent": bool}
+    POST /api/tasks/<id>/release             {"lease"}
+    GET  /api/tasks/<id>                     public view of one task (no password)
+    GET  /api/status                         counts per state, totals, workers
+"""
+from __future__ import annotations
+
+import logging
+import re
+import secrets
+
+from flask import Blueprint, current_app, jsonify, request
+
+from .errors import BadRequest, Unauthorized
+from .store import Store
+
+log = logging.getLogger("taskserver")
+bp = Blueprint("api", __name__, url_prefix="/api")
+WORKER_NAME = re.compile(r"^[\w.:@/+-]{1,200}$")
+
+
+def store() -> Store:
+    """The app's store."""
+    return current_app.extensions["taskserver.store"]
+
+
+@bp.before_request
+def check_token():
+    """Every API call needs the bearer token when one is configured."""
+    token = current_app.config["TASKSERVER"].token
+    if not token:
+        return
+    given = request.headers.get("Authorization", "")
+    if not (given.startswith("Bearer ") and secrets.compare_digest(given[7:].strip(), token)):
+        raise Unauthorized("missing or wrong bearer token (Authorization: Bearer <token>)")
+
+
+@bp.after_request
+def no_store(response):
+    """Claims carry credentials and every answer is live state: never cache."""
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/claim")
+def claim():
+    """Hand out one task with a lease, or 'ask again after N s', or the drained sentinel."""
+    worker = _worker(request.args.get("worker"))
+    answer = store().claim(worker)
+    if answer.status == "task":
+        log.info("task %s leased to %s (attempt %s)", answer.task["id"], worker, answer.task["attempt"])
+    response = jsonify(answer.to_dict())
+    if answer.status == "wait":
+        response.headers["Retry-After"] = str(max(1, round(answer.retry_after)))
+    return response
+
+
+@bp.post("/tasks/<int:task_id>/heartbeat")
+def heartbeat(task_id: int):
+    """Extend the lease; carries the worker's progress."""
+    body = _body()
+    progress = body.get("progress")
+    if progress is not None and not isinstance(progress, dict):
+        raise BadRequest("'progress' must be an object")
+    seconds = store().heartbeat(task_id, _lease(body), progress)
+    return jsonify({"ok": True, "lease_seconds": seconds})
+
+
+@bp.post("/tasks/<int:task_id>/complete")
+def complete(task_id: int):
+    """Record a finished task; with "next": true, the answer also carries the next claim."""
+    body = _body()
+    result = body.get("result", {})
+    if not isinstance(result, dict):
+        raise BadRequest("'result' must be an object")
+    store().complete(task_id, _lease(body), result)
+    log.info("task %s done: %s file(s), %s byte(s)", task_id, result.get("files"), result.get("bytes"))
+    answer = {"ok": True}
+    if body.get("next"):
+        answer["next"] = store().claim(_worker(body.get("worker"))).to_dict()
+    return jsonify(answer)
+
+
+@bp.post("/tasks/<int:task_id>/fail")
+def fail(task_id: int):
+    """Record a failed attempt: the task backs off and retries, or fails for good."""
+    body = _body()
+    error = body.get("error")
+    if not isinstance(error, str) or not error.strip():
+        raise BadRequest("'error' must be a non-empty string")
+    state = store().fail(task_id, _lease(body), error[:4000], bool(body.get("permanent")))
+    log.info("task %s attempt failed (%s): %s", task_id, state, error[:200])
+    return jsonify({"ok": True, "state": state})
+
+
+@bp.post("/tasks/<int:task_id>/release")
+def release(task_id: int):
+    """Give a task back unrun, e.g. when a worker host shuts down."""
+    store().release(task_id, _lease(_body()))
+    log.info("task %s released", task_id)
+    return jsonify({"ok": True})
+
+
+@bp.get("/tasks/<int:task_id>")
+def task(task_id: int):
+    """One task as anyone may see it: state, attempts, progress, result, errors."""
+    return jsonify(store().task(task_id))
+
+
+@bp.get("/status")
+def status():
+    """Counts per state, files and bytes done, workers seen, drained or not."""
+    return jsonify(store().status())
+
+
+def _body() -> dict:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("expected a JSON object body (Content-Type: application/json)")
+    return body
+
+
+def _lease(body: dict) -> str:
+    lease = body.get("lease")
+    if not isinstance(lease, str) or not lease:
+        raise BadRequest("'lease' (the lease id from the claim) is required")
+    return lease
+
+
+def _worker(name) -> str:
+    if name is None:
+        name = request.remote_addr or "unknown"
+    if not isinstance(name, str) or not WORKER_NAME.match(name):
+        raise BadRequest("'worker' must be 1-200 characters of letters, digits and . : @ / + - _")
+    return name

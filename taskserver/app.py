@@ -1,0 +1,74 @@
+"""The Flask application factory."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flask import Flask, jsonify, request
+from werkzeug.exceptions import HTTPException
+
+from .config import Config
+from .errors import ConfigError, TaskServerError
+from .sheet import load_sheet
+from .store import Policy, Store, open_store
+
+log = logging.getLogger("taskserver")
+
+
+def create_app(config: Config | None = None) -> Flask:
+    """Build the coordinator: open the store, load the configured sheet, register the views.
+
+    Settings come from `TASKSERVER_*` environment variables when no config is
+    given, which is how `flask --app taskserver run` configures it.
+    """
+    config = config or Config.from_env()
+    app = Flask(__name__)
+    app.config["TASKSERVER"] = config
+    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+    app.json.sort_keys = False
+    store = open_store(config.db, Policy(config.lease_seconds, config.max_attempts, config.backoff_base,
+                                         config.backoff_max, config.max_wait))
+    app.extensions["taskserver.store"] = store
+    load_tasks(store, config)
+
+    from . import api
+
+    app.register_blueprint(api.bp)
+
+    @app.errorhandler(TaskServerError)
+    def task_server_error(exc: TaskServerError):
+        return jsonify(exc.to_dict()), exc.status
+
+    @app.errorhandler(HTTPException)
+    def http_error(exc: HTTPException):
+        if not request.path.startswith("/api/"):
+            return exc
+        return jsonify({"error": exc.name, "message": exc.description}), exc.code
+
+    @app.get("/healthz")
+    def healthz():
+        return {"ok": True}
+
+    @app.get("/")
+    def index():
+        return jsonify({"service": "taskserver", "status": "/api/status"})
+
+    return app
+
+
+def load_tasks(store: Store, config: Config) -> None:
+    """Import the configured sheet at start; re-importing adds nothing twice.
+
+    A missing default `tasks.xlsx` is not an error (the database may already hold
+    the queue); a missing sheet that was asked for by name is.
+    """
+    if not config.tasks:
+        return
+    path = Path(config.tasks)
+    if not path.exists():
+        if config.tasks == Config.tasks:
+            log.warning("no %s in %s; serving the tasks already in %s", path, Path.cwd(), config.db)
+            return
+        raise ConfigError(f"task sheet {path} not found")
+    result = store.add(load_sheet(path))
+    log.info("%s: %d task(s) added, %d already queued", path, result.added, result.existing)

@@ -1,0 +1,135 @@
+"""The `taskserver` command: serve, import, status."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import secrets
+import sys
+
+from .config import Config
+from .errors import TaskServerError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one subcommand; errors print one clear message and exit non-zero."""
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        return args.func(args)
+    except TaskServerError as exc:
+        print(f"taskserver: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return EXIT_OK
+
+
+def parser() -> argparse.ArgumentParser:
+    """Options default to None so that TASKSERVER_* variables and Config defaults apply."""
+    p = argparse.ArgumentParser(prog="taskserver", description="Pull-based task coordinator.")
+    sub = p.add_subparsers(required=True, metavar="COMMAND")
+
+    serve = sub.add_parser("serve", help="serve the coordinator with waitress")
+    serve.add_argument("--tasks", help="sheet to load at start (default tasks.xlsx; '' for none)")
+    serve.add_argument("--db", help="SQLite file or sqlite:///path (default taskserver.db)")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
+    serve.add_argument("--token", help="bearer token for workers and admin calls")
+    serve.add_argument("--lease-seconds", type=float, help="lease length (default 60)")
+    serve.add_argument("--max-attempts", type=int, help="attempts per task (default 5)")
+    serve.add_argument("--backoff-base", type=float, help="first retry delay in seconds (default 10)")
+    serve.add_argument("--backoff-max", type=float, help="retry delay cap in seconds (default 600)")
+    serve.add_argument("--max-wait", type=float, help="longest 'ask again after' (default 5)")
+    serve.add_argument("--threads", type=int, help="waitress threads (default 8)")
+    serve.set_defaults(func=cmd_serve)
+
+    imp = sub.add_parser("import", help="add a sheet's rows to the database (all or nothing)")
+    imp.add_argument("sheet", help="the .xlsx file")
+    imp.add_argument("--db", help="SQLite file (default taskserver.db)")
+    imp.set_defaults(func=cmd_import)
+
+    status = sub.add_parser("status", help="show a running coordinator's progress")
+    status.add_argument("--url", default="http://127.0.0.1:8080", help="coordinator URL")
+    status.add_argument("--token", help="bearer token (default $TASKSERVER_TOKEN)")
+    status.add_argument("--json", action="store_true", help="print the raw JSON")
+    status.set_defaults(func=cmd_status)
+    return p
+
+
+def _config(args: argparse.Namespace, *names: str) -> Config:
+    return Config.from_env(**{n: getattr(args, n, None) for n in names})
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve with waitress; print the address (and a generated token) once."""
+    import waitress
+
+    from .app import create_app
+
+    config = _config(args, "tasks", "db", "host", "port", "token", "lease_seconds", "max_attempts",
+                     "backoff_base", "backoff_max", "max_wait", "threads")
+    if not config.loopback and not config.token:
+        token = secrets.token_urlsafe(24)
+        config = Config.from_env(**{**config.__dict__, "token": token})
+        print(f"taskserver: listening beyond loopback without a token; generated one (shown once):\n"
+              f"  {token}\npass it to workers with --token or TASKSERVER_TOKEN", file=sys.stderr, flush=True)
+    app = create_app(config)
+    server = waitress.create_server(app, host=config.host, port=config.port, threads=config.threads,
+                                    ident="taskserver", channel_timeout=120)
+    host = f"[{config.host}]" if ":" in config.host else config.host
+    print(f"taskserver listening on http://{host}:{server.effective_port}", flush=True)
+    try:
+        server.run()
+    finally:
+        server.close()
+        app.extensions["taskserver.store"].close()
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """Validate the whole sheet, then queue its rows in one transaction."""
+    from .sheet import load_sheet
+    from .store import Policy, open_store
+
+    config = _config(args, "db")
+    specs = load_sheet(args.sheet)
+    store = open_store(config.db, Policy())
+    try:
+        result = store.add(specs)
+    finally:
+        store.close()
+    print(f"{args.sheet}: {result.added} task(s) added, {result.existing} already in {config.db}")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Fetch /api/status and print it as a short table."""
+    import os
+
+    import requests
+
+    token = args.token or os.environ.get("TASKSERVER_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    try:
+        response = requests.get(args.url.rstrip("/") + "/api/status", headers=headers, timeout=10)
+    except requests.RequestException as exc:
+        print(f"taskserver: cannot reach {args.url}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    if response.status_code != 200:
+        print(f"taskserver: {args.url} answered {response.status_code}: {response.text[:300]}", file=sys.stderr)
+        return EXIT_ERROR
+    status = response.json()
+    if args.json:
+        print(json.dumps(status, indent=2))
+        return EXIT_OK
+    counts = status["counts"]
+    print("  ".join(f"{state} {n}" for state, n in counts.items()))
+    print(f"tasks {status['tasks']}  files {status['files']}  bytes {status['bytes']}"
+          f"  {'DRAINED' if status['drained'] else 'running'}")
+    for w in status["workers"]:
+        where = f"task {w['task']}" if w["task"] else "idle"
+        lost = "  LOST" if w["lost"] else ""
+        print(f"  {w['name']:<40} {where:<12} done {w['done']:<6} seen {w['last_seen_ago']}s ago{lost}")
+    return EXIT_OK

@@ -1,0 +1,76 @@
+"""Coordinator settings, defined once.
+
+Precedence: command-line options > `TASKSERVER_*` environment variables > the
+defaults below. `flask run` uses the environment only.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+from dataclasses import dataclass, fields, replace
+from typing import Mapping
+
+from .errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every coordinator setting, with its default."""
+
+    tasks: str | None = "tasks.xlsx"  # sheet loaded at start ("" for none); missing default file is fine
+    db: str = "taskserver.db"  # SQLite file path or sqlite:///path URL
+    host: str = "127.0.0.1"  # bind address for `taskserver serve`
+    port: int = 8080
+    token: str | None = None  # bearer token for workers and admin calls
+    lease_seconds: float = 60.0  # a claim's lease; workers heartbeat every third of it
+    max_attempts: int = 5  # attempts per task before it is failed
+    backoff_base: float = 10.0  # seconds before the first retry; doubles per attempt, with jitter
+    backoff_max: float = 600.0  # cap on the retry delay
+    max_wait: float = 5.0  # longest "ask again after" a worker is told while nothing is ready
+    threads: int = 8  # waitress worker threads
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Config:
+        """Defaults, then `TASKSERVER_<FIELD>` variables, then non-None overrides."""
+        environ = os.environ if environ is None else environ
+        values = {}
+        for f in fields(cls):
+            raw = environ.get(f"TASKSERVER_{f.name.upper()}")
+            if raw is not None:
+                values[f.name] = _convert(f.name, raw, f.type)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        config = replace(cls(), **values)
+        config.check()
+        return config
+
+    def check(self) -> None:
+        """Refuse contradictory settings at start rather than misbehave later."""
+        if self.lease_seconds <= 0:
+            raise ConfigError("lease_seconds must be positive")
+        if self.max_attempts < 1:
+            raise ConfigError("max_attempts must be at least 1")
+        if self.backoff_base < 0 or self.backoff_max < self.backoff_base:
+            raise ConfigError("backoff_base must be >= 0 and <= backoff_max")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"port {self.port} is out of range")
+
+    @property
+    def loopback(self) -> bool:
+        """Whether the bind address is reachable from this machine only."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+
+def _convert(name: str, raw: str, kind: str):
+    try:
+        if "float" in kind:
+            return float(raw)
+        if "int" in kind:
+            return int(raw)
+    except ValueError:
+        raise ConfigError(f"TASKSERVER_{name.upper()}={raw!r} is not a number") from None
+    return raw

@@ -1,0 +1,252 @@
+"""Task sheets: `tasks.xlsx` rows in, validated task specs out.
+
+The whole sheet is read and checked before anything is queued, and every
+problem is reported with file, sheet, row and column, so a bad sheet never
+leaves half an import behind.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import zipfile
+from datetime import date, datetime
+from pathlib import Path
+
+from .errors import SheetError, SheetProblem
+from .store.base import TaskSpec
+
+# Header names, normalised (lower case, no spaces or underscores), and the field each one fills.
+ALIASES = {
+    "server": "server", "nvr": "server", "host": "server", "address": "server",
+    "username": "username", "user": "username", "login": "username",
+    "password": "password", "pass": "password",
+    "cameras": "cameras", "camera": "cameras", "channels": "cameras", "tracks": "cameras",
+    "starttime": "starttime", "start": "starttime", "from": "starttime",
+    "endtime": "endtime", "end": "endtime", "to": "endtime",
+    "id": "id", "name": "name", "priority": "priority",
+}
+REQUIRED = ("server", "username", "password", "starttime", "endtime")
+# The header-less layout of sheets made for the original blog-post task server.
+HEADERLESS = ("username", "password", "server", "cameras", "starttime", "endtime")
+SERVER = re.compile(r"^(?:(https?)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(?::(\d{1,5}))?/?$")
+
+
+def load_sheet(path: str | Path) -> list[TaskSpec]:
+    """Read and validate a task sheet; raise SheetError listing every problem found."""
+    path = Path(path)
+    fname = path.name
+    if not path.is_file():
+        raise SheetError([SheetProblem(str(path), "file not found")])
+    try:
+        from openpyxl import load_workbook
+        from openpyxl.utils.exceptions import InvalidFileException
+
+        workbook = load_workbook(path, read_only=True, data_only=False)
+    except (InvalidFileException, zipfile.BadZipFile, KeyError, OSError, ValueError) as exc:
+        raise SheetError([SheetProblem(fname, f"not an Excel .xlsx workbook ({type(exc).__name__})")]) from None
+    try:
+        sheet = next((ws for ws in workbook.worksheets if ws.title.strip().lower() == "tasks"),
+                     workbook.worksheets[0])
+        return _read_rows(fname, sheet)
+    finally:
+        workbook.close()
+
+
+def _read_rows(fname: str, sheet) -> list[TaskSpec]:
+    problems: list[SheetProblem] = []
+
+    def problem(message: str, row: int | None = None, column: str | None = None) -> None:
+        problems.append(SheetProblem(fname, message, sheet.title, row, column))
+
+    rows = enumerate(sheet.iter_rows(), start=1)
+    first = next(rows, None)
+    if first is None:
+        raise SheetError([SheetProblem(fname, "the sheet is empty", sheet.title)])
+    columns = _columns(first[0], first[1], problem)
+    headerless = columns is None
+    if headerless:  # the first row is data too
+        columns = {i: HEADERLESS[i] for i in range(min(len(first[1]), len(HEADERLESS)))}
+        rows = _chain([first], rows)
+    elif any(field not in columns.values() for field in REQUIRED):
+        raise SheetError(problems)  # rows cannot be checked without their required columns
+
+    specs: list[TaskSpec] = []
+    seen: dict[str, int] = {}
+    for rownum, cells in rows:
+        values = {columns[i]: (i, cell) for i, cell in enumerate(cells) if i in columns}
+        if all(_blank(cell.value) for _, cell in values.values()):
+            continue
+        spec = _row_spec(fname, sheet.title, rownum, values, headerless, problem)
+        if spec is None:
+            continue
+        if spec.key in seen:
+            what = "id" if spec.key.startswith("id:") else "NVR, cameras and time range"
+            problem(f"same {what} as row {seen[spec.key]}: each task must appear once", rownum)
+            continue
+        seen[spec.key] = rownum
+        specs.append(spec)
+    if not specs and not problems:
+        problem("no task rows below the header")
+    if problems:
+        raise SheetError(problems)
+    return specs
+
+
+def _columns(rownum: int, header_row, problem) -> dict[int, str] | None:
+    """Map column index to field from the header row; None if the row is not a header."""
+    names = {}
+    unknown = []
+    for i, cell in enumerate(header_row):
+        text = cell.value
+        if _blank(text):
+            continue
+        key = re.sub(r"[\s_-]", "", str(text)).lower()
+        if key in ALIASES:
+            names[i] = ALIASES[key]
+        elif not str(text).strip().startswith("#"):
+            unknown.append((i, text))
+    if not names:
+        return None
+    columns: dict[int, str] = {}
+    for i, field in names.items():
+        if field in columns.values():
+            problem(f"two columns give {field!r}", rownum, _letter(i))
+        columns[i] = field
+    for i, text in unknown:
+        problem(f"unknown column {str(text)!r} (known: {', '.join(sorted(set(ALIASES.values())))};"
+                " start a header with # to keep a notes column)", rownum, _letter(i))
+    for field in REQUIRED:
+        if field not in columns.values():
+            problem(f"missing column {field!r}", rownum)
+    return columns
+
+
+def _row_spec(fname, title, rownum, cells, headerless, problem) -> TaskSpec | None:
+    """Validate one row; report its problems and return None if it has any."""
+    errors: list[tuple[str, str]] = []
+    values = {}
+    where_of = {field: f"{_letter(i)} ({field})" for field, (i, _) in cells.items()}
+    for field, (_, cell) in cells.items():
+        where = where_of[field]
+        if cell.data_type == "f" or (isinstance(cell.value, str) and cell.value.startswith("=")):
+            errors.append((where, f"formula cells are not read ({cell.value}); paste the values instead"))
+            continue
+        try:
+            values[field] = _PARSERS.get(field, _text)(cell.value)
+        except ValueError as exc:
+            errors.append((where, str(exc)))
+    for field in REQUIRED if not headerless else ("server", "username", "password"):
+        if values.get(field) is None and not any(w.endswith(f"({field})") for w, _ in errors):
+            errors.append((where_of.get(field, field), "empty; this column is required"))
+    start, end = values.get("starttime"), values.get("endtime")
+    if (start is None) != (end is None) and headerless:
+        errors.append(("starttime/endtime", "give both start and end time, or neither"))
+    if start is not None and end is not None and end <= start:
+        errors.append((where_of["endtime"], f"end time {end:%Y-%m-%d %H:%M:%S} is not after start time {start:%Y-%m-%d %H:%M:%S}"))
+    for column, message in errors:
+        problem(message, rownum, column)
+    if errors:
+        return None
+    cameras = values.get("cameras") or ()
+    start_s = start.isoformat(timespec="seconds") if start else None
+    end_s = end.isoformat(timespec="seconds") if end else None
+    if values.get("id"):
+        key = f"id:{values['id']}"
+    else:
+        identity = [values["server"], values["username"], sorted(cameras, key=int), start_s, end_s]
+        key = "row:" + hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
+    return TaskSpec(
+        key=key, server=values["server"], username=values["username"], password=values["password"],
+        cameras=tuple(cameras), start=start_s, end=end_s, name=values.get("name") or "",
+        priority=values.get("priority") or 0, source=f"{fname}, sheet {title!r}, row {rownum}",
+    )
+
+
+# --- cell parsers: each returns the value or None for a blank cell, raises ValueError with a clear message ---
+def _blank(value) -> bool:
+    return value is None or (isinstance(value, str) and not value.strip())
+
+
+def _text(value) -> str | None:
+    """Text cell; whole numbers are accepted (Excel stores a password 12345 as a number)."""
+    if _blank(value):
+        return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, (datetime, date)):
+        raise ValueError(f"expected text, found a date ({value})")
+    return str(value).strip()
+
+
+def _server(value) -> str | None:
+    text = _text(value)
+    if text is None:
+        return None
+    m = SERVER.match(text)
+    if not m or (m.group(4) and not 0 < int(m.group(4)) < 65536):
+        raise ValueError(f"{text!r} is not host[:port] (e.g. 192.168.1.64 or nvr.example.com:8000)")
+    scheme, host, port = m.group(1) or "http", m.group(2), m.group(4)
+    address = f"{host}:{port}" if port else host
+    return address if scheme == "http" else f"https://{address}"
+
+
+def _cameras(value) -> tuple[str, ...] | None:
+    text = _text(value)
+    if text is None:
+        return None
+    parts = [p for p in re.split(r"[,;\s]+", text) if p]
+    bad = [p for p in parts if not p.isdigit()]
+    if bad:
+        raise ValueError(f"camera {bad[0]!r} is not a channel number (e.g. 101,201; empty for all)")
+    return tuple(dict.fromkeys(str(int(p)) for p in parts))
+
+
+def _time(value) -> datetime | None:
+    if _blank(value):
+        return None
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, date):
+        parsed = datetime(value.year, value.month, value.day)
+    elif isinstance(value, (int, float)):
+        raise ValueError(f"{value!r} is a number, not a date-time: format the cell as a date")
+    else:
+        text = str(value).strip()
+        try:
+            parsed = datetime.fromisoformat(text.replace("z", "Z"))
+        except ValueError:
+            raise ValueError(f"{text!r} is not a date-time (use e.g. 2026-01-31 08:00)") from None
+    if parsed.tzinfo is not None:
+        if parsed.utcoffset().total_seconds() != 0:
+            raise ValueError(f"{value!r} has a time zone offset; give the NVR's local time without one")
+        parsed = parsed.replace(tzinfo=None)  # "Z": NVR firmwares mark local time that way
+    return parsed.replace(microsecond=0)
+
+
+def _priority(value) -> int | None:
+    if _blank(value):
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError(f"{value!r} is not a whole number")
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a whole number") from None
+    if not number.is_integer():
+        raise ValueError(f"{value!r} is not a whole number")
+    return int(number)
+
+
+_PARSERS = {"server": _server, "cameras": _cameras, "starttime": _time, "endtime": _time, "priority": _priority}
+
+
+def _letter(index: int) -> str:
+    from openpyxl.utils import get_column_letter
+
+    return get_column_letter(index + 1)
+
+
+def _chain(*iterables):
+    for it in iterables:
+        yield from it

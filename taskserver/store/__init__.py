@@ -1,0 +1,22 @@
+"""Durable task state behind one interface; `open_store` picks the back-end from a URL."""
+from __future__ import annotations
+
+from ..errors import ConfigError
+from .base import TERMINAL, TRANSITIONS, Claim, ImportResult, Policy, State, Store, TaskSpec
+
+__all__ = ["TERMINAL", "TRANSITIONS", "Claim", "ImportResult", "Policy", "State", "Store", "TaskSpec", "open_store"]
+
+
+def open_store(url: str, policy: Policy) -> Store:
+    """Open the store named by `url`: a file path or `sqlite:///path` (SQLite)."""
+    if url.startswith("sqlite:///"):
+        path = url[len("sqlite:///"):]
+    elif "://" in url:
+        raise ConfigError(f"unsupported database URL {url!r}: use a file path or sqlite:///path")
+    else:
+        path = url
+    if not path:
+        raise ConfigError("database path is empty")
+    from .sqlite import SQLiteStore
+
+    return SQLiteStore(path, policy)

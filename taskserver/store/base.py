@@ -1,0 +1,152 @@
+"""The store interface: task states, their transitions, and what every store provides.
+
+A store owns the protocol's rules (leases, fencing, attempts, backoff), each
+applied inside one transaction, so the HTTP views stay thin and a second store
+(PostgreSQL) implements the same behaviour behind the same methods.
+"""
+from __future__ import annotations
+
+import enum
+import random
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+
+class State(str, enum.Enum):
+    """A task's state, stored as text."""
+
+    QUEUED = "queued"
+    LEASED = "leased"
+    WAITING = "waiting"  # failed an attempt; ready again after its backoff
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({State.DONE, State.FAILED, State.CANCELLED})
+
+# Every allowed transition, by the event that causes it. Stores implement each as
+# one guarded UPDATE; the table is the reference for README and tests.
+TRANSITIONS: dict[str, tuple[frozenset[State], tuple[State, ...]]] = {
+    "claim": (frozenset({State.QUEUED}), (State.LEASED,)),
+    "ready": (frozenset({State.WAITING}), (State.QUEUED,)),
+    "complete": (frozenset({State.LEASED}), (State.DONE,)),
+    "fail": (frozenset({State.LEASED}), (State.WAITING, State.FAILED)),
+    "expire": (frozenset({State.LEASED}), (State.QUEUED, State.FAILED)),
+    "release": (frozenset({State.LEASED}), (State.QUEUED,)),
+    "cancel": (frozenset({State.QUEUED, State.WAITING, State.LEASED}), (State.CANCELLED,)),
+    "requeue": (frozenset({State.FAILED, State.CANCELLED}), (State.QUEUED,)),
+}
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task as defined by a sheet row: what to download, from where."""
+
+    key: str  # stable identity: re-importing the same row adds nothing
+    server: str
+    username: str
+    password: str
+    cameras: tuple[str, ...]  # empty: every channel of the NVR
+    start: str | None  # NVR-local ISO time "YYYY-MM-DDTHH:MM:SS"; None with end None: all recordings
+    end: str | None
+    name: str = ""
+    priority: int = 0
+    source: str = ""  # "file, sheet, row N" for messages and the report
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The store's protocol parameters, taken from Config."""
+
+    lease_seconds: float = 60.0
+    max_attempts: int = 5
+    backoff_base: float = 10.0
+    backoff_max: float = 600.0
+    max_wait: float = 5.0
+
+    def backoff(self, attempts: int) -> float:
+        """Delay before retry number `attempts`: exponential, capped, with jitter.
+
+        Jitter keeps many tasks that failed together (an NVR reboot) from all
+        coming back at the same instant.
+        """
+        delay = min(self.backoff_max, self.backoff_base * 2 ** max(0, attempts - 1))
+        return delay * random.uniform(0.5, 1.0)
+
+
+@dataclass
+class Claim:
+    """A claim's answer: a task with its lease, 'ask again later', or the drained sentinel."""
+
+    status: str  # "task" | "wait" | "drained"
+    task: dict | None = None
+    lease: dict | None = None
+    retry_after: float | None = None
+
+    def to_dict(self) -> dict:
+        """The JSON body sent to the worker."""
+        body: dict = {"status": self.status}
+        if self.status == "task":
+            body.update(task=self.task, lease=self.lease)
+        elif self.status == "wait":
+            body["retry_after"] = self.retry_after
+        return body
+
+
+@dataclass
+class ImportResult:
+    """What an import did."""
+
+    added: int = 0
+    existing: int = 0
+    ids: list[int] = field(default_factory=list)
+
+
+class Store(ABC):
+    """Durable task state. Every method is one transaction, committed before it returns."""
+
+    def __init__(self, policy: Policy):
+        self.policy = policy
+
+    @abstractmethod
+    def add(self, specs: list[TaskSpec]) -> ImportResult:
+        """Queue new tasks atomically; specs whose key is already stored are counted, not added."""
+
+    @abstractmethod
+    def claim(self, worker: str) -> Claim:
+        """Lease the next ready task to `worker`, or say when to ask again, or that all is done."""
+
+    @abstractmethod
+    def heartbeat(self, task_id: int, lease_id: str, progress: dict | None) -> float:
+        """Extend a current lease and record progress; return the lease's seconds left.
+
+        Raises LeaseLost if the lease is not the task's current one.
+        """
+
+    @abstractmethod
+    def complete(self, task_id: int, lease_id: str, result: dict) -> None:
+        """Mark a leased task done with its result; a repeat with the same lease is harmless."""
+
+    @abstractmethod
+    def fail(self, task_id: int, lease_id: str, error: str, permanent: bool = False) -> str:
+        """Record a failed attempt; back off and retry, or fail the task. Returns the new state."""
+
+    @abstractmethod
+    def release(self, task_id: int, lease_id: str) -> None:
+        """Give a leased task back unrun (graceful shutdown): queued, no attempt charged."""
+
+    @abstractmethod
+    def task(self, task_id: int) -> dict:
+        """Public view of one task (never its password). Raises TaskNotFound."""
+
+    @abstractmethod
+    def status(self) -> dict:
+        """Counts per state, totals, workers seen, and whether the queue is drained."""
+
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,390 @@
+"""The embedded store: one SQLite file in WAL mode. All SQL for it lives here.
+
+Each thread gets its own connection in autocommit mode; every state change runs
+in an explicit `BEGIN IMMEDIATE` transaction (so two claims can never pick the
+same row) and is committed, with synchronous=FULL, before the method returns.
+"""
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from ..errors import ConfigError, LeaseLost, TaskNotFound
+from .base import Claim, ImportResult, Policy, State, Store, TaskSpec
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS tasks (
+    id INTEGER PRIMARY KEY,
+    key TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL DEFAULT '',
+    server TEXT NOT NULL,
+    username TEXT NOT NULL,
+    password TEXT NOT NULL,
+    cameras TEXT NOT NULL DEFAULT '',
+    start TEXT,
+    end TEXT,
+    priority INTEGER NOT NULL DEFAULT 0,
+    source TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL DEFAULT 'queued',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    ready_at REAL NOT NULL DEFAULT 0,
+    lease_id TEXT,
+    lease_expires REAL,
+    worker TEXT,
+    progress TEXT,
+    result TEXT,
+    files INTEGER,
+    bytes INTEGER,
+    last_error TEXT,
+    created REAL NOT NULL,
+    started REAL,
+    finished REAL
+);
+CREATE INDEX IF NOT EXISTS tasks_next ON tasks (state, priority DESC, id);
+CREATE INDEX IF NOT EXISTS tasks_leases ON tasks (state, lease_expires);
+CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (state, ready_at);
+CREATE TABLE IF NOT EXISTS attempts (
+    id INTEGER PRIMARY KEY,
+    task_id INTEGER NOT NULL REFERENCES tasks (id),
+    lease_id TEXT NOT NULL UNIQUE,
+    worker TEXT NOT NULL,
+    started REAL NOT NULL,
+    ended REAL,
+    outcome TEXT,
+    error TEXT
+);
+CREATE INDEX IF NOT EXISTS attempts_task ON attempts (task_id);
+CREATE TABLE IF NOT EXISTS workers (
+    name TEXT PRIMARY KEY,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    task_id INTEGER,
+    done INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0
+);
+"""
+
+ACTIVE = (State.QUEUED.value, State.LEASED.value, State.WAITING.value)
+
+
+class SQLiteStore(Store):
+    """Task state in one SQLite file; safe for many threads and several processes."""
+
+    def __init__(self, path: str | Path, policy: Policy):
+        super().__init__(policy)
+        self.path = str(path)
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
+        with self._write() as db:
+            version = db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ConfigError(
+                    f"{self.path} was written by a newer taskserver (schema {version}, this one knows "
+                    f"{SCHEMA_VERSION}); upgrade taskserver"
+                )
+            # executescript() would commit mid-transaction, so run statements one by one.
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    # --- connections and transactions ---------------------------------------------
+    def _db(self) -> sqlite3.Connection:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            try:
+                db = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=False)
+            except sqlite3.OperationalError as exc:
+                raise ConfigError(f"cannot open database {self.path}: {exc}") from None
+            db.row_factory = sqlite3.Row
+            db.execute("PRAGMA journal_mode = WAL")
+            db.execute("PRAGMA synchronous = FULL")
+            db.execute("PRAGMA foreign_keys = ON")
+            self._local.db = db
+            with self._lock:
+                self._all.append(db)
+        return db
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction: committed on success, rolled back on any error."""
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            for db in self._all:
+                try:
+                    db.close()
+                except sqlite3.ProgrammingError:
+                    pass  # closed from another thread already
+            self._all.clear()
+        self._local = threading.local()
+
+    # --- import ------------------------------------------------------------------
+    def add(self, specs: list[TaskSpec]) -> ImportResult:
+        result = ImportResult()
+        now = time.time()
+        with self._write() as db:
+            for spec in specs:
+                cur = db.execute(
+                    "INSERT INTO tasks (key, name, server, username, password, cameras, start, end, priority,"
+                    " source, created) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (key) DO NOTHING",
+                    (spec.key, spec.name, spec.server, spec.username, spec.password, ",".join(spec.cameras),
+                     spec.start, spec.end, spec.priority, spec.source, now),
+                )
+                if cur.rowcount:
+                    result.added += 1
+                    result.ids.append(cur.lastrowid)
+                else:
+                    result.existing += 1
+        return result
+
+    # --- the worker protocol -------------------------------------------------------
+    def claim(self, worker: str) -> Claim:
+        now = time.time()
+        lease_id = secrets.token_hex(16)
+        with self._write() as db:
+            self._expire(db, now)
+            row = db.execute(
+                "SELECT id FROM tasks WHERE state = 'queued' ORDER BY priority DESC, id LIMIT 1"
+            ).fetchone()
+            if row is None:
+                self._seen(db, worker, now, None)
+                return self._nothing_ready(db, now)
+            expires = now + self.policy.lease_seconds
+            db.execute(
+                "UPDATE tasks SET state = 'leased', lease_id = ?, lease_expires = ?, worker = ?,"
+                " attempts = attempts + 1, started = coalesce(started, ?) WHERE id = ? AND state = 'queued'",
+                (lease_id, expires, worker, now, row["id"]),
+            )
+            task = db.execute("SELECT * FROM tasks WHERE id = ?", (row["id"],)).fetchone()
+            db.execute(
+                "INSERT INTO attempts (task_id, lease_id, worker, started) VALUES (?,?,?,?)",
+                (task["id"], lease_id, worker, now),
+            )
+            self._seen(db, worker, now, task["id"])
+        return Claim(
+            "task",
+            task={
+                "id": task["id"], "key": task["key"], "name": task["name"], "server": task["server"],
+                "username": task["username"], "password": task["password"],
+                "cameras": [c for c in task["cameras"].split(",") if c],
+                "start": task["start"], "end": task["end"], "attempt": task["attempts"],
+                "max_attempts": self.policy.max_attempts,
+            },
+            lease={"id": lease_id, "seconds": self.policy.lease_seconds},
+        )
+
+    def _nothing_ready(self, db: sqlite3.Connection, now: float) -> Claim:
+        row = db.execute(
+            "SELECT (SELECT min(ready_at) FROM tasks WHERE state = 'waiting') AS ready,"
+            " (SELECT min(lease_expires) FROM tasks WHERE state = 'leased') AS expires"
+        ).fetchone()
+        if row["ready"] is None and row["expires"] is None:
+            return Claim("drained")
+        # Leased work may finish or come back at any moment; never tell a worker to
+        # wait longer than max_wait, nor to hammer the coordinator.
+        soonest = min(t for t in (row["ready"], row["expires"]) if t is not None)
+        return Claim("wait", retry_after=round(min(self.policy.max_wait, max(0.1, soonest - now)), 2))
+
+    def heartbeat(self, task_id: int, lease_id: str, progress: dict | None) -> float:
+        now = time.time()
+        expires = now + self.policy.lease_seconds
+        with self._write() as db:
+            self._expire(db, now)
+            cur = db.execute(
+                "UPDATE tasks SET lease_expires = ?, progress = coalesce(?, progress)"
+                " WHERE id = ? AND lease_id = ? AND state = 'leased'",
+                (expires, _json(progress), task_id, lease_id),
+            )
+            lost = None if cur.rowcount else self._current_state(db, task_id)
+            if lost is None:
+                db.execute("UPDATE workers SET last_seen = ? WHERE task_id = ?", (now, task_id))
+        if lost is not None:
+            raise LeaseLost(task_id, lost)
+        return self.policy.lease_seconds
+
+    def complete(self, task_id: int, lease_id: str, result: dict) -> None:
+        now = time.time()
+        with self._write() as db:
+            self._expire(db, now)
+            cur = db.execute(
+                "UPDATE tasks SET state = 'done', result = ?, files = ?, bytes = ?, finished = ?,"
+                " lease_expires = NULL, last_error = NULL WHERE id = ? AND lease_id = ? AND state = 'leased'",
+                (_json(result), _int(result.get("files")), _int(result.get("bytes")), now, task_id, lease_id),
+            )
+            if cur.rowcount:
+                self._end_attempt(db, lease_id, now, "done", None, done=1)
+                return
+            state = self._current_state(db, task_id)
+            repeat = db.execute(
+                "SELECT 1 FROM tasks WHERE id = ? AND lease_id = ? AND state = 'done'", (task_id, lease_id)
+            ).fetchone()
+        if repeat is None:
+            raise LeaseLost(task_id, state)
+
+    def fail(self, task_id: int, lease_id: str, error: str, permanent: bool = False) -> str:
+        now = time.time()
+        with self._write() as db:
+            self._expire(db, now)
+            row = db.execute(
+                "SELECT attempts FROM tasks WHERE id = ? AND lease_id = ? AND state = 'leased'", (task_id, lease_id)
+            ).fetchone()
+            if row is not None:
+                give_up = permanent or row["attempts"] >= self.policy.max_attempts
+                state = State.FAILED if give_up else State.WAITING
+                ready = now if give_up else now + self.policy.backoff(row["attempts"])
+                db.execute(
+                    "UPDATE tasks SET state = ?, last_error = ?, ready_at = ?, lease_expires = NULL,"
+                    " finished = CASE WHEN ? THEN ? ELSE finished END WHERE id = ? AND lease_id = ?",
+                    (state.value, error, ready, give_up, now, task_id, lease_id),
+                )
+                self._end_attempt(db, lease_id, now, "failed", error, failed=1)
+                return state.value
+            current = self._current_state(db, task_id)
+            repeat = db.execute(
+                "SELECT state FROM tasks WHERE id = ? AND lease_id = ? AND state IN ('waiting', 'failed')",
+                (task_id, lease_id),
+            ).fetchone()
+        if repeat is None:
+            raise LeaseLost(task_id, current)
+        return repeat["state"]
+
+    def release(self, task_id: int, lease_id: str) -> None:
+        now = time.time()
+        with self._write() as db:
+            cur = db.execute(
+                "UPDATE tasks SET state = 'queued', attempts = attempts - 1, lease_id = NULL,"
+                " lease_expires = NULL, worker = NULL WHERE id = ? AND lease_id = ? AND state = 'leased'",
+                (task_id, lease_id),
+            )
+            if cur.rowcount:
+                self._end_attempt(db, lease_id, now, "released", None)
+                return
+            state = self._current_state(db, task_id)
+        raise LeaseLost(task_id, state)
+
+    # --- helpers inside a transaction ----------------------------------------------
+    def _expire(self, db: sqlite3.Connection, now: float) -> None:
+        """Re-queue (or fail) tasks whose lease ran out; make backed-off tasks ready."""
+        for row in db.execute(
+            "SELECT id, attempts, worker, lease_id FROM tasks WHERE state = 'leased' AND lease_expires < ?", (now,)
+        ).fetchall():
+            error = f"lease expired: worker {row['worker']} stopped reporting"
+            give_up = row["attempts"] >= self.policy.max_attempts
+            db.execute(
+                "UPDATE tasks SET state = ?, last_error = ?, lease_id = NULL, lease_expires = NULL, worker = NULL,"
+                " finished = CASE WHEN ? THEN ? ELSE finished END WHERE id = ? AND state = 'leased'",
+                (State.FAILED.value if give_up else State.QUEUED.value, error, give_up, now, row["id"]),
+            )
+            self._end_attempt(db, row["lease_id"], now, "expired", error)
+        db.execute("UPDATE tasks SET state = 'queued' WHERE state = 'waiting' AND ready_at <= ?", (now,))
+
+    def _end_attempt(self, db, lease_id: str, now: float, outcome: str, error: str | None,
+                     done: int = 0, failed: int = 0) -> None:
+        db.execute(
+            "UPDATE attempts SET ended = ?, outcome = ?, error = ? WHERE lease_id = ?",
+            (now, outcome, error, lease_id),
+        )
+        db.execute(
+            "UPDATE workers SET last_seen = ?, task_id = NULL, done = done + ?, failed = failed + ?"
+            " WHERE name = (SELECT worker FROM attempts WHERE lease_id = ?)",
+            (now, done, failed, lease_id),
+        )
+
+    def _seen(self, db, worker: str, now: float, task_id: int | None) -> None:
+        db.execute(
+            "INSERT INTO workers (name, first_seen, last_seen, task_id) VALUES (?,?,?,?)"
+            " ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen, task_id = excluded.task_id",
+            (worker, now, now, task_id),
+        )
+
+    def _current_state(self, db, task_id: int) -> str:
+        row = db.execute("SELECT state FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise TaskNotFound(task_id)
+        return row["state"]
+
+    # --- reading -----------------------------------------------------------------
+    def task(self, task_id: int) -> dict:
+        db = self._db()
+        row = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if row is None:
+            raise TaskNotFound(task_id)
+        view = _public(row, time.time())
+        view["attempt_log"] = [
+            dict(a) for a in db.execute(
+                "SELECT worker, started, ended, outcome, error FROM attempts WHERE task_id = ? ORDER BY id",
+                (task_id,),
+            )
+        ]
+        return view
+
+    def status(self) -> dict:
+        now = time.time()
+        db = self._db()
+        if db.execute(
+            "SELECT 1 FROM tasks WHERE (state = 'leased' AND lease_expires < ?) OR (state = 'waiting' AND"
+            " ready_at <= ?) LIMIT 1", (now, now),
+        ).fetchone():
+            with self._write() as wdb:
+                self._expire(wdb, now)
+        counts = {s.value: 0 for s in State}
+        for row in db.execute("SELECT state, count(*) AS n FROM tasks GROUP BY state"):
+            counts[row["state"]] = row["n"]
+        totals = db.execute(
+            "SELECT count(*) AS tasks, coalesce(sum(files), 0) AS files, coalesce(sum(bytes), 0) AS bytes FROM tasks"
+        ).fetchone()
+        lost_after = 2 * self.policy.lease_seconds
+        workers = [
+            {"name": w["name"], "task": w["task_id"], "done": w["done"], "failed": w["failed"],
+             "last_seen_ago": round(now - w["last_seen"], 1), "lost": now - w["last_seen"] > lost_after}
+            for w in db.execute("SELECT * FROM workers ORDER BY name")
+        ]
+        return {
+            "counts": counts,
+            "tasks": totals["tasks"],
+            "files": totals["files"],
+            "bytes": totals["bytes"],
+            "drained": not any(counts[s] for s in ACTIVE),
+            "workers": workers,
+        }
+
+
+def _public(row: sqlite3.Row, now: float) -> dict:
+    """A task as anyone but its worker may see it: everything except the password."""
+    return {
+        "id": row["id"], "key": row["key"], "name": row["name"], "server": row["server"],
+        "username": row["username"], "cameras": [c for c in row["cameras"].split(",") if c],
+        "start": row["start"], "end": row["end"], "priority": row["priority"], "source": row["source"],
+        "state": row["state"], "attempts": row["attempts"], "worker": row["worker"],
+        "lease_expires_in": round(row["lease_expires"] - now, 1) if row["lease_expires"] else None,
+        "progress": json.loads(row["progress"]) if row["progress"] else None,
+        "result": json.loads(row["result"]) if row["result"] else None,
+        "last_error": row["last_error"], "created": row["created"], "started": row["started"],
+        "finished": row["finished"],
+    }
+
+
+def _json(value) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"))
+
+
+def _int(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
