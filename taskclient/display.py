@@ -1,0 +1,99 @@
+"""What a worker host shows: a live line per worker on a terminal, event lines otherwise, a summary."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+
+
+class Display:
+    """Collects worker events and renders them; the pool feeds it."""
+
+    def __init__(self, workers: int, downloads: str, stream=None):
+        self.stream = stream or sys.stdout
+        self.live = self.stream.isatty()
+        self.downloads = downloads
+        self.started = time.monotonic()
+        self.lines: dict[int, str] = {i: "starting" for i in range(workers)}
+        self.labels: dict[int, str] = {}
+        self.done = self.failed = self.files = self.bytes = 0
+        self.drawn = 0
+        self.last_draw = 0.0
+        self.formatter = logging.Formatter("%(levelname)s %(name)s: %(message)s")
+
+    def handle(self, kind: str, index: int, data: dict) -> None:
+        """One event from worker `index`."""
+        if kind == "start":
+            self.labels[index] = data["label"]
+            self.lines[index] = f"{data['label']} (attempt {data['attempt']}) starting"
+            self._event(f"w{index} started {data['label']} (attempt {data['attempt']})")
+        elif kind == "progress":
+            total = data.get("total")
+            count = f"{data.get('done', 0)}/{total}" if total is not None else "listing"
+            mb = data.get("bytes", 0) / 1e6
+            self.lines[index] = (f"{self.labels.get(index, '?')}  recordings {count}  {mb:.1f} MB"
+                                 f"  {data.get('rate', 0) / 1e6:.1f} MB/s")
+        elif kind == "done":
+            self.done += 1
+            self.files += data.get("files", 0)
+            self.bytes += data.get("bytes", 0)
+            self.lines[index] = f"done {self.labels.get(index, '')}"
+            self._event(f"w{index} done {self.labels.get(index, '')}: {data.get('files', 0)} file(s),"
+                        f" {data.get('bytes', 0) / 1e6:.1f} MB")
+        elif kind == "failed":
+            self.failed += data["state"] == "failed"
+            self.lines[index] = f"attempt failed: {self.labels.get(index, '')}"
+            self._event(f"w{index} attempt failed ({data['state']}) {self.labels.get(index, '')}: {data['error']}")
+        elif kind in ("lost", "released"):
+            self.lines[index] = f"{kind} {self.labels.get(index, '')}"
+            self._event(f"w{index} {kind} task {data['task']}")
+        elif kind == "idle":
+            self.lines[index] = f"waiting for work (asking again within {data['retry_after']} s)"
+        elif kind == "drained":
+            self.lines[index] = "queue drained"
+        elif kind == "died":
+            self.lines[index] = "died; replaced"
+
+    def refresh(self) -> None:
+        """Redraw the live lines, at most a few times per second."""
+        if not self.live or time.monotonic() - self.last_draw < 0.5:
+            return
+        self.last_draw = time.monotonic()
+        out = [f"\x1b[{self.drawn}F"] if self.drawn else []
+        for index in sorted(self.lines):
+            out.append(f"\x1b[2Kw{index}: {self.lines[index]}"[:200] + "\n")
+        self.drawn = len(self.lines)
+        self.stream.write("".join(out))
+        self.stream.flush()
+
+    def log(self, record: logging.LogRecord) -> None:
+        """A log record from a worker process."""
+        self._event(self.formatter.format(record), err=True)
+
+    def note(self, text: str) -> None:
+        """A message from the pool itself."""
+        self._event(f"taskclient: {text}", err=True)
+
+    def summary(self) -> None:
+        """The closing summary."""
+        self.refresh_final()
+        elapsed = time.monotonic() - self.started
+        self.stream.write(
+            f"taskclient: {self.done} task(s) done, {self.failed} failed for good on this host;"
+            f" {self.files} file(s), {self.bytes / 1e6:.1f} MB in {elapsed:.1f} s; files under {self.downloads}\n"
+        )
+        self.stream.flush()
+
+    def refresh_final(self) -> None:
+        if self.live:
+            self.last_draw = 0.0
+            self.refresh()
+
+    def _event(self, text: str, err: bool = False) -> None:
+        stream = sys.stderr if err else self.stream
+        if self.live and self.drawn:
+            self.stream.write(f"\x1b[{self.drawn}F\x1b[J")  # clear the live block, print, redraw below
+            self.drawn = 0
+            self.last_draw = 0.0
+        stream.write(text + "\n")
+        stream.flush()
