@@ -1,0 +1,200 @@
+"""Real processes on loopback for the tests: the simulator, the coordinator, worker hosts.
+
+Each process writes to its own log file under the test's tmp_path; a process is
+ready when its log shows its address. Every process is killed at teardown.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import requests
+from openpyxl import Workbook
+
+from nvrsim import Catalogue
+
+PYTHON = sys.executable
+SIM_PASSWORD = "S1m-Secret-pw"
+
+
+def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):
+    """Poll `predicate` until it returns something truthy; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Proc:
+    """A started process and its log."""
+
+    popen: subprocess.Popen
+    log: Path
+    url: str | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait(self, timeout: float = 60.0) -> int:
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"process did not exit within {timeout} s; log:\n{self.output()[-3000:]}") from None
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.popen.poll() is None:
+            os.kill(self.popen.pid, sig)
+
+
+@dataclass
+class Processes:
+    """Starts processes for one test and kills them all at the end."""
+
+    tmp: Path
+    started: list[Proc] = field(default_factory=list)
+
+    def start(self, name: str, argv: list[str], ready: str | None = None, env: dict | None = None,
+              timeout: float = 30.0) -> Proc:
+        log = self.tmp / f"{name}.log"
+        n = 1
+        while log.exists():
+            n += 1
+            log = self.tmp / f"{name}-{n}.log"
+        handle = open(log, "wb")
+        popen = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+                                 cwd=self.tmp, start_new_session=True)
+        handle.close()
+        proc = Proc(popen, log)
+        self.started.append(proc)
+        if ready:
+            def address():
+                match = re.search(ready, proc.output())
+                if match is None and popen.poll() is not None:
+                    raise AssertionError(f"{name} exited with {popen.returncode}:\n{proc.output()[-3000:]}")
+                return match
+            proc.url = wait_for(address, timeout, what=f"{name} to start").group(1)
+        return proc
+
+    def cleanup(self) -> None:
+        for proc in self.started:
+            if proc.popen.poll() is None:
+                try:
+                    os.killpg(proc.popen.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.popen.wait(10)
+
+
+class NVR:
+    """A running nvrsim and what it holds."""
+
+    def __init__(self, proc: Proc, catalogue: Catalogue, password: str):
+        self.proc = proc
+        self.catalogue = catalogue
+        self.password = password
+        self.url = proc.url
+        self.address = proc.url.removeprefix("http://")
+
+    def stats(self) -> dict:
+        return requests.get(f"{self.url}/sim/stats", timeout=5).json()
+
+    def faults(self, **changes) -> dict:
+        response = requests.post(f"{self.url}/sim/faults", json=changes, timeout=5)
+        response.raise_for_status()
+        return response.json()
+
+    def expected(self, track: int, start: datetime, end: datetime) -> dict[str, bytes]:
+        """File name -> bytes of every recording of `track` overlapping [start, end)."""
+        return {r.name: r.content() for r in self.catalogue.recordings(track, start, end)}
+
+
+def start_nvr(procs: Processes, channels: int = 2, hours: int = 4, interval: int = 600, size: int = 40_000,
+              password: str = SIM_PASSWORD, extra: tuple[str, ...] = ()) -> NVR:
+    """Start nvrsim on a free port with recordings from 2026-01-01 00:00 for `hours` hours."""
+    start = datetime(2026, 1, 1)
+    end = datetime(2026, 1, 1, hours) if hours < 24 else datetime(2026, 1, 1 + hours // 24, hours % 24)
+    catalogue = Catalogue(channels, start, end, interval, size)
+    proc = procs.start("nvrsim", [
+        PYTHON, "-m", "nvrsim", "--port", "0", "--user", "admin", "--channels", str(channels),
+        "--start", start.isoformat(), "--end", end.isoformat(), "--interval", str(interval), "--size", str(size),
+        *extra], ready=r"listening on (http://\S+)", env={"NVRSIM_PASSWORD": password})
+    return NVR(proc, catalogue, password)
+
+
+def start_coordinator(procs: Processes, sheet: Path | None, db: Path, *extra: str, port: int = 0,
+                      env: dict | None = None) -> Proc:
+    """`taskserver serve` under waitress on 127.0.0.1; short leases and backoff unless overridden."""
+    argv = [PYTHON, "-m", "taskserver", "serve", "--db", str(db), "--host", "127.0.0.1", "--port", str(port),
+            "--tasks", str(sheet) if sheet else "", "--lease-seconds", "5", "--backoff-base", "0.2",
+            "--backoff-max", "1", "--max-wait", "0.5", *extra]
+    return procs.start("coordinator", argv, ready=r"listening on (http://\S+)", env=env)
+
+
+def start_client(procs: Processes, url: str, downloads: Path, workers: int = 2, *extra: str,
+                 env: dict | None = None) -> Proc:
+    """`python -m taskclient` with its own log."""
+    argv = [PYTHON, "-m", "taskclient", "--server", url, "--workers", str(workers), "--downloads", str(downloads),
+            "--nvr-timeout", "10", *extra]
+    return procs.start("client", argv, env=env)
+
+
+def write_sheet(path: Path, rows: list[list], header: list[str] | None = None, title: str = "tasks") -> Path:
+    """An .xlsx with an optional header row, as a user would make it."""
+    workbook = Workbook()
+    sheet = workbook.active
+    sheet.title = title
+    if header:
+        sheet.append(header)
+    for row in rows:
+        sheet.append(row)
+    workbook.save(path)
+    return path
+
+
+HEADER = ["server", "username", "password", "cameras", "starttime", "endtime", "name"]
+
+
+def api(url: str, method: str = "GET", path: str = "/api/status", token: str | None = None, **kwargs):
+    """One call to the coordinator's API."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.request(method, url + path, headers=headers, timeout=10, **kwargs)
+
+
+def status(url: str, token: str | None = None) -> dict:
+    return api(url, token=token).json()
+
+
+def task_files(downloads: Path) -> dict[str, bytes]:
+    """Every final file under the downloads folder, by name (task folders flattened)."""
+    files = {}
+    for path in downloads.rglob("*.mp4"):
+        assert path.name not in files, f"{path.name} downloaded into two task folders"
+        files[path.name] = path.read_bytes()
+    return files
+
+
+def leftovers(downloads: Path) -> list[Path]:
+    """Partial files left behind."""
+    return [p for p in downloads.rglob("*") if p.name.endswith(".part")]
+
+
+def dump(obj) -> str:
+    return json.dumps(obj, indent=1, default=str)

@@ -1,0 +1,125 @@
+"""A CCTV engineer exports recordings from NVRs with several worker hosts: the whole story."""
+from __future__ import annotations
+
+from datetime import datetime
+
+import psutil
+import pytest
+
+from .harness import (HEADER, SIM_PASSWORD, api, leftovers, start_client, start_coordinator, start_nvr, status,
+                      task_files, wait_for, write_sheet)
+
+pytestmark = pytest.mark.slow
+T = datetime(2026, 1, 1)
+
+
+def hour(h: int, m: int = 0) -> datetime:
+    return T.replace(hour=h, minute=m)
+
+
+def test_two_hosts_export_every_recording_exactly_once_byte_for_byte(procs, tmp_path):
+    nvr = start_nvr(procs, channels=3, hours=4)
+    rows = [
+        [nvr.address, "admin", SIM_PASSWORD, "101,201", hour(0), hour(2), "lobby and gate, night"],
+        [nvr.address, "admin", SIM_PASSWORD, 101, hour(2), hour(4), "lobby"],
+        [nvr.address, "admin", SIM_PASSWORD, 201, hour(2), hour(4), "gate"],
+    ] + [[nvr.address, "admin", SIM_PASSWORD, "301", hour(h), hour(h + 1), f"yard {h}h"] for h in range(4)]
+    sheet = write_sheet(tmp_path / "tasks.xlsx", rows, HEADER)
+    coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db")
+    downloads = tmp_path / "downloads"
+    clients = [start_client(procs, coordinator.url, downloads, 2) for _ in range(2)]
+
+    # No worker process ever holds an NVR password on its command line.
+    def worker_processes():
+        kids = [c for client in clients for c in psutil.Process(client.pid).children(recursive=True)]
+        return kids if len(kids) >= 4 else None
+    for kid in wait_for(worker_processes, what="4 worker processes"):
+        try:
+            assert SIM_PASSWORD not in " ".join(kid.cmdline())
+        except psutil.NoSuchProcess:
+            pass
+
+    assert [client.wait(120) for client in clients] == [0, 0], clients[0].output()[-2000:]
+
+    expected = {}
+    for track in (101, 201, 301):
+        expected.update(nvr.expected(track, hour(0), hour(4)))
+    files = task_files(downloads)
+    assert sorted(files) == sorted(expected)
+    assert all(files[name] == expected[name] for name in expected), "a file differs from the NVR's recording"
+    assert leftovers(downloads) == []
+
+    final = status(coordinator.url)
+    assert final["drained"] and final["counts"]["done"] == len(rows)
+    assert final["files"] == len(expected) and final["bytes"] == sum(map(len, expected.values()))
+    for task_id in range(1, len(rows) + 1):
+        assert api(coordinator.url, path=f"/api/tasks/{task_id}").json()["attempts"] == 1
+    # Exactly once on the device side too: each recording was served once, in full.
+    assert nvr.stats()["downloads_completed"] == len(expected)
+    # Each task has its own readable folder.
+    assert sorted(p.name for p in downloads.iterdir())[0] == "000001-lobby_and_gate_night"
+
+    # Passwords appear in no answer but a claim, and in no log.
+    answers = [api(coordinator.url).text] + [api(coordinator.url, path=f"/api/tasks/{i}").text for i in (1, 2)]
+    logs = [coordinator.output()] + [client.output() for client in clients]
+    for text in answers + logs:
+        assert SIM_PASSWORD not in text
+
+
+def test_wrong_password_fails_its_task_with_a_clear_error_and_spares_the_others(procs, tmp_path):
+    nvr = start_nvr(procs, channels=2, hours=2)
+    rows = [
+        [nvr.address, "admin", SIM_PASSWORD, 101, hour(0), hour(1), "good 1"],
+        [nvr.address, "admin", "not-the-password", 201, hour(0), hour(1), "wrong password"],
+        [nvr.address, "admin", SIM_PASSWORD, 201, hour(1), hour(2), "good 2"],
+    ]
+    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
+                                    "--max-attempts", "3")
+    client = start_client(procs, coordinator.url, tmp_path / "dl", 2)
+    assert client.wait(90) == 0
+
+    final = status(coordinator.url)
+    assert final["counts"] == {**final["counts"], "done": 2, "failed": 1}
+    bad = api(coordinator.url, path="/api/tasks/2").json()
+    assert bad["state"] == "failed" and bad["attempts"] == 3
+    assert "refused the password of user 'admin'" in bad["last_error"]
+    assert [a["outcome"] for a in bad["attempt_log"]] == ["failed"] * 3
+    assert not list((tmp_path / "dl").glob("000002-*/*.mp4"))
+    assert "not-the-password" not in coordinator.output() + client.output() + api(coordinator.url).text
+
+
+@pytest.mark.parametrize("mode", ["close", "reset"])
+def test_download_cut_mid_transfer_fails_the_attempt_then_retries_to_a_byte_exact_file(procs, tmp_path, mode):
+    nvr = start_nvr(procs, channels=1, hours=1, size=200_000,
+                    extra=("--drop-after", "70000", "--drop-count", "2", "--drop-mode", mode))
+    sheet = write_sheet(tmp_path / "t.xlsx", [[nvr.address, "admin", SIM_PASSWORD, 101, hour(0), hour(1)]], HEADER)
+    coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db")
+    client = start_client(procs, coordinator.url, tmp_path / "dl", 1)
+    assert client.wait(90) == 0
+
+    task = api(coordinator.url, path="/api/tasks/1").json()
+    assert task["state"] == "done"
+    assert [a["outcome"] for a in task["attempt_log"]] == ["failed", "failed", "done"]
+    cut = "download cut after 70000" if mode == "close" else "connection lost"
+    assert all(cut in a["error"] for a in task["attempt_log"][:2]), task["attempt_log"]
+    expected = nvr.expected(101, hour(0), hour(1))
+    assert task_files(tmp_path / "dl") == expected
+    assert leftovers(tmp_path / "dl") == []
+
+
+def test_busy_nvr_answer_is_never_saved_as_a_recording(procs, tmp_path):
+    nvr = start_nvr(procs, channels=1, hours=1)
+    nvr.faults(busy_above=0)  # every download answered 503, as an overloaded NVR does
+    sheet = write_sheet(tmp_path / "t.xlsx", [[nvr.address, "admin", SIM_PASSWORD, 101, hour(0), hour(1)]], HEADER)
+    coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db", "--max-attempts", "20")
+    client = start_client(procs, coordinator.url, tmp_path / "dl", 1)
+
+    def busy_failure():
+        log = api(coordinator.url, path="/api/tasks/1").json()["attempt_log"]
+        return any("HTTP 503 (device busy)" in (a["error"] or "") for a in log)
+    wait_for(busy_failure, what="an attempt failed by a busy NVR")
+    assert task_files(tmp_path / "dl") == {}
+    nvr.faults(busy_above=None)
+
+    assert client.wait(90) == 0
+    assert task_files(tmp_path / "dl") == nvr.expected(101, hour(0), hour(1))
