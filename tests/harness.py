@@ -198,3 +198,17 @@ def leftovers(downloads: Path) -> list[Path]:
 
 def dump(obj) -> str:
     return json.dumps(obj, indent=1, default=str)
+
+
+def worker_processes(client: Proc) -> list:
+    """The worker processes of a taskclient (not multiprocessing's resource tracker)."""
+    import psutil
+
+    found = []
+    for child in psutil.Process(client.pid).children():
+        try:
+            if "spawn_main" in " ".join(child.cmdline()):
+                found.append(child)
+        except psutil.NoSuchProcess:
+            pass
+    return found

@@ -7,7 +7,7 @@ import psutil
 import pytest
 
 from .harness import (HEADER, SIM_PASSWORD, api, leftovers, start_client, start_coordinator, start_nvr, status,
-                      task_files, wait_for, write_sheet)
+                      task_files, wait_for, worker_processes, write_sheet)
 
 pytestmark = pytest.mark.slow
 T = datetime(2026, 1, 1)
@@ -30,10 +30,10 @@ def test_two_hosts_export_every_recording_exactly_once_byte_for_byte(procs, tmp_
     clients = [start_client(procs, coordinator.url, downloads, 2) for _ in range(2)]
 
     # No worker process ever holds an NVR password on its command line.
-    def worker_processes():
+    def all_workers():
         kids = [c for client in clients for c in psutil.Process(client.pid).children(recursive=True)]
-        return kids if len(kids) >= 4 else None
-    for kid in wait_for(worker_processes, what="4 worker processes"):
+        return kids if len(worker_processes(clients[0]) + worker_processes(clients[1])) >= 4 else None
+    for kid in wait_for(all_workers, what="4 worker processes"):
         try:
             assert SIM_PASSWORD not in " ".join(kid.cmdline())
         except psutil.NoSuchProcess:
