@@ -6,8 +6,20 @@ from datetime import datetime
 import psutil
 import pytest
 
-from .harness import (HEADER, SIM_PASSWORD, api, leftovers, start_client, start_coordinator, start_nvr, status,
-                      task_files, wait_for, worker_processes, write_sheet)
+from .harness import (
+    HEADER,
+    SIM_PASSWORD,
+    api,
+    leftovers,
+    start_client,
+    start_coordinator,
+    start_nvr,
+    status,
+    task_files,
+    wait_for,
+    worker_processes,
+    write_sheet,
+)
 
 pytestmark = pytest.mark.slow
 T = datetime(2026, 1, 1)

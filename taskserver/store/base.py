@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 
 
-class State(str, enum.Enum):
+class State(enum.StrEnum):
     """A task's state, stored as text."""
 
     QUEUED = "queued"
@@ -148,5 +148,6 @@ class Store(ABC):
     def status(self) -> dict:
         """Counts per state, totals, workers seen, and whether the queue is drained."""
 
+    @abstractmethod
     def close(self) -> None:
         """Release connections."""

@@ -11,9 +11,9 @@ import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import ConfigError, LeaseLost, TaskNotFound
 from .base import Claim, ImportResult, Policy, State, Store, TaskSpec
@@ -322,7 +322,17 @@ class SQLiteStore(Store):
         return row["state"]
 
     # --- reading -----------------------------------------------------------------
+    def _expire_if_due(self, now: float) -> None:
+        """Reads show the truth: leases that ran out are expired first (a write only when one did)."""
+        if self._db().execute(
+            "SELECT 1 FROM tasks WHERE (state = 'leased' AND lease_expires < ?) OR (state = 'waiting' AND"
+            " ready_at <= ?) LIMIT 1", (now, now),
+        ).fetchone():
+            with self._write() as db:
+                self._expire(db, now)
+
     def task(self, task_id: int) -> dict:
+        self._expire_if_due(time.time())
         db = self._db()
         row = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
@@ -338,13 +348,8 @@ class SQLiteStore(Store):
 
     def status(self) -> dict:
         now = time.time()
+        self._expire_if_due(now)
         db = self._db()
-        if db.execute(
-            "SELECT 1 FROM tasks WHERE (state = 'leased' AND lease_expires < ?) OR (state = 'waiting' AND"
-            " ready_at <= ?) LIMIT 1", (now, now),
-        ).fetchone():
-            with self._write() as wdb:
-                self._expire(wdb, now)
         counts = {s.value: 0 for s in State}
         for row in db.execute("SELECT state, count(*) AS n FROM tasks GROUP BY state"):
             counts[row["state"]] = row["n"]

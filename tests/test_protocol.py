@@ -1,0 +1,142 @@
+"""The worker protocol as a worker sees it, against the real coordinator under waitress."""
+from __future__ import annotations
+
+import re
+import time
+from datetime import datetime
+
+import pytest
+
+from .harness import HEADER, api, start_coordinator, wait_for, write_sheet
+
+T = datetime(2026, 1, 1)
+PASSWORD = "Pr0tocol-secret"
+
+
+@pytest.fixture
+def two_tasks(tmp_path):
+    rows = [["10.1.1.1", "admin", PASSWORD, 101, T, T.replace(hour=1), "first"],
+            ["10.1.1.2:8000", "admin", PASSWORD, "", T, T.replace(hour=1), "second"]]
+    return write_sheet(tmp_path / "tasks.xlsx", rows, HEADER)
+
+
+def claim(url, worker="w", token=None):
+    return api(url, path=f"/api/claim?worker={worker}", token=token)
+
+
+def test_claim_hands_out_one_task_with_credentials_and_a_lease_uncached(procs, tmp_path, two_tasks):
+    url = start_coordinator(procs, two_tasks, tmp_path / "ts.db").url
+    answer = claim(url)
+    assert answer.headers["Cache-Control"] == "no-store"
+    body = answer.json()
+    assert body["status"] == "task"
+    assert body["task"] | {"key": None} == {
+        "id": 1, "key": None, "name": "first", "server": "10.1.1.1", "username": "admin", "password": PASSWORD,
+        "cameras": ["101"], "start": "2026-01-01T00:00:00", "end": "2026-01-01T01:00:00", "attempt": 1,
+        "max_attempts": 5}
+    assert len(body["lease"]["id"]) == 32 and body["lease"]["seconds"] == 5
+    assert claim(url).json()["task"]["cameras"] == []  # empty: every channel
+    # Credentials only ever travel in a claim.
+    assert PASSWORD not in api(url).text + api(url, path="/api/tasks/1").text
+
+
+def test_three_answers_task_then_wait_while_leased_elsewhere_then_drained(procs, tmp_path, two_tasks):
+    url = start_coordinator(procs, two_tasks, tmp_path / "ts.db").url
+    a, b = claim(url, "a").json(), claim(url, "b").json()
+    wait = claim(url, "c")
+    assert wait.json() == {"status": "wait", "retry_after": 0.5}  # capped by --max-wait
+    assert wait.headers["Retry-After"] == "1"
+    for answer in (a, b):
+        done = api(url, "POST", f"/api/tasks/{answer['task']['id']}/complete",
+                   json={"lease": answer["lease"]["id"], "result": {"files": 1, "bytes": 10}})
+        assert done.json() == {"ok": True}
+    assert claim(url, "c").json() == {"status": "drained"}
+    assert api(url).json()["drained"] is True
+
+
+def test_completion_can_carry_the_next_claim(procs, tmp_path, two_tasks):
+    url = start_coordinator(procs, two_tasks, tmp_path / "ts.db").url
+    first = claim(url, "w").json()
+    answer = api(url, "POST", "/api/tasks/1/complete",
+                 json={"lease": first["lease"]["id"], "result": {}, "next": True, "worker": "w"}).json()
+    assert answer["next"]["status"] == "task" and answer["next"]["task"]["id"] == 2
+    repeat = api(url, "POST", "/api/tasks/1/complete", json={"lease": first["lease"]["id"], "result": {}})
+    assert repeat.json() == {"ok": True}  # a retried completion is harmless
+
+
+def test_failed_attempts_back_off_then_fail_for_good(procs, tmp_path, two_tasks):
+    url = start_coordinator(procs, two_tasks, tmp_path / "ts.db", "--max-attempts", "2").url
+    first = claim(url).json()
+    answer = api(url, "POST", "/api/tasks/1/fail", json={"lease": first["lease"]["id"], "error": "NVR busy"})
+    assert answer.json() == {"ok": True, "state": "waiting"}
+    assert api(url, path="/api/tasks/1").json()["last_error"] == "NVR busy"
+    second = claim(url).json()
+    assert second["task"]["id"] == 2  # task 1 is backing off
+    retry = wait_for(lambda: (c := claim(url).json())["status"] == "task" and c, what="task 1 to be ready")
+    assert retry["task"]["id"] == 1 and retry["task"]["attempt"] == 2
+    answer = api(url, "POST", "/api/tasks/1/fail", json={"lease": retry["lease"]["id"], "error": "NVR busy again"})
+    assert answer.json()["state"] == "failed"
+    task = api(url, path="/api/tasks/1").json()
+    assert task["state"] == "failed" and task["attempts"] == 2 and task["last_error"] == "NVR busy again"
+
+
+def test_release_requeues_without_charging_an_attempt(procs, tmp_path, two_tasks):
+    url = start_coordinator(procs, two_tasks, tmp_path / "ts.db").url
+    first = claim(url).json()
+    assert api(url, "POST", "/api/tasks/1/release", json={"lease": first["lease"]["id"]}).status_code == 200
+    assert api(url, path="/api/tasks/1").json()["state"] == "queued"
+    again = claim(url).json()
+    assert again["task"]["id"] == 1 and again["task"]["attempt"] == 1
+
+
+def test_lease_expiry_requeues_and_counts_the_attempt(procs, tmp_path, two_tasks):
+    url = start_coordinator(procs, two_tasks, tmp_path / "ts.db", "--lease-seconds", "0.3").url
+    claim(url, "gone").json()
+    time.sleep(0.4)
+    task = api(url, path="/api/tasks/1").json()
+    assert task["state"] == "queued" and task["attempts"] == 1
+    assert task["last_error"] == "lease expired: worker gone stopped reporting"
+    assert claim(url, "next").json()["task"]["attempt"] == 2
+
+
+def test_heartbeat_extends_the_lease(procs, tmp_path, two_tasks):
+    url = start_coordinator(procs, two_tasks, tmp_path / "ts.db", "--lease-seconds", "0.6").url
+    lease = claim(url).json()["lease"]["id"]
+    for _ in range(4):  # 1.2 s in all, twice the lease
+        time.sleep(0.3)
+        beat = api(url, "POST", "/api/tasks/1/heartbeat", json={"lease": lease, "progress": {"done": 1}})
+        assert beat.status_code == 200
+    task = api(url, path="/api/tasks/1").json()
+    assert task["state"] == "leased" and task["progress"] == {"done": 1}
+
+
+@pytest.mark.parametrize("body, message", [
+    ({}, "'lease'"),
+    ({"lease": 5}, "'lease'"),
+    ({"lease": "x", "result": [1]}, "'result' must be an object"),
+])
+def test_malformed_reports_are_refused_with_a_clear_message(procs, tmp_path, two_tasks, body, message):
+    url = start_coordinator(procs, two_tasks, tmp_path / "ts.db").url
+    claim(url)
+    answer = api(url, "POST", "/api/tasks/1/complete", json=body)
+    assert answer.status_code == 400 and message in answer.json()["message"]
+    assert api(url, path="/api/tasks/1").json()["state"] == "leased"
+    assert api(url, "POST", "/api/tasks/99/complete", json={"lease": "x"}).status_code == 404
+    assert claim(url, "bad worker name!").status_code == 400
+
+
+def test_token_is_required_when_configured(procs, tmp_path, two_tasks):
+    url = start_coordinator(procs, two_tasks, tmp_path / "ts.db", "--token", "s3cret").url
+    assert claim(url).status_code == 401
+    assert claim(url, token="wrong").status_code == 401
+    assert api(url).status_code == 401
+    assert claim(url, token="s3cret").json()["status"] == "task"
+    assert api(url, path="/healthz").status_code == 200
+
+
+def test_listening_beyond_loopback_without_a_token_generates_one(procs, tmp_path, two_tasks):
+    proc = start_coordinator(procs, two_tasks, tmp_path / "ts.db", "--host", "0.0.0.0")
+    token = re.search(r"generated one \(shown once\):\s+(\S+)", proc.output()).group(1)
+    url = proc.url.replace("0.0.0.0", "127.0.0.1")
+    assert claim(url).status_code == 401
+    assert claim(url, token=token).json()["status"] == "task"
