@@ -39,6 +39,7 @@ class Faults:
     drop_mode: str = "close"  # "close" (clean FIN) or "reset" (RST)
     refuse_until: float = 0.0  # reset every connection until this time (a reboot)
     delay: float = 0.0  # seconds to pause per block sent (a slow link)
+    stall: bool = False  # accept requests and never answer (a hung device)
 
 
 @dataclass
@@ -88,6 +89,8 @@ class Handler(BaseHTTPRequestHandler):
     def _route(self, method: str) -> None:
         body = self._read_body()
         path = self.path.split("?", 1)[0]
+        while self.device.faults.stall and path.startswith("/ISAPI/"):
+            time.sleep(0.1)
         if path == "/sim/stats":
             return self._send(200, json.dumps(asdict(self.device.stats)), "application/json")
         if path == "/sim/faults" and method == "POST":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import logging.handlers
 import multiprocessing
+import os
 import random
 import re
 import signal
@@ -56,8 +57,9 @@ def worker_main(index: int, settings: Settings, events: Events, queue) -> None:
     root.handlers[:] = [logging.handlers.QueueHandler(queue)]
     root.setLevel(logging.INFO)
     parent = multiprocessing.parent_process()
+    # Unique per worker host process, readable: "<host>-<pool pid>/w<slot>".
     host = re.sub(r"[^\w.-]", "-", settings.host)[:60]
-    name = f"{host}/w{index}"
+    name = f"{host}-{os.getppid()}/w{index}"
     try:
         code = Worker(index, name, settings, events, queue, parent).run()
     except AuthError as exc:

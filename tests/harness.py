@@ -71,7 +71,7 @@ class Processes:
     started: list[Proc] = field(default_factory=list)
 
     def start(self, name: str, argv: list[str], ready: str | None = None, env: dict | None = None,
-              timeout: float = 30.0) -> Proc:
+              timeout: float = 30.0, cwd: Path | None = None) -> Proc:
         log = self.tmp / f"{name}.log"
         n = 1
         while log.exists():
@@ -80,7 +80,7 @@ class Processes:
         handle = open(log, "wb")
         popen = subprocess.Popen(argv, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                  env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-                                 cwd=self.tmp, start_new_session=True)
+                                 cwd=cwd or self.tmp, start_new_session=True)
         handle.close()
         proc = Proc(popen, log)
         self.started.append(proc)

@@ -135,3 +135,15 @@ def test_busy_nvr_answer_is_never_saved_as_a_recording(procs, tmp_path):
 
     assert client.wait(90) == 0
     assert task_files(tmp_path / "dl") == nvr.expected(101, hour(0), hour(1))
+
+
+def test_a_hung_nvr_fails_the_attempt_after_the_timeout_instead_of_holding_the_task(procs, tmp_path):
+    nvr = start_nvr(procs, channels=1, hours=1)
+    nvr.faults(stall=True)
+    sheet = write_sheet(tmp_path / "t.xlsx", [[nvr.address, "admin", SIM_PASSWORD, 101, hour(0), hour(1)]], HEADER)
+    coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db", "--max-attempts", "1")
+    client = start_client(procs, coordinator.url, tmp_path / "dl", 1, "--nvr-timeout", "1")
+    assert client.wait(60) == 0
+    task = api(coordinator.url, path="/api/tasks/1").json()
+    assert task["state"] == "failed"
+    assert task["last_error"] == f"NVR {nvr.address}: no answer to the device info request within 1 s"

@@ -1,15 +1,19 @@
 """The worker protocol as a worker sees it, against the real coordinator under waitress."""
 from __future__ import annotations
 
+import os
 import re
+import subprocess
 import time
 from datetime import datetime
+from pathlib import Path
 
 import pytest
 
-from .harness import HEADER, api, start_coordinator, wait_for, write_sheet
+from .harness import HEADER, PYTHON, api, start_coordinator, wait_for, write_sheet
 
 T = datetime(2026, 1, 1)
+REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "Pr0tocol-secret"
 
 
@@ -140,3 +144,27 @@ def test_listening_beyond_loopback_without_a_token_generates_one(procs, tmp_path
     url = proc.url.replace("0.0.0.0", "127.0.0.1")
     assert claim(url).status_code == 401
     assert claim(url, token=token).json()["status"] == "task"
+
+
+def test_status_command_shows_progress_before_any_dashboard(procs, tmp_path, two_tasks):
+    url = start_coordinator(procs, two_tasks, tmp_path / "ts.db", "--token", "tok").url
+    first = claim(url, "host1/w0", token="tok").json()
+    api(url, "POST", "/api/tasks/1/complete", token="tok",
+        json={"lease": first["lease"]["id"], "result": {"files": 4, "bytes": 4000}})
+    shown = subprocess.run([PYTHON, "-m", "taskserver", "status", "--url", url], capture_output=True, text=True,
+                           env={**os.environ, "TASKSERVER_TOKEN": "tok"}, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert "queued 1  leased 0  waiting 0  done 1  failed 0  cancelled 0" in shown.stdout
+    assert "tasks 2  files 4  bytes 4000  running" in shown.stdout
+    assert re.search(r"host1/w0 +idle +done 1 ", shown.stdout)
+    refused = subprocess.run([PYTHON, "-m", "taskserver", "status", "--url", url, "--token", "bad"],
+                             capture_output=True, text=True, timeout=30)
+    assert refused.returncode == 1 and "answered 401" in refused.stderr
+
+
+@pytest.mark.parametrize("argv", [["--app", "taskserver", "run"], ["run"]])
+def test_flask_development_server_serves_the_same_app(procs, tmp_path, two_tasks, argv):
+    env = {"TASKSERVER_TASKS": str(two_tasks), "TASKSERVER_DB": str(tmp_path / "dev.db")}
+    proc = procs.start("flask", [PYTHON, "-m", "flask", *argv, "--port", "0"], ready=r"Running on (http://\S+)",
+                       env=env, cwd=REPO)
+    assert api(proc.url).json()["counts"]["queued"] == 2

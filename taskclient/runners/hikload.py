@@ -18,8 +18,6 @@ import logging
 import os
 import re
 import threading
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 from xml.etree import ElementTree as ET
@@ -106,11 +104,25 @@ class HikloadRunner:
         """
         from hikload.hikvisionapi import HikvisionException
 
-        pool = ThreadPoolExecutor(1, thread_name_prefix="hikload")
+        # A daemon thread, not an executor: executor threads are joined at interpreter
+        # exit, so a request hung forever would keep the worker process from exiting.
+        outcome: dict = {}
+
+        def target():
+            try:
+                outcome["value"] = call()
+            except BaseException as exc:  # handed to the caller below
+                outcome["error"] = exc
+
+        thread = threading.Thread(target=target, daemon=True, name="hikload-call")
+        thread.start()
+        thread.join(self.timeout * factor)
+        if thread.is_alive():
+            raise TaskFailed(f"{label}: no answer to the {what} request within {self.timeout * factor:.0f} s")
         try:
-            return pool.submit(call).result(timeout=self.timeout * factor)
-        except FutureTimeout:
-            raise TaskFailed(f"{label}: no answer to the {what} request within {self.timeout * factor:.0f} s") from None
+            if "error" in outcome:
+                raise outcome["error"]
+            return outcome["value"]
         except HikvisionException as exc:
             if "unauthorized" in str(exc).lower():
                 raise TaskFailed(f"{label} refused the password of user {user!r} (HTTP 401 Unauthorized)") from None
@@ -119,8 +131,6 @@ class HikloadRunner:
             raise TaskFailed(f"{label} unreachable during {what}: {_reason(exc)}") from None
         except (ValueError, TypeError, KeyError, AttributeError, SyntaxError) as exc:
             raise TaskFailed(f"{label}: unexpected answer to the {what} request ({type(exc).__name__})") from None
-        finally:
-            pool.shutdown(wait=False)
 
     def _search(self, nvr, label: str, camera: str, start: str | None, end: str | None,
                 taken: set[str]) -> list[Listed]:
