@@ -28,6 +28,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--busy-above", type=int, help="answer 503 above K concurrent downloads")
     p.add_argument("--drop-after", type=int, help="cut downloads after this many bytes")
     p.add_argument("--drop-count", type=int, default=-1, help="cut only the first N downloads")
+    p.add_argument("--drop-skip", type=int, default=0, help="let the first N downloads through uncut")
     p.add_argument("--drop-mode", choices=["close", "reset"], default="close")
     p.add_argument("--refuse-for", type=float, default=0.0, help="reset connections for S seconds")
     p.add_argument("--delay", type=float, default=0.0, help="pause per 64 KiB block sent")
@@ -44,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
         print("nvrsim: --end must be after --start", file=sys.stderr)
         return 2
     faults = Faults(
-        busy_above=args.busy_above, drop_after=args.drop_after, drop_count=args.drop_count,
+        busy_above=args.busy_above, drop_after=args.drop_after, drop_count=args.drop_count, drop_skip=args.drop_skip,
         drop_mode=args.drop_mode, refuse_until=time.time() + args.refuse_for, delay=args.delay,
     )
     catalogue = Catalogue(args.channels, args.start, args.end, args.interval, args.size)

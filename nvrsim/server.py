@@ -36,6 +36,7 @@ class Faults:
     busy_above: int | None = None  # answer 503 when more downloads than this run at once
     drop_after: int | None = None  # cut a download after this many body bytes
     drop_count: int = -1  # how many downloads to cut (-1: all of them)
+    drop_skip: int = 0  # let this many downloads through before cutting any
     drop_mode: str = "close"  # "close" (clean FIN) or "reset" (RST)
     refuse_until: float = 0.0  # reset every connection until this time (a reboot)
     delay: float = 0.0  # seconds to pause per block sent (a slow link)
@@ -238,7 +239,10 @@ class Handler(BaseHTTPRequestHandler):
                 dev.stats.max_concurrent = max(dev.stats.max_concurrent, dev.stats.concurrent)
                 dev.stats.downloads_started += 1
                 drop_after = dev.faults.drop_after
-                if drop_after is not None and dev.faults.drop_count != 0:
+                if dev.faults.drop_skip > 0:
+                    dev.faults.drop_skip -= 1
+                    drop_after = None
+                elif drop_after is not None and dev.faults.drop_count != 0:
                     dev.faults.drop_count -= 1 if dev.faults.drop_count > 0 else 0
                 else:
                     drop_after = None

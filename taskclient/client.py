@@ -54,9 +54,9 @@ class Coordinator:
         body = {"lease": lease, "result": result, "next": claim_next, "worker": self.worker}
         return self._request("POST", f"/api/tasks/{task_id}/complete", json=body).get("next")
 
-    def fail(self, task_id: int, lease: str, error: str, permanent: bool = False) -> str:
+    def fail(self, task_id: int, lease: str, error: str, permanent: bool = False, device: str | None = None) -> str:
         """Report a failed attempt; returns the task's new state."""
-        body = {"lease": lease, "error": error, "permanent": permanent}
+        body = {"lease": lease, "error": error, "permanent": permanent, "device": device}
         return self._request("POST", f"/api/tasks/{task_id}/fail", json=body)["state"]
 
     def release(self, task_id: int, lease: str) -> None:

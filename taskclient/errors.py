@@ -23,11 +23,17 @@ class Stopped(ClientError):
 
 
 class TaskFailed(ClientError):
-    """Raised by a runner when a task attempt failed; `permanent` skips the remaining attempts."""
+    """Raised by a runner when a task attempt failed.
 
-    def __init__(self, message: str, permanent: bool = False):
+    `permanent` skips the remaining attempts; `device` ("busy" or "unreachable")
+    blames the NVR rather than the task, so the coordinator rests the NVR and
+    charges no attempt.
+    """
+
+    def __init__(self, message: str, permanent: bool = False, device: str | None = None):
         super().__init__(message)
         self.permanent = permanent
+        self.device = device
 
 
 class Cancelled(ClientError):

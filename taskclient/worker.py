@@ -127,7 +127,7 @@ class Worker:
         except Cancelled:
             return self._abandon(task, lease, lost)
         except TaskFailed as exc:
-            return self._report_failure(task, lease, str(exc), exc.permanent, lost)
+            return self._report_failure(task, lease, str(exc), exc.permanent, lost, exc.device)
         except OSError as exc:
             return self._report_failure(task, lease, f"worker host: {exc}", False, lost)
         except Exception as exc:  # a runner bug must not kill the worker or hold the lease
@@ -150,12 +150,12 @@ class Worker:
         self.send("done", task=task["id"], files=result.get("files", 0), bytes=result.get("bytes", 0))
         return answer
 
-    def _report_failure(self, task, lease, error: str, permanent: bool, lost) -> None:
+    def _report_failure(self, task, lease, error: str, permanent: bool, lost, device: str | None = None) -> None:
         if lost.is_set():
             self.send("lost", task=task["id"])
             return None
         try:
-            state = self.api.fail(task["id"], lease["id"], error, permanent)
+            state = self.api.fail(task["id"], lease["id"], error, permanent, device)
         except (LeaseLost, Stopped):
             self.send("lost", task=task["id"])
             return None

@@ -3,7 +3,7 @@
     GET  /api/claim?worker=W                 -> {"status": "task"|"wait"|"drained", ...}
     POST /api/tasks/<id>/heartbeat           {"lease", "progress"}
     POST /api/tasks/<id>/complete            {"lease", "result", "next": bool, "worker": W}
-    POST /api/tasks/<id>/fail                {"lease", "error", "permanent": bool}
+    POST /api/tasks/<id>/fail                {"lease", "error", "permanent": bool, "device": "busy"|"unreachable"}
     POST /api/tasks/<id>/release             {"lease"}
     GET  /api/tasks/<id>                     public view of one task (no password)
     GET  /api/status                         counts per state, totals, workers
@@ -93,7 +93,10 @@ def fail(task_id: int):
     error = body.get("error")
     if not isinstance(error, str) or not error.strip():
         raise BadRequest("'error' must be a non-empty string")
-    state = store().fail(task_id, _lease(body), error[:4000], bool(body.get("permanent")))
+    device = body.get("device")
+    if device not in (None, "busy", "unreachable"):
+        raise BadRequest("'device' must be \"busy\", \"unreachable\" or absent")
+    state = store().fail(task_id, _lease(body), error[:4000], bool(body.get("permanent")), device)
     log.info("task %s attempt failed (%s): %s", task_id, state, error[:200])
     return jsonify({"ok": True, "state": state})
 

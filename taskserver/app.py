@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 from .config import Config
 from .errors import ConfigError, TaskServerError
 from .sheet import load_sheet
-from .store import Policy, Store, open_store
+from .store import Store, open_store
 
 log = logging.getLogger("taskserver")
 
@@ -26,8 +26,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.config["TASKSERVER"] = config
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     app.json.sort_keys = False
-    store = open_store(config.db, Policy(config.lease_seconds, config.max_attempts, config.backoff_base,
-                                         config.backoff_max, config.max_wait))
+    store = open_store(config.db, config.policy())
     app.extensions["taskserver.store"] = store
     load_tasks(store, config)
 
@@ -70,5 +69,5 @@ def load_tasks(store: Store, config: Config) -> None:
             log.warning("no %s in %s; serving the tasks already in %s", path, Path.cwd(), config.db)
             return
         raise ConfigError(f"task sheet {path} not found")
-    result = store.add(load_sheet(path))
+    result = store.add(load_sheet(path, chunk=config.chunk, timezone=config.timezone))
     log.info("%s: %d task(s) added, %d already queued", path, result.added, result.existing)

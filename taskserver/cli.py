@@ -43,11 +43,18 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--backoff-max", type=float, help="retry delay cap in seconds (default 600)")
     serve.add_argument("--max-wait", type=float, help="longest 'ask again after' (default 5)")
     serve.add_argument("--threads", type=int, help="waitress threads (default 8)")
+    serve.add_argument("--per-nvr", type=int, help="concurrent tasks per NVR (default 2)")
+    serve.add_argument("--nvr-backoff", type=float,
+                       help="first rest in seconds for a busy or unreachable NVR, doubling up to 300 (default 5)")
+    serve.add_argument("--nvr-give-up", type=float,
+                       help="seconds an NVR may stay busy or unreachable before its tasks fail (default 1800)")
+    sheet_options(serve)
     serve.set_defaults(func=cmd_serve)
 
     imp = sub.add_parser("import", help="add a sheet's rows to the database (all or nothing)")
     imp.add_argument("sheet", help="the .xlsx file")
     imp.add_argument("--db", help="SQLite file (default taskserver.db)")
+    sheet_options(imp)
     imp.set_defaults(func=cmd_import)
 
     status = sub.add_parser("status", help="show a running coordinator's progress")
@@ -56,6 +63,13 @@ def parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.set_defaults(func=cmd_status)
     return p
+
+
+def sheet_options(p: argparse.ArgumentParser) -> None:
+    """Options that shape how sheet rows become tasks."""
+    p.add_argument("--chunk", help="split rows per camera and per this much time: 30m, 1h, 1d (default: no split)")
+    p.add_argument("--timezone", help="the NVRs' IANA time zone, e.g. Europe/Bucharest, for sheet times with an"
+                                      " offset (default: refuse such times)")
 
 
 def _config(args: argparse.Namespace, *names: str) -> Config:
@@ -69,7 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     config = _config(args, "tasks", "db", "host", "port", "token", "lease_seconds", "max_attempts",
-                     "backoff_base", "backoff_max", "max_wait", "threads")
+                     "backoff_base", "backoff_max", "max_wait", "threads", "per_nvr", "nvr_backoff", "nvr_give_up", "chunk",
+                     "timezone")
     if not config.loopback and not config.token:
         token = secrets.token_urlsafe(24)
         config = Config.from_env(**{**config.__dict__, "token": token})
@@ -91,11 +106,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     """Validate the whole sheet, then queue its rows in one transaction."""
     from .sheet import load_sheet
-    from .store import Policy, open_store
+    from .store import open_store
 
-    config = _config(args, "db")
-    specs = load_sheet(args.sheet)
-    store = open_store(config.db, Policy())
+    config = _config(args, "db", "chunk", "timezone")
+    specs = load_sheet(args.sheet, chunk=config.chunk, timezone=config.timezone)
+    store = open_store(config.db, config.policy())
     try:
         result = store.add(specs)
     finally:

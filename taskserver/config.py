@@ -28,6 +28,11 @@ class Config:
     backoff_max: float = 600.0  # cap on the retry delay
     max_wait: float = 5.0  # longest "ask again after" a worker is told while nothing is ready
     threads: int = 8  # waitress worker threads
+    per_nvr: int = 2  # concurrent tasks per NVR (a sheet's max_parallel column overrides per NVR)
+    nvr_backoff: float = 5.0  # first rest for a busy or unreachable NVR; doubles up to 300 s
+    nvr_give_up: float = 1800.0  # seconds an NVR may stay busy/unreachable before its tasks fail
+    chunk: str | None = None  # split each sheet row per camera and per this much time, e.g. "1h"
+    timezone: str | None = None  # the NVRs' IANA time zone, for sheet times that carry an offset
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Config:
@@ -43,6 +48,15 @@ class Config:
         config.check()
         return config
 
+    def policy(self):
+        """The store's protocol parameters."""
+        from .store import Policy
+
+        return Policy(lease_seconds=self.lease_seconds, max_attempts=self.max_attempts,
+                      backoff_base=self.backoff_base, backoff_max=self.backoff_max, max_wait=self.max_wait,
+                      per_nvr=self.per_nvr, device_backoff=self.nvr_backoff,
+                      nvr_give_up=self.nvr_give_up)
+
     def check(self) -> None:
         """Refuse contradictory settings at start rather than misbehave later."""
         if self.lease_seconds <= 0:
@@ -51,6 +65,8 @@ class Config:
             raise ConfigError("max_attempts must be at least 1")
         if self.backoff_base < 0 or self.backoff_max < self.backoff_base:
             raise ConfigError("backoff_base must be >= 0 and <= backoff_max")
+        if self.per_nvr < 1:
+            raise ConfigError("per_nvr must be at least 1")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is out of range")
 

@@ -10,8 +10,10 @@ import hashlib
 import json
 import re
 import zipfile
-from datetime import date, datetime
+from dataclasses import replace
+from datetime import date, datetime, timedelta
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from .errors import SheetError, SheetProblem
 from .store.base import TaskSpec
@@ -25,6 +27,8 @@ ALIASES = {
     "starttime": "starttime", "start": "starttime", "from": "starttime",
     "endtime": "endtime", "end": "endtime", "to": "endtime",
     "id": "id", "name": "name", "priority": "priority",
+    "chunk": "chunk", "maxparallel": "max_parallel", "parallel": "max_parallel",
+    "timezone": "timezone", "tz": "timezone",
 }
 REQUIRED = ("server", "username", "password", "starttime", "endtime")
 # The header-less layout of sheets made for the original blog-post task server.
@@ -32,10 +36,22 @@ HEADERLESS = ("username", "password", "server", "cameras", "starttime", "endtime
 SERVER = re.compile(r"^(?:(https?)://)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?)(?::(\d{1,5}))?/?$")
 
 
-def load_sheet(path: str | Path) -> list[TaskSpec]:
-    """Read and validate a task sheet; raise SheetError listing every problem found."""
+def load_sheet(path: str | Path, chunk: str | None = None, timezone: str | None = None) -> list[TaskSpec]:
+    """Read and validate a task sheet; raise SheetError listing every problem found.
+
+    `chunk` ("1h") splits every row per camera and per that much time unless the row
+    has its own `chunk`; `timezone` is the NVRs' zone unless a row names its own.
+    """
     path = Path(path)
     fname = path.name
+    defaults = {}
+    try:
+        if chunk:
+            defaults["chunk"] = _chunk(chunk)
+        if timezone:
+            defaults["timezone"] = _zone(timezone)
+    except ValueError as exc:
+        raise SheetError([SheetProblem(fname, f"default setting: {exc}")]) from None
     if not path.is_file():
         raise SheetError([SheetProblem(str(path), "file not found")])
     try:
@@ -48,12 +64,12 @@ def load_sheet(path: str | Path) -> list[TaskSpec]:
     try:
         sheet = next((ws for ws in workbook.worksheets if ws.title.strip().lower() == "tasks"),
                      workbook.worksheets[0])
-        return _read_rows(fname, sheet)
+        return _read_rows(fname, sheet, defaults)
     finally:
         workbook.close()
 
 
-def _read_rows(fname: str, sheet) -> list[TaskSpec]:
+def _read_rows(fname: str, sheet, defaults: dict) -> list[TaskSpec]:
     problems: list[SheetProblem] = []
 
     def problem(message: str, row: int | None = None, column: str | None = None) -> None:
@@ -73,19 +89,27 @@ def _read_rows(fname: str, sheet) -> list[TaskSpec]:
 
     specs: list[TaskSpec] = []
     seen: dict[str, int] = {}
+    caps: dict[str, tuple[int, int]] = {}
     for rownum, cells in rows:
         values = {columns[i]: (i, cell) for i, cell in enumerate(cells) if i in columns}
         if all(_blank(cell.value) for _, cell in values.values()):
             continue
-        spec = _row_spec(fname, sheet.title, rownum, values, headerless, problem)
-        if spec is None:
+        row = _row_spec(fname, sheet.title, rownum, values, headerless, defaults, problem)
+        if row is None:
             continue
+        spec, step = row
         if spec.key in seen:
             what = "id" if spec.key.startswith("id:") else "NVR, cameras and time range"
             problem(f"same {what} as row {seen[spec.key]}: each task must appear once", rownum)
             continue
         seen[spec.key] = rownum
-        specs.append(spec)
+        if spec.max_parallel is not None:
+            cap, first = caps.setdefault(spec.server, (spec.max_parallel, rownum))
+            if cap != spec.max_parallel:
+                problem(f"max_parallel {spec.max_parallel} for {spec.server} differs from {cap} on row {first}",
+                        rownum)
+                continue
+        specs.extend(split(spec, step) if step else [spec])
     if not specs and not problems:
         problem("no task rows below the header")
     if problems:
@@ -122,7 +146,7 @@ def _columns(rownum: int, header_row, problem) -> dict[int, str] | None:
     return columns
 
 
-def _row_spec(fname, title, rownum, cells, headerless, problem) -> TaskSpec | None:
+def _row_spec(fname, title, rownum, cells, headerless, defaults, problem) -> tuple[TaskSpec, timedelta | None] | None:
     """Validate one row; report its problems and return None if it has any."""
     errors: list[tuple[str, str]] = []
     values = {}
@@ -139,7 +163,23 @@ def _row_spec(fname, title, rownum, cells, headerless, problem) -> TaskSpec | No
     for field in REQUIRED if not headerless else ("server", "username", "password"):
         if values.get(field) is None and not any(w.endswith(f"({field})") for w, _ in errors):
             errors.append((where_of.get(field, field), "empty; this column is required"))
+    zone = values.get("timezone") or defaults.get("timezone")
+    for field in ("starttime", "endtime"):
+        moment = values.get(field)
+        if moment is None or moment.tzinfo is None:
+            continue
+        if zone is not None:  # the sheet gives real offsets: convert to the NVR's local clock
+            values[field] = moment.astimezone(zone).replace(tzinfo=None)
+        elif moment.utcoffset().total_seconds() == 0:
+            values[field] = moment.replace(tzinfo=None)  # "Z": NVR firmwares mark local time that way
+        else:
+            errors.append((where_of[field], f"{cells[field][1].value!r} has a time zone offset; add a timezone"
+                           " column (the NVR's zone, e.g. Europe/Bucharest) or give the NVR's local time"))
+            values[field] = None
     start, end = values.get("starttime"), values.get("endtime")
+    step = values.get("chunk") or defaults.get("chunk")
+    if step and (start is None or end is None):
+        errors.append((where_of.get("chunk", "chunk"), "chunking needs a start and an end time"))
     if (start is None) != (end is None) and headerless:
         errors.append(("starttime/endtime", "give both start and end time, or neither"))
     if start is not None and end is not None and end <= start:
@@ -156,11 +196,40 @@ def _row_spec(fname, title, rownum, cells, headerless, problem) -> TaskSpec | No
     else:
         identity = [values["server"], values["username"], sorted(cameras, key=int), start_s, end_s]
         key = "row:" + hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
-    return TaskSpec(
+    spec = TaskSpec(
         key=key, server=values["server"], username=values["username"], password=values["password"],
         cameras=tuple(cameras), start=start_s, end=end_s, name=values.get("name") or "",
-        priority=values.get("priority") or 0, source=f"{fname}, sheet {title!r}, row {rownum}",
+        priority=values.get("priority") or 0, source=f"{fname}, sheet {title!r}, row {rownum}", group=key,
+        max_parallel=values.get("max_parallel"),
     )
+    return spec, step
+
+
+def split(spec: TaskSpec, step: timedelta) -> list[TaskSpec]:
+    """One task per camera per `step` of the row's range.
+
+    Each recording belongs to the chunk in which it starts; the first chunk also
+    takes a recording that began before the range but runs into it. So chunks
+    never share a recording and never miss one, and together they hold exactly
+    what the unsplit row would.
+    """
+    start, end = datetime.fromisoformat(spec.start), datetime.fromisoformat(spec.end)
+    windows = []
+    t = start
+    while t < end:
+        windows.append((t, min(t + step, end)))
+        t += step
+    parts = []
+    for camera in spec.cameras or ("",):
+        for k, (a, b) in enumerate(windows):
+            label = f"cam {camera} " if camera else ""
+            parts.append(replace(
+                spec, key=f"{spec.key}/{camera or 'all'}/{a:%Y%m%dT%H%M%S}", cameras=(camera,) if camera else (),
+                start=a.isoformat(timespec="seconds"), end=b.isoformat(timespec="seconds"),
+                name=f"{spec.name or spec.server} {label}{a:%Y-%m-%d %H:%M}".strip(),
+                source=f"{spec.source} ({label}chunk {k + 1}/{len(windows)})", takes_earlier=k == 0,
+            ))
+    return parts
 
 
 # --- cell parsers: each returns the value or None for a blank cell, raises ValueError with a clear message ---
@@ -186,7 +255,7 @@ def _server(value) -> str | None:
     m = SERVER.match(text)
     if not m or (m.group(4) and not 0 < int(m.group(4)) < 65536):
         raise ValueError(f"{text!r} is not host[:port] (e.g. 192.168.1.64 or nvr.example.com:8000)")
-    scheme, host, port = m.group(1) or "http", m.group(2), m.group(4)
+    scheme, host, port = m.group(1) or "http", m.group(2).lower(), m.group(4)
     address = f"{host}:{port}" if port else host
     return address if scheme == "http" else f"https://{address}"
 
@@ -217,11 +286,7 @@ def _time(value) -> datetime | None:
             parsed = datetime.fromisoformat(text.replace("z", "Z"))
         except ValueError:
             raise ValueError(f"{text!r} is not a date-time (use e.g. 2026-01-31 08:00)") from None
-    if parsed.tzinfo is not None:
-        if parsed.utcoffset().total_seconds() != 0:
-            raise ValueError(f"{value!r} has a time zone offset; give the NVR's local time without one")
-        parsed = parsed.replace(tzinfo=None)  # "Z": NVR firmwares mark local time that way
-    return parsed.replace(microsecond=0)
+    return parsed.replace(microsecond=0)  # an offset, if any, is resolved with the row's time zone
 
 
 def _priority(value) -> int | None:
@@ -238,7 +303,37 @@ def _priority(value) -> int | None:
     return int(number)
 
 
-_PARSERS = {"server": _server, "cameras": _cameras, "starttime": _time, "endtime": _time, "priority": _priority}
+def _chunk(value) -> timedelta | None:
+    if _blank(value):
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", str(value).lower())
+    if not m:
+        raise ValueError(f"{value!r} is not a chunk length (e.g. 30m, 1h, 1d)")
+    length = timedelta(seconds=float(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)])
+    if length < timedelta(minutes=1):
+        raise ValueError(f"chunk {value!r} is shorter than a minute")
+    return length
+
+
+def _positive(value) -> int | None:
+    number = _priority(value)
+    if number is not None and number < 1:
+        raise ValueError(f"{value!r} must be 1 or more")
+    return number
+
+
+def _zone(value) -> ZoneInfo | None:
+    text = _text(value)
+    if text is None:
+        return None
+    try:
+        return ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{text!r} is not a time zone name (e.g. Europe/Bucharest, UTC)") from None
+
+
+_PARSERS = {"server": _server, "cameras": _cameras, "starttime": _time, "endtime": _time, "priority": _priority,
+            "chunk": _chunk, "max_parallel": _positive, "timezone": _zone}
 
 
 def _letter(index: int) -> str:

@@ -144,7 +144,7 @@ def start_coordinator(procs: Processes, sheet: Path | None, db: Path, *extra: st
     """`taskserver serve` under waitress on 127.0.0.1; short leases and backoff unless overridden."""
     argv = [PYTHON, "-m", "taskserver", "serve", "--db", str(db), "--host", "127.0.0.1", "--port", str(port),
             "--tasks", str(sheet) if sheet else "", "--lease-seconds", "5", "--backoff-base", "0.2",
-            "--backoff-max", "1", "--max-wait", "0.5", *extra]
+            "--backoff-max", "1", "--max-wait", "0.5", "--nvr-backoff", "0.3", *extra]
     return procs.start("coordinator", argv, ready=r"listening on (http://\S+)", env=env)
 
 

@@ -137,13 +137,36 @@ def test_busy_nvr_answer_is_never_saved_as_a_recording(procs, tmp_path):
     assert task_files(tmp_path / "dl") == nvr.expected(101, hour(0), hour(1))
 
 
-def test_a_hung_nvr_fails_the_attempt_after_the_timeout_instead_of_holding_the_task(procs, tmp_path):
-    nvr = start_nvr(procs, channels=1, hours=1)
+def test_a_hung_nvr_times_out_rests_and_finally_fails_its_tasks_with_a_clear_error(procs, tmp_path):
+    nvr = start_nvr(procs, channels=1, hours=2)
     nvr.faults(stall=True)
-    sheet = write_sheet(tmp_path / "t.xlsx", [[nvr.address, "admin", SIM_PASSWORD, 101, hour(0), hour(1)]], HEADER)
-    coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db", "--max-attempts", "1")
+    rows = [[nvr.address, "admin", SIM_PASSWORD, 101, hour(h), hour(h + 1)] for h in (0, 1)]
+    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
+                                    "--max-attempts", "1", "--nvr-give-up", "3")
     client = start_client(procs, coordinator.url, tmp_path / "dl", 1, "--nvr-timeout", "1")
     assert client.wait(60) == 0
+    for task_id in (1, 2):
+        task = api(coordinator.url, path=f"/api/tasks/{task_id}").json()
+        assert task["state"] == "failed"
+        assert task["last_error"].startswith(f"NVR {nvr.address} unreachable for ")
+        assert task["last_error"].endswith(f"last error: NVR {nvr.address}: no answer to the device info request"
+                                           " within 1 s")
+    # Resting the NVR charged no attempts: several timeouts with --max-attempts 1.
+    log = api(coordinator.url, path="/api/tasks/1").json()["attempt_log"]
+    assert len(log) >= 2 and {a["outcome"] for a in log[:-1]} == {"nvr unreachable"}
+
+
+def test_retry_after_a_cut_keeps_the_files_already_complete(procs, tmp_path):
+    nvr = start_nvr(procs, channels=1, hours=1, size=100_000,
+                    extra=("--drop-skip", "3", "--drop-after", "30000", "--drop-count", "1", "--drop-mode", "reset"))
+    sheet = write_sheet(tmp_path / "t.xlsx", [[nvr.address, "admin", SIM_PASSWORD, 101, hour(0), hour(1)]], HEADER)
+    coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db")
+    client = start_client(procs, coordinator.url, tmp_path / "dl", 1)
+    assert client.wait(60) == 0
     task = api(coordinator.url, path="/api/tasks/1").json()
-    assert task["state"] == "failed"
-    assert task["last_error"] == f"NVR {nvr.address}: no answer to the device info request within 1 s"
+    assert [a["outcome"] for a in task["attempt_log"]] == ["failed", "done"]
+    assert task["result"]["downloaded"] == 3 and task["result"]["skipped"] == 3
+    stats = nvr.stats()
+    # 6 recordings: 3 complete, 1 cut, then the retry fetched only the 3 missing ones.
+    assert (stats["downloads_started"], stats["downloads_completed"], stats["downloads_dropped"]) == (7, 6, 1)
+    assert task_files(tmp_path / "dl") == nvr.expected(101, hour(0), hour(1))

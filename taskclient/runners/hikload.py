@@ -19,6 +19,7 @@ import os
 import re
 import threading
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from xml.etree import ElementTree as ET
 from xml.sax.saxutils import escape
@@ -66,7 +67,8 @@ class HikloadRunner:
         for camera in cameras:
             if cancel.is_set():
                 raise Cancelled("cancelled")
-            listing += self._search(nvr, label, camera, task["start"], task["end"], taken={r.name for r in listing})
+            found = self._search(nvr, label, camera, task["start"], task["end"], taken={r.name for r in listing})
+            listing += [r for r in found if _owned(r, task)]
         progress.update(total=len(listing), done=0, cameras=len(cameras))
 
         session = requests.Session()
@@ -118,7 +120,8 @@ class HikloadRunner:
         thread.start()
         thread.join(self.timeout * factor)
         if thread.is_alive():
-            raise TaskFailed(f"{label}: no answer to the {what} request within {self.timeout * factor:.0f} s")
+            raise TaskFailed(f"{label}: no answer to the {what} request within {self.timeout * factor:.0f} s",
+                             device="unreachable")
         try:
             if "error" in outcome:
                 raise outcome["error"]
@@ -128,7 +131,7 @@ class HikloadRunner:
                 raise TaskFailed(f"{label} refused the password of user {user!r} (HTTP 401 Unauthorized)") from None
             raise TaskFailed(f"{label}: {what} failed: {exc}") from None
         except requests.RequestException as exc:
-            raise TaskFailed(f"{label} unreachable during {what}: {_reason(exc)}") from None
+            raise TaskFailed(f"{label} unreachable during {what}: {_reason(exc)}", device="unreachable") from None
         except (ValueError, TypeError, KeyError, AttributeError, SyntaxError) as exc:
             raise TaskFailed(f"{label}: unexpected answer to the {what} request ({type(exc).__name__})") from None
 
@@ -191,6 +194,11 @@ class HikloadRunner:
             if expected is not None and written != expected:
                 raise TaskFailed(f"{label}: {rec.name}: download cut after {written} of {expected} bytes")
             os.replace(part, folder / rec.name)
+        except requests.ConnectionError as exc:
+            if written == 0:  # refused or reset before any data: the device, not this download
+                raise TaskFailed(f"{label} unreachable while downloading {rec.name}: {_reason(exc)}",
+                                 device="unreachable") from None
+            raise TaskFailed(f"{label}: {rec.name}: connection lost after {written} bytes: {_reason(exc)}") from None
         except requests.RequestException as exc:
             raise TaskFailed(f"{label}: {rec.name}: connection lost after {written} bytes: {_reason(exc)}") from None
         finally:
@@ -209,8 +217,25 @@ def _check_answer(response: requests.Response, label: str, rec: Listed) -> None:
             detail = next((el.text for el in root.iter() if el.tag.endswith("statusString") and el.text), "")
         except ET.ParseError:
             pass
-        busy = " (device busy)" if response.status_code == 503 else ""
-        raise TaskFailed(f"{label}: {rec.name}: HTTP {response.status_code}{busy} {detail}".rstrip())
+        busy = response.status_code == 503
+        raise TaskFailed(f"{label}: {rec.name}: HTTP {response.status_code}{' (device busy)' if busy else ''}"
+                         f" {detail}".rstrip(), device="busy" if busy else None)
+
+
+def _owned(rec: Listed, task: dict) -> bool:
+    """Whether this task owns the recording: it starts in [start, end), or earlier for a first chunk.
+
+    The NVR lists every recording that overlaps the range; ownership by start time
+    keeps chunks of one row from downloading the same recording twice.
+    """
+    if task["start"] is None:
+        return True
+    try:
+        begins = datetime.fromisoformat(rec.start.replace("Z", "")).replace(tzinfo=None)
+    except ValueError:
+        return True  # cannot tell: better twice than never
+    start, end = datetime.fromisoformat(task["start"]), datetime.fromisoformat(task["end"])
+    return begins < end and (begins >= start or task.get("takes_earlier", True))
 
 
 def _complete(path: Path, size: int | None) -> bool:

@@ -57,6 +57,18 @@ class TaskSpec:
     name: str = ""
     priority: int = 0
     source: str = ""  # "file, sheet, row N" for messages and the report
+    group: str = ""  # the sheet row's key: chunks of one row share it (for roll-ups)
+    takes_earlier: bool = True  # owns recordings that began before `start` (a row's first chunk)
+    max_parallel: int | None = None  # the row's cap on concurrent tasks for its NVR
+
+    @property
+    def span(self) -> float | None:
+        """Length of the time range in seconds (None: every recording)."""
+        if self.start is None or self.end is None:
+            return None
+        from datetime import datetime
+
+        return (datetime.fromisoformat(self.end) - datetime.fromisoformat(self.start)).total_seconds()
 
 
 @dataclass(frozen=True)
@@ -68,6 +80,13 @@ class Policy:
     backoff_base: float = 10.0
     backoff_max: float = 600.0
     max_wait: float = 5.0
+    per_nvr: int = 2  # concurrent tasks per NVR unless the sheet says otherwise
+    device_backoff: float = 5.0  # first pause for a busy or unreachable NVR; doubles, capped at 300 s
+    nvr_give_up: float = 1800.0  # an NVR busy or unreachable this long fails its remaining tasks
+
+    def device_delay(self, failures: int) -> float:
+        """How long an NVR rests after `failures` busy/unreachable answers in a row, with jitter."""
+        return min(300.0, self.device_backoff * 2 ** max(0, failures - 1)) * random.uniform(0.75, 1.0)
 
     def backoff(self, attempts: int) -> float:
         """Delay before retry number `attempts`: exponential, capped, with jitter.
@@ -133,8 +152,14 @@ class Store(ABC):
         """Mark a leased task done with its result; a repeat with the same lease is harmless."""
 
     @abstractmethod
-    def fail(self, task_id: int, lease_id: str, error: str, permanent: bool = False) -> str:
-        """Record a failed attempt; back off and retry, or fail the task. Returns the new state."""
+    def fail(self, task_id: int, lease_id: str, error: str, permanent: bool = False,
+             device: str | None = None) -> str:
+        """Record a failed attempt; back off and retry, or fail the task. Returns the new state.
+
+        `device` ("busy" or "unreachable") blames the NVR, not the task: the NVR rests
+        (all its tasks wait) and no attempt is charged, until `nvr_give_up` seconds of
+        such answers fail its remaining tasks.
+        """
 
     @abstractmethod
     def release(self, task_id: int, lease_id: str) -> None:

@@ -33,6 +33,9 @@ CREATE TABLE IF NOT EXISTS tasks (
     end TEXT,
     priority INTEGER NOT NULL DEFAULT 0,
     source TEXT NOT NULL DEFAULT '',
+    grp TEXT NOT NULL DEFAULT '',
+    span REAL,
+    takes_earlier INTEGER NOT NULL DEFAULT 1,
     state TEXT NOT NULL DEFAULT 'queued',
     attempts INTEGER NOT NULL DEFAULT 0,
     ready_at REAL NOT NULL DEFAULT 0,
@@ -48,7 +51,8 @@ CREATE TABLE IF NOT EXISTS tasks (
     started REAL,
     finished REAL
 );
-CREATE INDEX IF NOT EXISTS tasks_next ON tasks (state, priority DESC, id);
+-- Each NVR's queue in hand-out order: priority, then longest range first.
+CREATE INDEX IF NOT EXISTS tasks_next ON tasks (state, server, priority DESC, span DESC, id);
 CREATE INDEX IF NOT EXISTS tasks_leases ON tasks (state, lease_expires);
 CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (state, ready_at);
 CREATE TABLE IF NOT EXISTS attempts (
@@ -62,6 +66,14 @@ CREATE TABLE IF NOT EXISTS attempts (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_task ON attempts (task_id);
+CREATE TABLE IF NOT EXISTS nvrs (
+    server TEXT PRIMARY KEY,
+    max_parallel INTEGER,
+    backoff_until REAL NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    down_since REAL,
+    last_error TEXT
+);
 CREATE TABLE IF NOT EXISTS workers (
     name TEXT PRIMARY KEY,
     first_seen REAL NOT NULL,
@@ -142,11 +154,18 @@ class SQLiteStore(Store):
         now = time.time()
         with self._write() as db:
             for spec in specs:
+                db.execute(
+                    "INSERT INTO nvrs (server, max_parallel) VALUES (?, ?) ON CONFLICT (server) DO UPDATE"
+                    " SET max_parallel = coalesce(excluded.max_parallel, max_parallel)",
+                    (spec.server, spec.max_parallel),
+                )
                 cur = db.execute(
                     "INSERT INTO tasks (key, name, server, username, password, cameras, start, end, priority,"
-                    " source, created) VALUES (?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (key) DO NOTHING",
+                    " source, grp, span, takes_earlier, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT (key) DO NOTHING",
                     (spec.key, spec.name, spec.server, spec.username, spec.password, ",".join(spec.cameras),
-                     spec.start, spec.end, spec.priority, spec.source, now),
+                     spec.start, spec.end, spec.priority, spec.source, spec.group or spec.key, spec.span,
+                     int(spec.takes_earlier), now),
                 )
                 if cur.rowcount:
                     result.added += 1
@@ -161,9 +180,7 @@ class SQLiteStore(Store):
         lease_id = secrets.token_hex(16)
         with self._write() as db:
             self._expire(db, now)
-            row = db.execute(
-                "SELECT id FROM tasks WHERE state = 'queued' ORDER BY priority DESC, id LIMIT 1"
-            ).fetchone()
+            row = self._next(db, now)
             if row is None:
                 self._seen(db, worker, now, None)
                 return self._nothing_ready(db, now)
@@ -185,22 +202,47 @@ class SQLiteStore(Store):
                 "id": task["id"], "key": task["key"], "name": task["name"], "server": task["server"],
                 "username": task["username"], "password": task["password"],
                 "cameras": [c for c in task["cameras"].split(",") if c],
-                "start": task["start"], "end": task["end"], "attempt": task["attempts"],
-                "max_attempts": self.policy.max_attempts,
+                "start": task["start"], "end": task["end"], "takes_earlier": bool(task["takes_earlier"]),
+                "attempt": task["attempts"], "max_attempts": self.policy.max_attempts,
             },
             lease={"id": lease_id, "seconds": self.policy.lease_seconds},
         )
 
+    def _next(self, db: sqlite3.Connection, now: float) -> sqlite3.Row | None:
+        """The task to hand out: the best head among the NVR queues that may take one more.
+
+        An NVR resting after busy/unreachable answers, or already running its cap of
+        tasks, is skipped. Among the rest: priority, then the longest range (so the
+        long tasks do not all end up last), then the NVR with the fewest running
+        tasks (so every NVR works), then sheet order. One index probe per NVR, so a
+        claim costs the same with a hundred or a million tasks queued.
+        """
+        return db.execute(
+            "SELECT t.id FROM (SELECT n.server, n.max_parallel,"
+            "   (SELECT count(*) FROM tasks l WHERE l.state = 'leased' AND l.server = n.server) AS running,"
+            "   (SELECT q.id FROM tasks q WHERE q.state = 'queued' AND q.server = n.server"
+            "    ORDER BY q.priority DESC, q.span DESC, q.id LIMIT 1) AS head"
+            "  FROM nvrs n WHERE n.backoff_until <= ?) AS c"
+            " JOIN tasks t ON t.id = c.head"
+            " WHERE c.running < coalesce(c.max_parallel, ?)"
+            " ORDER BY t.priority DESC, t.span DESC, c.running, t.id LIMIT 1",
+            (now, self.policy.per_nvr),
+        ).fetchone()
+
     def _nothing_ready(self, db: sqlite3.Connection, now: float) -> Claim:
         row = db.execute(
             "SELECT (SELECT min(ready_at) FROM tasks WHERE state = 'waiting') AS ready,"
-            " (SELECT min(lease_expires) FROM tasks WHERE state = 'leased') AS expires"
+            " (SELECT min(lease_expires) FROM tasks WHERE state = 'leased') AS expires,"
+            " EXISTS (SELECT 1 FROM tasks WHERE state = 'queued') AS held,"
+            " (SELECT min(backoff_until) FROM nvrs WHERE backoff_until > ?) AS rested",
+            (now,),
         ).fetchone()
-        if row["ready"] is None and row["expires"] is None:
+        if row["ready"] is None and row["expires"] is None and not row["held"]:
             return Claim("drained")
-        # Leased work may finish or come back at any moment; never tell a worker to
-        # wait longer than max_wait, nor to hammer the coordinator.
-        soonest = min(t for t in (row["ready"], row["expires"]) if t is not None)
+        # Queued work held back by a cap or a resting NVR, and leased work, may become
+        # ready at any moment; never tell a worker to wait longer than max_wait.
+        soonest = min((t for t in (row["ready"], row["expires"], row["rested"]) if t is not None),
+                      default=now + self.policy.max_wait)
         return Claim("wait", retry_after=round(min(self.policy.max_wait, max(0.1, soonest - now)), 2))
 
     def heartbeat(self, task_id: int, lease_id: str, progress: dict | None) -> float:
@@ -231,6 +273,10 @@ class SQLiteStore(Store):
             )
             if cur.rowcount:
                 self._end_attempt(db, lease_id, now, "done", None, done=1)
+                db.execute(
+                    "UPDATE nvrs SET failures = 0, down_since = NULL, backoff_until = 0, last_error = NULL"
+                    " WHERE server = (SELECT server FROM tasks WHERE id = ?)", (task_id,),
+                )
                 return
             state = self._current_state(db, task_id)
             repeat = db.execute(
@@ -239,13 +285,17 @@ class SQLiteStore(Store):
         if repeat is None:
             raise LeaseLost(task_id, state)
 
-    def fail(self, task_id: int, lease_id: str, error: str, permanent: bool = False) -> str:
+    def fail(self, task_id: int, lease_id: str, error: str, permanent: bool = False,
+             device: str | None = None) -> str:
         now = time.time()
         with self._write() as db:
             self._expire(db, now)
             row = db.execute(
-                "SELECT attempts FROM tasks WHERE id = ? AND lease_id = ? AND state = 'leased'", (task_id, lease_id)
+                "SELECT attempts, server FROM tasks WHERE id = ? AND lease_id = ? AND state = 'leased'",
+                (task_id, lease_id),
             ).fetchone()
+            if row is not None and device and not permanent:
+                return self._rest_nvr(db, now, task_id, lease_id, row["server"], error, device)
             if row is not None:
                 give_up = permanent or row["attempts"] >= self.policy.max_attempts
                 state = State.FAILED if give_up else State.WAITING
@@ -279,6 +329,33 @@ class SQLiteStore(Store):
                 return
             state = self._current_state(db, task_id)
         raise LeaseLost(task_id, state)
+
+    def _rest_nvr(self, db, now: float, task_id: int, lease_id: str, server: str, error: str, device: str) -> str:
+        """Blame the NVR, not the task: it rests, its tasks wait, no attempt is charged."""
+        db.execute(
+            "UPDATE nvrs SET failures = failures + 1, down_since = coalesce(down_since, ?), last_error = ?"
+            " WHERE server = ?", (now, error, server),
+        )
+        nvr = db.execute("SELECT failures, down_since FROM nvrs WHERE server = ?", (server,)).fetchone()
+        if now - nvr["down_since"] >= self.policy.nvr_give_up:
+            final = (f"NVR {server} {device} for {now - nvr['down_since']:.0f} s (limit"
+                     f" {self.policy.nvr_give_up:.0f} s); last error: {error}")
+            db.execute(
+                "UPDATE tasks SET state = 'failed', last_error = ?, finished = ?, lease_expires = NULL"
+                " WHERE (id = ? AND lease_id = ?) OR (server = ? AND state IN ('queued', 'waiting'))",
+                (final, now, task_id, lease_id, server),
+            )
+            self._end_attempt(db, lease_id, now, "failed", error, failed=1)
+            return State.FAILED.value
+        until = now + self.policy.device_delay(nvr["failures"])
+        db.execute("UPDATE nvrs SET backoff_until = max(backoff_until, ?) WHERE server = ?", (until, server))
+        db.execute(
+            "UPDATE tasks SET state = 'waiting', attempts = attempts - 1, last_error = ?, ready_at = ?,"
+            " lease_expires = NULL WHERE id = ? AND lease_id = ?",
+            (error, until, task_id, lease_id),
+        )
+        self._end_attempt(db, lease_id, now, f"nvr {device}", error)
+        return State.WAITING.value
 
     # --- helpers inside a transaction ----------------------------------------------
     def _expire(self, db: sqlite3.Connection, now: float) -> None:
@@ -362,6 +439,17 @@ class SQLiteStore(Store):
              "last_seen_ago": round(now - w["last_seen"], 1), "lost": now - w["last_seen"] > lost_after}
             for w in db.execute("SELECT * FROM workers ORDER BY name")
         ]
+        nvrs = [
+            {"server": n["server"], "running": n["running"], "queued": n["queued"],
+             "max_parallel": n["max_parallel"] or self.policy.per_nvr,
+             "resting_for": round(n["backoff_until"] - now, 1) if n["backoff_until"] > now else 0,
+             "last_error": n["last_error"]}
+            for n in db.execute(
+                "SELECT n.*, (SELECT count(*) FROM tasks l WHERE l.state = 'leased' AND l.server = n.server) AS running,"
+                " (SELECT count(*) FROM tasks q WHERE q.state IN ('queued', 'waiting') AND q.server = n.server)"
+                " AS queued FROM nvrs n ORDER BY n.server"
+            )
+        ]
         return {
             "counts": counts,
             "tasks": totals["tasks"],
@@ -369,6 +457,7 @@ class SQLiteStore(Store):
             "bytes": totals["bytes"],
             "drained": not any(counts[s] for s in ACTIVE),
             "workers": workers,
+            "nvrs": nvrs,
         }
 
 
@@ -378,6 +467,7 @@ def _public(row: sqlite3.Row, now: float) -> dict:
         "id": row["id"], "key": row["key"], "name": row["name"], "server": row["server"],
         "username": row["username"], "cameras": [c for c in row["cameras"].split(",") if c],
         "start": row["start"], "end": row["end"], "priority": row["priority"], "source": row["source"],
+        "group": row["grp"],
         "state": row["state"], "attempts": row["attempts"], "worker": row["worker"],
         "lease_expires_in": round(row["lease_expires"] - now, 1) if row["lease_expires"] else None,
         "progress": json.loads(row["progress"]) if row["progress"] else None,
