@@ -169,3 +169,32 @@ def test_flask_development_server_serves_the_same_app(procs, tmp_path, two_tasks
     proc = procs.start("flask", [PYTHON, "-m", "flask", *argv, "--port", "0"], ready=r"Running on (http://\S+)",
                        env=env, cwd=REPO)
     assert api(proc.url).json()["counts"]["queued"] == 2
+
+
+def test_longest_ranges_go_first_and_work_spreads_over_nvrs(procs, tmp_path):
+    rows = [["nvr-a", "u", "p", 101, T, T.replace(hour=1), "a 1h"],
+            ["nvr-a", "u", "p", 101, T.replace(hour=1), T.replace(hour=4), "a 3h"],
+            ["nvr-b", "u", "p", 101, T, T.replace(hour=2), "b 2h"],
+            ["nvr-b", "u", "p", 201, T, T.replace(hour=2), "b 2h again"]]
+    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
+                            "--per-nvr", "10").url
+    assert [claim(url).json()["task"]["name"] for _ in rows] == ["a 3h", "b 2h", "b 2h again", "a 1h"]
+
+    even = [["nvr-a", "u", "p", c, T, T.replace(hour=1), f"a{c}"] for c in (101, 201, 301)]
+    even += [["nvr-b", "u", "p", c, T, T.replace(hour=1), f"b{c}"] for c in (101, 201)]
+    url = start_coordinator(procs, write_sheet(tmp_path / "e.xlsx", even, HEADER), tmp_path / "e.db",
+                            "--per-nvr", "10").url
+    assert [claim(url).json()["task"]["name"] for _ in even] == ["a101", "b101", "a201", "b201", "a301"]
+
+
+def test_work_held_back_by_an_nvr_cap_means_wait_not_drained(procs, tmp_path):
+    rows = [["nvr-a", "u", "p", c, T, T.replace(hour=1)] for c in (101, 201)]
+    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
+                            "--per-nvr", "1").url
+    first = claim(url).json()
+    assert claim(url).json()["status"] == "wait"
+    assert api(url).json()["nvrs"] == [{"server": "nvr-a", "running": 1, "queued": 1, "max_parallel": 1,
+                                        "resting_for": 0, "last_error": None}]
+    api(url, "POST", f"/api/tasks/{first['task']['id']}/complete", json={"lease": first["lease"]["id"]})
+    assert claim(url).json()["status"] == "task"
+    assert claim(url).json()["status"] == "wait"  # the last task is leased, not done: not drained yet

@@ -114,3 +114,42 @@ def test_aliases_ids_priorities_and_notes_columns(tmp_path):
     (spec,) = load_sheet(write_sheet(tmp_path / "t.xlsx", rows, header))
     assert (spec.key, spec.username, spec.server, spec.priority) == ("id:case-17", "op", "https://nvr.example.com:8443", 5)
     assert spec.source == "t.xlsx, sheet 'tasks', row 2"
+
+
+def test_times_with_an_offset_are_converted_to_the_nvr_clock_when_its_zone_is_known(tmp_path):
+    header = [*HEADER, "timezone"]
+    rows = [  # an incident report in UTC, NVRs in Bucharest (UTC+2 in winter, UTC+3 in summer)
+        [*GOOD[:4], "2026-01-10T06:00:00Z", "2026-01-10T07:30:00+00:00", "winter", "Europe/Bucharest"],
+        [*GOOD[:4], "2026-07-10T06:00:00Z", "2026-07-10T07:00:00Z", "summer", "Europe/Bucharest"],
+        [*GOOD[:4], datetime(2026, 1, 10, 8), datetime(2026, 1, 10, 9), "plain cells are NVR-local", "Europe/Bucharest"],
+    ]
+    specs = load_sheet(write_sheet(tmp_path / "t.xlsx", rows, header))
+    assert [(s.start, s.end) for s in specs] == [
+        ("2026-01-10T08:00:00", "2026-01-10T09:30:00"),
+        ("2026-07-10T09:00:00", "2026-07-10T10:00:00"),
+        ("2026-01-10T08:00:00", "2026-01-10T09:00:00"),
+    ]
+    # Without a zone, "Z" keeps the firmware convention (NVR-local); a real offset is refused.
+    plain = write_sheet(tmp_path / "p.xlsx", [[*GOOD[:4], "2026-01-10T06:00:00Z", "2026-01-10T07:00:00Z"]], HEADER)
+    assert load_sheet(plain)[0].start == "2026-01-10T06:00:00"
+    assert load_sheet(plain, timezone="Asia/Tokyo")[0].start == "2026-01-10T15:00:00"
+    bad = write_sheet(tmp_path / "b.xlsx", [[*GOOD[:6], "x", "Mars/Olympus"]], header)
+    assert "row 2, column H (timezone): 'Mars/Olympus' is not a time zone name" in problems_of(bad)[0]
+
+
+def test_chunking_splits_rows_per_camera_and_per_chunk(tmp_path):
+    header = [*HEADER, "chunk", "max_parallel"]
+    rows = [[*GOOD[:4], T, T.replace(hour=2, minute=30), "lobby", "1h", 3],
+            ["10.0.0.6", "admin", "pw", "", T, T.replace(hour=1), "all cameras", "30m", None]]
+    specs = load_sheet(write_sheet(tmp_path / "t.xlsx", rows, header))
+    first = [(s.cameras, s.start[11:16], s.end[11:16], s.takes_earlier) for s in specs if s.server == "10.0.0.5"]
+    assert first == [(("101",), "00:00", "01:00", True), (("101",), "01:00", "02:00", False),
+                     (("101",), "02:00", "02:30", False), (("201",), "00:00", "01:00", True),
+                     (("201",), "01:00", "02:00", False), (("201",), "02:00", "02:30", False)]
+    assert {s.group for s in specs[:6]} == {specs[0].group} and specs[0].max_parallel == 3
+    assert [(s.cameras, s.start[11:16]) for s in specs[6:]] == [((), "00:00"), ((), "00:30")]
+    assert specs[1].source == "t.xlsx, sheet 'tasks', row 2 (cam 101 chunk 2/3)"
+    bad = [[*GOOD[:6], "x", "90"], [*GOOD[:4], T, T.replace(hour=1), "y", "1h", 0]]
+    found = problems_of(write_sheet(tmp_path / "b.xlsx", bad, header))
+    assert "row 2, column H (chunk): '90' is not a chunk length (e.g. 30m, 1h, 1d)" in found[0]
+    assert "row 3, column I (max_parallel): 0 must be 1 or more" in found[1]
