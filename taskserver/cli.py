@@ -57,6 +57,12 @@ def parser() -> argparse.ArgumentParser:
     sheet_options(imp)
     imp.set_defaults(func=cmd_import)
 
+    again = sub.add_parser("requeue", help="queue failed or cancelled tasks again, with fresh attempts")
+    again.add_argument("ids", nargs="*", type=int, help="task ids (default: every failed or cancelled task)")
+    again.add_argument("--nvr", help="only this NVR's tasks (host or host:port, as in the sheet)")
+    again.add_argument("--db", help="SQLite file (default taskserver.db)")
+    again.set_defaults(func=cmd_requeue)
+
     status = sub.add_parser("status", help="show a running coordinator's progress")
     status.add_argument("--url", default="http://127.0.0.1:8080", help="coordinator URL")
     status.add_argument("--token", help="bearer token (default $TASKSERVER_TOKEN)")
@@ -115,7 +121,22 @@ def cmd_import(args: argparse.Namespace) -> int:
         result = store.add(specs)
     finally:
         store.close()
-    print(f"{args.sheet}: {result.added} task(s) added, {result.existing} already in {config.db}")
+    updated = f" ({result.updated} with a corrected password)" if result.updated else ""
+    print(f"{args.sheet}: {result.added} task(s) added, {result.existing} already in {config.db}{updated}")
+    return EXIT_OK
+
+
+def cmd_requeue(args: argparse.Namespace) -> int:
+    """Give failed (or cancelled) tasks another round of attempts."""
+    from .store import open_store
+
+    config = _config(args, "db")
+    store = open_store(config.db, config.policy())
+    try:
+        count = store.requeue(args.ids or None, args.nvr.lower() if args.nvr else None)
+    finally:
+        store.close()
+    print(f"{count} task(s) queued again")
     return EXIT_OK
 
 

@@ -1,6 +1,8 @@
 """A CCTV engineer exports recordings from NVRs with several worker hosts: the whole story."""
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import datetime
 
 import psutil
@@ -169,4 +171,26 @@ def test_retry_after_a_cut_keeps_the_files_already_complete(procs, tmp_path):
     stats = nvr.stats()
     # 6 recordings: 3 complete, 1 cut, then the retry fetched only the 3 missing ones.
     assert (stats["downloads_started"], stats["downloads_completed"], stats["downloads_dropped"]) == (7, 6, 1)
+    assert task_files(tmp_path / "dl") == nvr.expected(101, hour(0), hour(1))
+
+
+def test_after_fixing_a_wrong_password_reimport_and_requeue_finish_the_job(procs, tmp_path):
+    nvr = start_nvr(procs, channels=1, hours=1)
+    row = [nvr.address, "admin", "typo-password", 101, hour(0), hour(1), "lobby"]
+    db = tmp_path / "ts.db"
+    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", [row], HEADER), db, "--max-attempts", "1")
+    assert start_client(procs, coordinator.url, tmp_path / "dl", 1).wait(60) == 0
+    assert api(coordinator.url, path="/api/tasks/1").json()["state"] == "failed"
+
+    row[2] = SIM_PASSWORD
+    fixed = write_sheet(tmp_path / "t.xlsx", [row], HEADER)
+    taskserver = [sys.executable, "-m", "taskserver"]
+    out = subprocess.run([*taskserver, "import", str(fixed), "--db", str(db)], capture_output=True, text=True)
+    assert "0 task(s) added, 1 already in" in out.stdout and "(1 with a corrected password)" in out.stdout
+    out = subprocess.run([*taskserver, "requeue", "--db", str(db)], capture_output=True, text=True)
+    assert out.stdout.strip() == "1 task(s) queued again"
+
+    assert start_client(procs, coordinator.url, tmp_path / "dl", 1).wait(60) == 0
+    task = api(coordinator.url, path="/api/tasks/1").json()
+    assert task["state"] == "done" and task["attempts"] == 1
     assert task_files(tmp_path / "dl") == nvr.expected(101, hour(0), hour(1))

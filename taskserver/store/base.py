@@ -123,6 +123,7 @@ class ImportResult:
 
     added: int = 0
     existing: int = 0
+    updated: int = 0  # existing tasks, not yet done, whose password the sheet corrected
     ids: list[int] = field(default_factory=list)
 
 
@@ -135,6 +136,10 @@ class Store(ABC):
     @abstractmethod
     def add(self, specs: list[TaskSpec]) -> ImportResult:
         """Queue new tasks atomically; specs whose key is already stored are counted, not added."""
+
+    @abstractmethod
+    def requeue(self, task_ids: list[int] | None = None, server: str | None = None) -> int:
+        """Queue failed or cancelled tasks again with fresh attempts (all, these ids, or one NVR's)."""
 
     @abstractmethod
     def claim(self, worker: str) -> Claim:

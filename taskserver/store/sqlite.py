@@ -170,9 +170,32 @@ class SQLiteStore(Store):
                 if cur.rowcount:
                     result.added += 1
                     result.ids.append(cur.lastrowid)
-                else:
-                    result.existing += 1
+                    continue
+                result.existing += 1
+                # A corrected password reaches tasks not yet done (e.g. after "wrong password").
+                result.updated += db.execute(
+                    "UPDATE tasks SET password = ? WHERE key = ? AND password != ? AND state != 'done'",
+                    (spec.password, spec.key, spec.password),
+                ).rowcount
         return result
+
+    def requeue(self, task_ids: list[int] | None = None, server: str | None = None) -> int:
+        where, params = "state IN ('failed', 'cancelled')", []
+        if task_ids is not None:
+            where += f" AND id IN ({','.join('?' * len(task_ids))})"
+            params += task_ids
+        if server is not None:
+            where += " AND server = ?"
+            params.append(server)
+        with self._write() as db:
+            db.execute(
+                "UPDATE nvrs SET failures = 0, down_since = NULL, backoff_until = 0"
+                f" WHERE server IN (SELECT server FROM tasks WHERE {where})", params,
+            )
+            return db.execute(
+                "UPDATE tasks SET state = 'queued', attempts = 0, ready_at = 0, lease_id = NULL, finished = NULL"
+                f" WHERE {where}", params,
+            ).rowcount
 
     # --- the worker protocol -------------------------------------------------------
     def claim(self, worker: str) -> Claim:
