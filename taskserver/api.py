@@ -78,11 +78,14 @@ def complete(task_id: int):
     result = body.get("result", {})
     if not isinstance(result, dict):
         raise BadRequest("'result' must be an object")
-    store().complete(task_id, _lease(body), result)
+    worker = _worker(body.get("worker")) if body.get("next") else None
+    following = store().complete(task_id, _lease(body), result, next_for=worker)
     log.info("task %s done: %s file(s), %s byte(s)", task_id, result.get("files"), result.get("bytes"))
     answer = {"ok": True}
-    if body.get("next"):
-        answer["next"] = store().claim(_worker(body.get("worker"))).to_dict()
+    if following is not None:
+        answer["next"] = following.to_dict()
+        if following.status == "task":
+            log.info("task %s leased to %s (attempt %s)", following.task["id"], worker, following.task["attempt"])
     return jsonify(answer)
 
 

@@ -153,8 +153,12 @@ class Store(ABC):
         """
 
     @abstractmethod
-    def complete(self, task_id: int, lease_id: str, result: dict) -> None:
-        """Mark a leased task done with its result; a repeat with the same lease is harmless."""
+    def complete(self, task_id: int, lease_id: str, result: dict, next_for: str | None = None) -> Claim | None:
+        """Mark a leased task done with its result; a repeat with the same lease is harmless.
+
+        With `next_for` (a worker name), also claim that worker's next task in the same
+        transaction and return the claim: one commit per task at steady state.
+        """
 
     @abstractmethod
     def fail(self, task_id: int, lease_id: str, error: str, permanent: bool = False,

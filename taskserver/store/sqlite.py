@@ -200,25 +200,29 @@ class SQLiteStore(Store):
     # --- the worker protocol -------------------------------------------------------
     def claim(self, worker: str) -> Claim:
         now = time.time()
-        lease_id = secrets.token_hex(16)
         with self._write() as db:
             self._expire(db, now)
-            row = self._next(db, now)
-            if row is None:
-                self._seen(db, worker, now, None)
-                return self._nothing_ready(db, now)
-            expires = now + self.policy.lease_seconds
-            db.execute(
-                "UPDATE tasks SET state = 'leased', lease_id = ?, lease_expires = ?, worker = ?,"
-                " attempts = attempts + 1, started = coalesce(started, ?) WHERE id = ? AND state = 'queued'",
-                (lease_id, expires, worker, now, row["id"]),
-            )
-            task = db.execute("SELECT * FROM tasks WHERE id = ?", (row["id"],)).fetchone()
-            db.execute(
-                "INSERT INTO attempts (task_id, lease_id, worker, started) VALUES (?,?,?,?)",
-                (task["id"], lease_id, worker, now),
-            )
-            self._seen(db, worker, now, task["id"])
+            return self._claim(db, worker, now)
+
+    def _claim(self, db: sqlite3.Connection, worker: str, now: float) -> Claim:
+        """The claim itself, inside the caller's transaction."""
+        lease_id = secrets.token_hex(16)
+        row = self._next(db, now)
+        if row is None:
+            self._seen(db, worker, now, None)
+            return self._nothing_ready(db, now)
+        expires = now + self.policy.lease_seconds
+        db.execute(
+            "UPDATE tasks SET state = 'leased', lease_id = ?, lease_expires = ?, worker = ?,"
+            " attempts = attempts + 1, started = coalesce(started, ?) WHERE id = ? AND state = 'queued'",
+            (lease_id, expires, worker, now, row["id"]),
+        )
+        task = db.execute("SELECT * FROM tasks WHERE id = ?", (row["id"],)).fetchone()
+        db.execute(
+            "INSERT INTO attempts (task_id, lease_id, worker, started) VALUES (?,?,?,?)",
+            (task["id"], lease_id, worker, now),
+        )
+        self._seen(db, worker, now, task["id"])
         return Claim(
             "task",
             task={
@@ -285,8 +289,10 @@ class SQLiteStore(Store):
             raise LeaseLost(task_id, lost)
         return self.policy.lease_seconds
 
-    def complete(self, task_id: int, lease_id: str, result: dict) -> None:
+    def complete(self, task_id: int, lease_id: str, result: dict, next_for: str | None = None) -> Claim | None:
         now = time.time()
+        lost = None
+        answer = None
         with self._write() as db:
             self._expire(db, now)
             cur = db.execute(
@@ -300,13 +306,16 @@ class SQLiteStore(Store):
                     "UPDATE nvrs SET failures = 0, down_since = NULL, backoff_until = 0, last_error = NULL"
                     " WHERE server = (SELECT server FROM tasks WHERE id = ?)", (task_id,),
                 )
-                return
-            state = self._current_state(db, task_id)
-            repeat = db.execute(
+            elif db.execute(
                 "SELECT 1 FROM tasks WHERE id = ? AND lease_id = ? AND state = 'done'", (task_id, lease_id)
-            ).fetchone()
-        if repeat is None:
-            raise LeaseLost(task_id, state)
+            ).fetchone() is None:
+                lost = LeaseLost(task_id, self._current_state(db, task_id))
+            if next_for and lost is None:
+                # The next claim rides in the same transaction: one commit per task at steady state.
+                answer = self._claim(db, next_for, now)
+        if lost is not None:
+            raise lost
+        return answer
 
     def fail(self, task_id: int, lease_id: str, error: str, permanent: bool = False,
              device: str | None = None) -> str:
