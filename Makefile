@@ -10,7 +10,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "taskserver needs Python 3.11 or newer: make PYTHON=python3.11 ...")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,bench]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -24,8 +24,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
+bench: $(STAMP)
+	@for b in dispatch makespan download scale idle; do $(BIN)/python -m bench.$$b $(ARGS) || exit 1; done
+
 lint: $(STAMP)
-	$(BIN)/ruff check taskserver taskclient nvrsim tests demo.py
+	$(BIN)/ruff check taskserver taskclient nvrsim tests bench demo.py
 
 clean:
 	rm -rf $(VENV) demo-run .pytest_cache *.egg-info

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
@@ -71,3 +72,22 @@ def _cell(value) -> str:
     if isinstance(value, float):
         return f"{value:.3g}" if abs(value) < 100 else f"{value:,.0f}"
     return str(value)
+
+
+def run_parallel(target, args_list) -> tuple[float, list]:
+    """Run `target(*args)` in one process per args tuple (clients may have pools of their own)."""
+    ctx = multiprocessing.get_context("fork")
+    results = ctx.Queue()
+    procs = [ctx.Process(target=_call, args=(results, target, args)) for args in args_list]
+    t = time.perf_counter()
+    for p in procs:
+        p.start()
+    collected = [results.get(timeout=1800) for _ in procs]
+    wall = time.perf_counter() - t
+    for p in procs:
+        p.join()
+    return wall, collected
+
+
+def _call(results, target, args) -> None:
+    results.put(target(*args))

@@ -7,7 +7,6 @@ ceiling (waitress answering a constant). Run: python -m bench.dispatch [--quick]
 """
 from __future__ import annotations
 
-import multiprocessing
 import subprocess
 import sys
 import time
@@ -15,7 +14,7 @@ from datetime import datetime, timedelta
 
 import requests
 
-from bench.common import Workspace, options, percentile, report
+from bench.common import Workspace, options, percentile, report, run_parallel
 from tests.harness import PYTHON, start_coordinator, write_sheet
 
 PROCESSES = 4  # 2 client processes x 2 workers
@@ -55,25 +54,6 @@ def blog_client(url: str) -> int:
 
 def _noop(row: str) -> None:
     return None
-
-
-def run_parallel(target, args_list) -> tuple[float, list]:
-    """Run `target(*args)` in one process per args tuple (clients may have pools of their own)."""
-    ctx = multiprocessing.get_context("fork")
-    results = ctx.Queue()
-    procs = [ctx.Process(target=_call, args=(results, target, args)) for args in args_list]
-    t = time.perf_counter()
-    for p in procs:
-        p.start()
-    collected = [results.get(timeout=1800) for _ in procs]
-    wall = time.perf_counter() - t
-    for p in procs:
-        p.join()
-    return wall, collected
-
-
-def _call(results, target, args) -> None:
-    results.put(target(*args))
 
 
 def bench_ours(ws: Workspace, n: int) -> dict:
