@@ -43,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--backoff-max", type=float, help="retry delay cap in seconds (default 600)")
     serve.add_argument("--max-wait", type=float, help="longest 'ask again after' (default 5)")
     serve.add_argument("--threads", type=int, help="waitress threads (default 8)")
+    serve.add_argument("--connections", type=int,
+                       help="open connections accepted; at least the number of workers (default 1000)")
     serve.add_argument("--per-nvr", type=int, help="concurrent tasks per NVR (default 2)")
     serve.add_argument("--nvr-backoff", type=float,
                        help="first rest in seconds for a busy or unreachable NVR, doubling up to 300 (default 5)")
@@ -89,7 +91,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     config = _config(args, "tasks", "db", "host", "port", "token", "lease_seconds", "max_attempts",
-                     "backoff_base", "backoff_max", "max_wait", "threads", "per_nvr", "nvr_backoff", "nvr_give_up", "chunk",
+                     "backoff_base", "backoff_max", "max_wait", "threads", "connections", "per_nvr", "nvr_backoff", "nvr_give_up", "chunk",
                      "timezone")
     if not config.loopback and not config.token:
         token = secrets.token_urlsafe(24)
@@ -97,8 +99,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"taskserver: listening beyond loopback without a token; generated one (shown once):\n"
               f"  {token}\npass it to workers with --token or TASKSERVER_TOKEN", file=sys.stderr, flush=True)
     app = create_app(config)
+    # Every worker keeps a connection alive; waitress's default limit of 100 would
+    # leave the 101st worker unanswered.
     server = waitress.create_server(app, host=config.host, port=config.port, threads=config.threads,
-                                    ident="taskserver", channel_timeout=120)
+                                    connection_limit=config.connections, ident="taskserver", channel_timeout=120)
     host = f"[{config.host}]" if ":" in config.host else config.host
     print(f"taskserver listening on http://{host}:{server.effective_port}", flush=True)
     try:

@@ -23,6 +23,12 @@ from nvrsim import Catalogue
 
 PYTHON = sys.executable
 SIM_PASSWORD = "S1m-Secret-pw"
+T = datetime(2026, 1, 1)  # the simulated NVRs' recordings start here
+
+
+def at(h: int, m: int = 0) -> datetime:
+    """A time on the simulated NVRs' first day."""
+    return T.replace(hour=h, minute=m)
 
 
 def wait_for(predicate, timeout: float = 30.0, interval: float = 0.05, what: str = "condition"):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-from datetime import datetime
 
 import psutil
 import pytest
@@ -12,6 +11,7 @@ import pytest
 from .harness import (
     HEADER,
     SIM_PASSWORD,
+    T,
     api,
     start_client,
     start_coordinator,
@@ -24,7 +24,6 @@ from .harness import (
 )
 
 pytestmark = pytest.mark.slow
-T = datetime(2026, 1, 1)
 
 
 def slow_export(procs, tmp_path, tasks=2):

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from datetime import datetime
 
 import psutil
 import pytest
@@ -12,6 +11,7 @@ from .harness import (
     HEADER,
     SIM_PASSWORD,
     api,
+    at,
     leftovers,
     start_client,
     start_coordinator,
@@ -24,20 +24,15 @@ from .harness import (
 )
 
 pytestmark = pytest.mark.slow
-T = datetime(2026, 1, 1)
-
-
-def hour(h: int, m: int = 0) -> datetime:
-    return T.replace(hour=h, minute=m)
 
 
 def test_two_hosts_export_every_recording_exactly_once_byte_for_byte(procs, tmp_path):
     nvr = start_nvr(procs, channels=3, hours=4)
     rows = [
-        [nvr.address, "admin", SIM_PASSWORD, "101,201", hour(0), hour(2), "lobby and gate, night"],
-        [nvr.address, "admin", SIM_PASSWORD, 101, hour(2), hour(4), "lobby"],
-        [nvr.address, "admin", SIM_PASSWORD, 201, hour(2), hour(4), "gate"],
-    ] + [[nvr.address, "admin", SIM_PASSWORD, "301", hour(h), hour(h + 1), f"yard {h}h"] for h in range(4)]
+        [nvr.address, "admin", SIM_PASSWORD, "101,201", at(0), at(2), "lobby and gate, night"],
+        [nvr.address, "admin", SIM_PASSWORD, 101, at(2), at(4), "lobby"],
+        [nvr.address, "admin", SIM_PASSWORD, 201, at(2), at(4), "gate"],
+    ] + [[nvr.address, "admin", SIM_PASSWORD, "301", at(h), at(h + 1), f"yard {h}h"] for h in range(4)]
     sheet = write_sheet(tmp_path / "tasks.xlsx", rows, HEADER)
     coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db")
     downloads = tmp_path / "downloads"
@@ -57,7 +52,7 @@ def test_two_hosts_export_every_recording_exactly_once_byte_for_byte(procs, tmp_
 
     expected = {}
     for track in (101, 201, 301):
-        expected.update(nvr.expected(track, hour(0), hour(4)))
+        expected.update(nvr.expected(track, at(0), at(4)))
     files = task_files(downloads)
     assert sorted(files) == sorted(expected)
     assert all(files[name] == expected[name] for name in expected), "a file differs from the NVR's recording"
@@ -83,9 +78,9 @@ def test_two_hosts_export_every_recording_exactly_once_byte_for_byte(procs, tmp_
 def test_wrong_password_fails_its_task_with_a_clear_error_and_spares_the_others(procs, tmp_path):
     nvr = start_nvr(procs, channels=2, hours=2)
     rows = [
-        [nvr.address, "admin", SIM_PASSWORD, 101, hour(0), hour(1), "good 1"],
-        [nvr.address, "admin", "not-the-password", 201, hour(0), hour(1), "wrong password"],
-        [nvr.address, "admin", SIM_PASSWORD, 201, hour(1), hour(2), "good 2"],
+        [nvr.address, "admin", SIM_PASSWORD, 101, at(0), at(1), "good 1"],
+        [nvr.address, "admin", "not-the-password", 201, at(0), at(1), "wrong password"],
+        [nvr.address, "admin", SIM_PASSWORD, 201, at(1), at(2), "good 2"],
     ]
     coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
                                     "--max-attempts", "3")
@@ -106,7 +101,7 @@ def test_wrong_password_fails_its_task_with_a_clear_error_and_spares_the_others(
 def test_download_cut_mid_transfer_fails_the_attempt_then_retries_to_a_byte_exact_file(procs, tmp_path, mode):
     nvr = start_nvr(procs, channels=1, hours=1, size=200_000,
                     extra=("--drop-after", "70000", "--drop-count", "2", "--drop-mode", mode))
-    sheet = write_sheet(tmp_path / "t.xlsx", [[nvr.address, "admin", SIM_PASSWORD, 101, hour(0), hour(1)]], HEADER)
+    sheet = write_sheet(tmp_path / "t.xlsx", [[nvr.address, "admin", SIM_PASSWORD, 101, at(0), at(1)]], HEADER)
     coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db")
     client = start_client(procs, coordinator.url, tmp_path / "dl", 1)
     assert client.wait(90) == 0
@@ -116,7 +111,7 @@ def test_download_cut_mid_transfer_fails_the_attempt_then_retries_to_a_byte_exac
     assert [a["outcome"] for a in task["attempt_log"]] == ["failed", "failed", "done"]
     cut = "download cut after 70000" if mode == "close" else "connection lost"
     assert all(cut in a["error"] for a in task["attempt_log"][:2]), task["attempt_log"]
-    expected = nvr.expected(101, hour(0), hour(1))
+    expected = nvr.expected(101, at(0), at(1))
     assert task_files(tmp_path / "dl") == expected
     assert leftovers(tmp_path / "dl") == []
 
@@ -124,7 +119,7 @@ def test_download_cut_mid_transfer_fails_the_attempt_then_retries_to_a_byte_exac
 def test_busy_nvr_answer_is_never_saved_as_a_recording(procs, tmp_path):
     nvr = start_nvr(procs, channels=1, hours=1)
     nvr.faults(busy_above=0)  # every download answered 503, as an overloaded NVR does
-    sheet = write_sheet(tmp_path / "t.xlsx", [[nvr.address, "admin", SIM_PASSWORD, 101, hour(0), hour(1)]], HEADER)
+    sheet = write_sheet(tmp_path / "t.xlsx", [[nvr.address, "admin", SIM_PASSWORD, 101, at(0), at(1)]], HEADER)
     coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db", "--max-attempts", "20")
     client = start_client(procs, coordinator.url, tmp_path / "dl", 1)
 
@@ -136,13 +131,13 @@ def test_busy_nvr_answer_is_never_saved_as_a_recording(procs, tmp_path):
     nvr.faults(busy_above=None)
 
     assert client.wait(90) == 0
-    assert task_files(tmp_path / "dl") == nvr.expected(101, hour(0), hour(1))
+    assert task_files(tmp_path / "dl") == nvr.expected(101, at(0), at(1))
 
 
 def test_a_hung_nvr_times_out_rests_and_finally_fails_its_tasks_with_a_clear_error(procs, tmp_path):
     nvr = start_nvr(procs, channels=1, hours=2)
     nvr.faults(stall=True)
-    rows = [[nvr.address, "admin", SIM_PASSWORD, 101, hour(h), hour(h + 1)] for h in (0, 1)]
+    rows = [[nvr.address, "admin", SIM_PASSWORD, 101, at(h), at(h + 1)] for h in (0, 1)]
     coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
                                     "--max-attempts", "1", "--nvr-give-up", "3")
     client = start_client(procs, coordinator.url, tmp_path / "dl", 1, "--nvr-timeout", "1")
@@ -161,7 +156,7 @@ def test_a_hung_nvr_times_out_rests_and_finally_fails_its_tasks_with_a_clear_err
 def test_retry_after_a_cut_keeps_the_files_already_complete(procs, tmp_path):
     nvr = start_nvr(procs, channels=1, hours=1, size=100_000,
                     extra=("--drop-skip", "3", "--drop-after", "30000", "--drop-count", "1", "--drop-mode", "reset"))
-    sheet = write_sheet(tmp_path / "t.xlsx", [[nvr.address, "admin", SIM_PASSWORD, 101, hour(0), hour(1)]], HEADER)
+    sheet = write_sheet(tmp_path / "t.xlsx", [[nvr.address, "admin", SIM_PASSWORD, 101, at(0), at(1)]], HEADER)
     coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db")
     client = start_client(procs, coordinator.url, tmp_path / "dl", 1)
     assert client.wait(60) == 0
@@ -171,12 +166,12 @@ def test_retry_after_a_cut_keeps_the_files_already_complete(procs, tmp_path):
     stats = nvr.stats()
     # 6 recordings: 3 complete, 1 cut, then the retry fetched only the 3 missing ones.
     assert (stats["downloads_started"], stats["downloads_completed"], stats["downloads_dropped"]) == (7, 6, 1)
-    assert task_files(tmp_path / "dl") == nvr.expected(101, hour(0), hour(1))
+    assert task_files(tmp_path / "dl") == nvr.expected(101, at(0), at(1))
 
 
 def test_after_fixing_a_wrong_password_reimport_and_requeue_finish_the_job(procs, tmp_path):
     nvr = start_nvr(procs, channels=1, hours=1)
-    row = [nvr.address, "admin", "typo-password", 101, hour(0), hour(1), "lobby"]
+    row = [nvr.address, "admin", "typo-password", 101, at(0), at(1), "lobby"]
     db = tmp_path / "ts.db"
     coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", [row], HEADER), db, "--max-attempts", "1")
     assert start_client(procs, coordinator.url, tmp_path / "dl", 1).wait(60) == 0
@@ -193,4 +188,4 @@ def test_after_fixing_a_wrong_password_reimport_and_requeue_finish_the_job(procs
     assert start_client(procs, coordinator.url, tmp_path / "dl", 1).wait(60) == 0
     task = api(coordinator.url, path="/api/tasks/1").json()
     assert task["state"] == "done" and task["attempts"] == 1
-    assert task_files(tmp_path / "dl") == nvr.expected(101, hour(0), hour(1))
+    assert task_files(tmp_path / "dl") == nvr.expected(101, at(0), at(1))

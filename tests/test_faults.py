@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import signal
 import time
-from datetime import datetime
 
 import pytest
 
 from .harness import (
     HEADER,
     SIM_PASSWORD,
+    T,
     api,
     leftovers,
     start_client,
@@ -23,7 +23,6 @@ from .harness import (
 )
 
 pytestmark = pytest.mark.slow
-T = datetime(2026, 1, 1)
 
 
 def slow_nvr(procs, channels=1, hours=2):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-from datetime import datetime
 
 import psutil
 import pytest
@@ -11,6 +10,7 @@ from .harness import (
     HEADER,
     SIM_PASSWORD,
     api,
+    at,
     start_client,
     start_coordinator,
     start_nvr,
@@ -21,11 +21,6 @@ from .harness import (
 )
 
 pytestmark = pytest.mark.slow
-T = datetime(2026, 1, 1)
-
-
-def at(h: int, m: int = 0) -> datetime:
-    return T.replace(hour=h, minute=m)
 
 
 def test_no_nvr_ever_runs_more_than_its_cap_of_downloads(procs, tmp_path):

@@ -5,14 +5,12 @@ import os
 import re
 import subprocess
 import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
 
-from .harness import HEADER, PYTHON, api, start_coordinator, wait_for, write_sheet
+from .harness import HEADER, PYTHON, T, api, start_coordinator, wait_for, write_sheet
 
-T = datetime(2026, 1, 1)
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "Pr0tocol-secret"
 

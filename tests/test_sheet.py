@@ -10,9 +10,8 @@ import pytest
 from taskserver.errors import SheetError
 from taskserver.sheet import load_sheet
 
-from .harness import HEADER, PYTHON, write_sheet
+from .harness import HEADER, PYTHON, T, write_sheet
 
-T = datetime(2026, 1, 1)
 GOOD = ["10.0.0.5", "admin", "pw", "101,201", T, T.replace(hour=2), "lobby"]
 
 

@@ -96,6 +96,9 @@ class SQLiteStore(Store):
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # When idle workers were last seen: kept in memory, because an idle poll should
+        # cost a read, not a committed write (this coordinator's view only).
+        self._idle_seen: dict[str, float] = {}
         with self._write() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
@@ -200,6 +203,9 @@ class SQLiteStore(Store):
     # --- the worker protocol -------------------------------------------------------
     def claim(self, worker: str) -> Claim:
         now = time.time()
+        if not self._anything_ready(now):
+            self._idle_seen[worker] = now
+            return self._nothing_ready(self._db(), now)
         with self._write() as db:
             self._expire(db, now)
             return self._claim(db, worker, now)
@@ -234,6 +240,14 @@ class SQLiteStore(Store):
             },
             lease={"id": lease_id, "seconds": self.policy.lease_seconds},
         )
+
+    def _anything_ready(self, now: float) -> bool:
+        """A read-only look: is there queued work, an expired lease or a retry due?"""
+        return bool(self._db().execute(
+            "SELECT EXISTS (SELECT 1 FROM tasks WHERE state = 'queued')"
+            " OR EXISTS (SELECT 1 FROM tasks WHERE state = 'leased' AND lease_expires < ?)"
+            " OR EXISTS (SELECT 1 FROM tasks WHERE state = 'waiting' AND ready_at <= ?)", (now, now),
+        ).fetchone()[0])
 
     def _next(self, db: sqlite3.Connection, now: float) -> sqlite3.Row | None:
         """The task to hand out: the best head among the NVR queues that may take one more.
@@ -466,10 +480,14 @@ class SQLiteStore(Store):
             "SELECT count(*) AS tasks, coalesce(sum(files), 0) AS files, coalesce(sum(bytes), 0) AS bytes FROM tasks"
         ).fetchone()
         lost_after = 2 * self.policy.lease_seconds
+        seen = {w["name"]: dict(w) for w in db.execute("SELECT * FROM workers")}
+        for name, when in list(self._idle_seen.items()):
+            known = seen.setdefault(name, {"name": name, "task_id": None, "done": 0, "failed": 0, "last_seen": when})
+            known["last_seen"] = max(known["last_seen"], when)
         workers = [
             {"name": w["name"], "task": w["task_id"], "done": w["done"], "failed": w["failed"],
              "last_seen_ago": round(now - w["last_seen"], 1), "lost": now - w["last_seen"] > lost_after}
-            for w in db.execute("SELECT * FROM workers ORDER BY name")
+            for w in sorted(seen.values(), key=lambda w: w["name"])
         ]
         nvrs = [
             {"server": n["server"], "running": n["running"], "queued": n["queued"],
