@@ -30,9 +30,10 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["taskserver.store"] = store
     load_tasks(store, config)
 
-    from . import api
+    from . import api, rest
 
     app.register_blueprint(api.bp)
+    app.register_blueprint(rest.bp)
 
     @app.errorhandler(TaskServerError)
     def task_server_error(exc: TaskServerError):

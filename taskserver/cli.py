@@ -65,6 +65,11 @@ def parser() -> argparse.ArgumentParser:
     again.add_argument("--db", help="SQLite file (default taskserver.db)")
     again.set_defaults(func=cmd_requeue)
 
+    report = sub.add_parser("export", help="write the Excel report (per sheet row, per NVR, per task)")
+    report.add_argument("report", help="the .xlsx file to write, e.g. report.xlsx")
+    report.add_argument("--db", help="SQLite file (default taskserver.db)")
+    report.set_defaults(func=cmd_export)
+
     status = sub.add_parser("status", help="show a running coordinator's progress")
     status.add_argument("--url", default="http://127.0.0.1:8080", help="coordinator URL")
     status.add_argument("--token", help="bearer token (default $TASKSERVER_TOKEN)")
@@ -141,6 +146,21 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     finally:
         store.close()
     print(f"{count} task(s) queued again")
+    return EXIT_OK
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the report from the database (safe while the coordinator runs)."""
+    from .report import export
+    from .store import open_store
+
+    config = _config(args, "db")
+    store = open_store(config.db, config.policy())
+    try:
+        path = export(store, args.report)
+    finally:
+        store.close()
+    print(f"report written to {path}")
     return EXIT_OK
 
 

@@ -44,6 +44,12 @@ class TaskNotFound(TaskServerError):
         self.task_id = task_id
 
 
+class Conflict(TaskServerError):
+    """Raised when an admin action does not fit the task's state (e.g. cancelling a done task)."""
+
+    status = 409
+
+
 class LeaseLost(TaskServerError):
     """Raised when a worker reports on a lease that is no longer the task's current lease.
 

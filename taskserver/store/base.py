@@ -130,6 +130,8 @@ class ImportResult:
 class Store(ABC):
     """Durable task state. Every method is one transaction, committed before it returns."""
 
+    ORDERS = ("id", "newest", "priority")  # task list orders
+
     def __init__(self, policy: Policy):
         self.policy = policy
 
@@ -138,7 +140,8 @@ class Store(ABC):
         """Queue new tasks atomically; specs whose key is already stored are counted, not added."""
 
     @abstractmethod
-    def requeue(self, task_ids: list[int] | None = None, server: str | None = None) -> int:
+    def requeue(self, task_ids: list[int] | None = None, server: str | None = None,
+                states: tuple[str, ...] = ("failed", "cancelled")) -> int:
         """Queue failed or cancelled tasks again with fresh attempts (all, these ids, or one NVR's)."""
 
     @abstractmethod
@@ -173,6 +176,27 @@ class Store(ABC):
     @abstractmethod
     def release(self, task_id: int, lease_id: str) -> None:
         """Give a leased task back unrun (graceful shutdown): queued, no attempt charged."""
+
+    @abstractmethod
+    def cancel(self, task_id: int) -> str:
+        """Cancel a task that is not finished (a running one's worker is refused at its next report)."""
+
+    @abstractmethod
+    def set_paused(self, paused: bool) -> None:
+        """Stop or resume handing out work (claims answer "wait" while paused); durable."""
+
+    @abstractmethod
+    def tasks(self, state: str | None = None, nvr: str | None = None, worker: str | None = None,
+              text: str | None = None, order: str = "id", offset: int = 0, limit: int = 50) -> tuple[list[dict], int]:
+        """A page of public task views matching the filters, and how many match in all."""
+
+    @abstractmethod
+    def done_ids(self, after: int = 0) -> list[int]:
+        """Ids of done tasks above `after`, ascending: for scripts that poll for results."""
+
+    @abstractmethod
+    def all_tasks(self):
+        """Every task's public view in id order, streamed (for the report)."""
 
     @abstractmethod
     def task(self, task_id: int) -> dict:

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from ..errors import ConfigError, LeaseLost, TaskNotFound
+from ..errors import ConfigError, Conflict, LeaseLost, TaskNotFound
 from .base import Claim, ImportResult, Policy, State, Store, TaskSpec
 
 SCHEMA_VERSION = 1
@@ -73,6 +73,10 @@ CREATE TABLE IF NOT EXISTS nvrs (
     failures INTEGER NOT NULL DEFAULT 0,
     down_since REAL,
     last_error TEXT
+);
+CREATE TABLE IF NOT EXISTS settings (
+    name TEXT PRIMARY KEY,
+    value TEXT
 );
 CREATE TABLE IF NOT EXISTS workers (
     name TEXT PRIMARY KEY,
@@ -182,8 +186,9 @@ class SQLiteStore(Store):
                 ).rowcount
         return result
 
-    def requeue(self, task_ids: list[int] | None = None, server: str | None = None) -> int:
-        where, params = "state IN ('failed', 'cancelled')", []
+    def requeue(self, task_ids: list[int] | None = None, server: str | None = None,
+                states: tuple[str, ...] = ("failed", "cancelled")) -> int:
+        where, params = f"state IN ({','.join('?' * len(states))})", list(states)
         if task_ids is not None:
             where += f" AND id IN ({','.join('?' * len(task_ids))})"
             params += task_ids
@@ -203,6 +208,9 @@ class SQLiteStore(Store):
     # --- the worker protocol -------------------------------------------------------
     def claim(self, worker: str) -> Claim:
         now = time.time()
+        if self._paused():
+            self._idle_seen[worker] = now
+            return Claim("wait", retry_after=self.policy.max_wait)
         if not self._anything_ready(now):
             self._idle_seen[worker] = now
             return self._nothing_ready(self._db(), now)
@@ -403,6 +411,31 @@ class SQLiteStore(Store):
         self._end_attempt(db, lease_id, now, f"nvr {device}", error)
         return State.WAITING.value
 
+    # --- steering ------------------------------------------------------------------
+    def cancel(self, task_id: int) -> str:
+        now = time.time()
+        with self._write() as db:
+            lease = db.execute("SELECT lease_id FROM tasks WHERE id = ? AND state = 'leased'", (task_id,)).fetchone()
+            cur = db.execute(
+                "UPDATE tasks SET state = 'cancelled', lease_id = NULL, lease_expires = NULL, finished = ?"
+                " WHERE id = ? AND state IN ('queued', 'waiting', 'leased')", (now, task_id),
+            )
+            if lease is not None and lease["lease_id"]:
+                self._end_attempt(db, lease["lease_id"], now, "cancelled", None)
+            state = self._current_state(db, task_id)
+        if not cur.rowcount and state != State.CANCELLED:
+            raise Conflict(f"task {task_id} is {state}; only queued, waiting or running tasks can be cancelled")
+        return state
+
+    def set_paused(self, paused: bool) -> None:
+        with self._write() as db:
+            db.execute("INSERT INTO settings (name, value) VALUES ('paused', ?) ON CONFLICT (name) DO UPDATE"
+                       " SET value = excluded.value", ("1" if paused else "0",))
+
+    def _paused(self) -> bool:
+        row = self._db().execute("SELECT value FROM settings WHERE name = 'paused'").fetchone()
+        return row is not None and row["value"] == "1"
+
     # --- helpers inside a transaction ----------------------------------------------
     def _expire(self, db: sqlite3.Connection, now: float) -> None:
         """Re-queue (or fail) tasks whose lease ran out; make backed-off tasks ready."""
@@ -453,6 +486,38 @@ class SQLiteStore(Store):
         ).fetchone():
             with self._write() as db:
                 self._expire(db, now)
+
+    ORDER_SQL = {"id": "id", "newest": "id DESC", "priority": "priority DESC, span DESC, id"}
+
+    def tasks(self, state=None, nvr=None, worker=None, text=None, order="id", offset=0, limit=50):
+        now = time.time()
+        self._expire_if_due(now)
+        where, params = [], []
+        for column, value in (("state", state), ("server", nvr), ("worker", worker)):
+            if value:
+                where.append(f"{column} = ?")
+                params.append(value)
+        if text:
+            where.append("(name LIKE ? ESCAPE '\\' OR source LIKE ? ESCAPE '\\' OR key LIKE ? ESCAPE '\\'"
+                         " OR last_error LIKE ? ESCAPE '\\')")
+            pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            params += [pattern] * 4
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        db = self._db()
+        total = db.execute(f"SELECT count(*) FROM tasks {clause}", params).fetchone()[0]
+        rows = db.execute(f"SELECT * FROM tasks {clause} ORDER BY {self.ORDER_SQL[order]} LIMIT ? OFFSET ?",
+                          [*params, limit, offset]).fetchall()
+        return [_public(r, now) for r in rows], total
+
+    def done_ids(self, after: int = 0) -> list[int]:
+        return [r[0] for r in self._db().execute("SELECT id FROM tasks WHERE state = 'done' AND id > ? ORDER BY id",
+                                                 (after,))]
+
+    def all_tasks(self):
+        now = time.time()
+        self._expire_if_due(now)
+        for row in self._db().execute("SELECT * FROM tasks ORDER BY id"):
+            yield _public(row, now)
 
     def task(self, task_id: int) -> dict:
         self._expire_if_due(time.time())
@@ -508,6 +573,7 @@ class SQLiteStore(Store):
             "drained": not any(counts[s] for s in ACTIVE),
             "workers": workers,
             "nvrs": nvrs,
+            "paused": self._paused(),
         }
 
 

@@ -1,0 +1,133 @@
+"""REST endpoints for people and scripts: find tasks, fetch results, steer the run, get the report.
+
+    GET  /api/tasks?state=&nvr=&worker=&q=&order=id|newest|priority&page=1&per_page=50
+    GET  /api/tasks/done?after=ID            ids of done tasks, for scripts that poll
+    GET  /api/tasks/<id>/result              404 until the task is done
+    POST /api/tasks/<id>/requeue             a failed or cancelled task, with fresh attempts
+    POST /api/tasks/<id>/cancel              a queued, waiting or running task
+    POST /api/requeue                        every failed task ({"nvr": H} for one NVR's)
+    POST /api/pause, /api/resume             stop or resume handing out work
+    GET  /api/report.xlsx                    the Excel report
+
+Passwords are in no answer here; every call needs the token when one is set.
+"""
+from __future__ import annotations
+
+import io
+import logging
+
+from flask import Blueprint, jsonify, request, send_file
+
+from . import api
+from .errors import BadRequest, Conflict
+from .store import State
+
+log = logging.getLogger("taskserver")
+bp = Blueprint("rest", __name__, url_prefix="/api")
+bp.before_request(api.check_token)
+bp.after_request(api.no_store)
+
+
+@bp.get("/tasks")
+def tasks():
+    """A filtered, paginated page of tasks."""
+    args = request.args
+    unknown = set(args) - {"state", "nvr", "worker", "q", "order", "page", "per_page"}
+    if unknown:
+        raise BadRequest(f"unknown parameter(s): {', '.join(sorted(unknown))}")
+    state = args.get("state")
+    if state and state not in {s.value for s in State}:
+        raise BadRequest(f"state must be one of {', '.join(s.value for s in State)}")
+    order = args.get("order", "id")
+    if order not in api.store().ORDERS:
+        raise BadRequest(f"order must be one of {', '.join(api.store().ORDERS)}")
+    page, per_page = _int_arg("page", 1, 1, 10**9), _int_arg("per_page", 50, 1, 500)
+    rows, total = api.store().tasks(state=state, nvr=args.get("nvr"), worker=args.get("worker"),
+                                    text=args.get("q"), order=order, offset=(page - 1) * per_page, limit=per_page)
+    return jsonify({"tasks": rows, "total": total, "page": page, "per_page": per_page})
+
+
+@bp.get("/tasks/done")
+def done():
+    """Ids of done tasks above `after`."""
+    return jsonify({"ids": api.store().done_ids(_int_arg("after", 0, 0, 2**62))})
+
+
+@bp.get("/tasks/<int:task_id>/result")
+def result(task_id: int):
+    """A done task's result; 404 until then."""
+    task = api.store().task(task_id)
+    if task["state"] != State.DONE:
+        return jsonify({"error": "NotDone", "message": f"task {task_id} is {task['state']}, not done"}), 404
+    return jsonify({"id": task_id, "result": task["result"]})
+
+
+@bp.post("/tasks/<int:task_id>/requeue")
+def requeue_one(task_id: int):
+    """Queue a failed or cancelled task again with fresh attempts."""
+    state = api.store().task(task_id)["state"]
+    if not api.store().requeue([task_id]):
+        raise Conflict(f"task {task_id} is {state}; only failed or cancelled tasks can be requeued")
+    log.info("task %s requeued", task_id)
+    return jsonify({"ok": True, "state": State.QUEUED.value})
+
+
+@bp.post("/tasks/<int:task_id>/cancel")
+def cancel(task_id: int):
+    """Cancel a task; a running one's worker is refused at its next heartbeat."""
+    state = api.store().cancel(task_id)
+    log.info("task %s cancelled", task_id)
+    return jsonify({"ok": True, "state": state})
+
+
+@bp.post("/requeue")
+def requeue_failed():
+    """Requeue every failed task, or one NVR's."""
+    body = request.get_json(silent=True) or {}
+    if not isinstance(body, dict) or set(body) - {"nvr"}:
+        raise BadRequest('body must be empty or {"nvr": "host[:port]"}')
+    count = api.store().requeue(server=body.get("nvr"), states=(State.FAILED.value,))
+    log.info("%d failed task(s) requeued", count)
+    return jsonify({"ok": True, "requeued": count})
+
+
+@bp.post("/pause")
+def pause():
+    """Stop handing out work; running tasks carry on."""
+    api.store().set_paused(True)
+    log.info("handing out work paused")
+    return jsonify({"ok": True, "paused": True})
+
+
+@bp.post("/resume")
+def resume():
+    """Hand out work again."""
+    api.store().set_paused(False)
+    log.info("handing out work resumed")
+    return jsonify({"ok": True, "paused": False})
+
+
+@bp.get("/report.xlsx")
+def report():
+    """The Excel report of every task, per sheet row and per NVR."""
+    from .report import write_report
+
+    buffer = io.BytesIO()
+    write_report(api.store(), buffer)
+    buffer.seek(0)
+    return send_file(buffer, as_attachment=True, download_name="report.xlsx",
+                     mimetype="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+
+
+def _int_arg(name: str, default: int, low: int, high: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"{name} must be a whole number") from None
+    if not low <= value <= high:
+        raise BadRequest(f"{name} must be between {low} and {high}")
+    return value
+

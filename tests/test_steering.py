@@ -1,0 +1,118 @@
+"""Watching and steering a run from scripts, and taking the outcome back to Excel."""
+from __future__ import annotations
+
+import subprocess
+import zipfile
+
+import pytest
+from openpyxl import load_workbook
+
+from .harness import (
+    HEADER,
+    PYTHON,
+    SIM_PASSWORD,
+    api,
+    at,
+    start_client,
+    start_coordinator,
+    start_nvr,
+    status,
+    write_sheet,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def test_scripts_find_tasks_poll_results_and_steer_the_run(procs, tmp_path):
+    rows = [[f"nvr-{i % 2}", "admin", "pw", 101, at(i), at(i + 1), f"task {i}"] for i in range(5)]
+    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
+                            "--token", "tok").url
+
+    def call(method, path, **kw):
+        return api(url, method, path, token="tok", **kw)
+
+    page = call("GET", "/api/tasks?state=queued&nvr=nvr-1&per_page=1&page=2").json()
+    assert (page["total"], [t["name"] for t in page["tasks"]]) == (2, ["task 3"])
+    assert [t["id"] for t in call("GET", "/api/tasks?order=newest").json()["tasks"]] == [5, 4, 3, 2, 1]
+    assert call("GET", "/api/tasks?q=task 4").json()["total"] == 1
+    assert call("GET", "/api/tasks?q=%").json()["total"] == 0  # a literal %, not a wildcard
+
+    claimed = call("GET", "/api/claim?worker=w").json()
+    assert call("GET", f"/api/tasks/{claimed['task']['id']}/result").status_code == 404
+    call("POST", f"/api/tasks/{claimed['task']['id']}/complete",
+         json={"lease": claimed["lease"]["id"], "result": {"files": 2, "bytes": 20}})
+    assert call("GET", "/api/tasks/done").json() == {"ids": [1]}
+    assert call("GET", "/api/tasks/1/result").json() == {"id": 1, "result": {"files": 2, "bytes": 20}}
+
+    # Cancel a running task: its worker's next report is refused, nothing of it is kept.
+    running = call("GET", "/api/claim?worker=w").json()
+    assert call("POST", f"/api/tasks/{running['task']['id']}/cancel").json() == {"ok": True, "state": "cancelled"}
+    beat = call("POST", f"/api/tasks/{running['task']['id']}/heartbeat", json={"lease": running["lease"]["id"]})
+    assert beat.status_code == 409
+    assert call("POST", "/api/tasks/1/cancel").status_code == 409  # done stays done
+    assert call("POST", f"/api/tasks/{running['task']['id']}/requeue").json()["state"] == "queued"
+    assert call("POST", "/api/tasks/1/requeue").status_code == 409
+
+    assert call("POST", "/api/pause").json()["paused"] is True
+    assert call("GET", "/api/claim?worker=w").json()["status"] == "wait"
+    assert status(url, token="tok")["paused"] is True
+    call("POST", "/api/resume")
+    assert call("GET", "/api/claim?worker=w").json()["status"] == "task"
+
+
+@pytest.mark.parametrize("query, message", [
+    ("state=lost", "state must be one of"),
+    ("page=0", "page must be between 1"),
+    ("per_page=x", "per_page must be a whole number"),
+    ("order=random", "order must be one of"),
+    ("colour=red", "unknown parameter(s): colour"),
+])
+def test_bad_queries_are_refused_clearly(procs, tmp_path, query, message):
+    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", [["h", "u", "p", 101, at(0), at(1)]], HEADER),
+                            tmp_path / "ts.db").url
+    answer = api(url, path=f"/api/tasks?{query}")
+    assert answer.status_code == 400 and message in answer.json()["message"]
+    assert api(url, path="/api/tasks/99").status_code == 404
+    assert api(url, "POST", "/api/requeue", json={"everything": True}).status_code == 400
+
+
+def test_the_excel_report_matches_the_database_cell_by_cell_and_holds_no_password(procs, tmp_path):
+    nvr = start_nvr(procs, channels=2, hours=2)
+    header = [*HEADER, "chunk"]
+    rows = [[nvr.address, "admin", SIM_PASSWORD, "101,201", at(0), at(2), "lobby", "1h"],
+            [nvr.address, "admin", "Wr0ng-pass", 101, at(0), at(1), "bad password", None]]
+    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", header=header, rows=rows),
+                                    tmp_path / "ts.db", "--max-attempts", "1")
+    assert start_client(procs, coordinator.url, tmp_path / "dl", 2).wait(60) == 0
+
+    export = subprocess.run([PYTHON, "-m", "taskserver", "export", str(tmp_path / "report.xlsx"), "--db",
+                             str(tmp_path / "ts.db")], capture_output=True, text=True, timeout=60)
+    assert export.returncode == 0, export.stderr
+    downloaded = api(coordinator.url, path="/api/report.xlsx")
+    assert downloaded.headers["Content-Type"].startswith("application/vnd.openxmlformats")
+    (tmp_path / "downloaded.xlsx").write_bytes(downloaded.content)
+
+    for path in (tmp_path / "report.xlsx", tmp_path / "downloaded.xlsx"):
+        with zipfile.ZipFile(path) as archive:
+            text = b"".join(archive.read(name) for name in archive.namelist())
+        assert SIM_PASSWORD.encode() not in text and b"Wr0ng-pass" not in text
+        book = load_workbook(path)
+        assert book.sheetnames == ["Rows", "NVRs", "Tasks"]
+        tasks = book["Tasks"]
+        assert tasks.freeze_panes == "A2" and tasks.auto_filter.ref == "A1:P6" and tasks["A1"].font.bold
+        for line in tasks.iter_rows(min_row=2, values_only=True):
+            task = api(coordinator.url, path=f"/api/tasks/{line[0]}").json()
+            result = task["result"] or {}
+            assert line[1:10] == (task["source"], task["name"], task["server"], ",".join(task["cameras"]),
+                                  task["start"], task["end"], task["state"], task["attempts"], task["worker"])
+            assert line[13:16] == (result.get("files"), result.get("bytes"), task["last_error"])
+            assert line[12] == pytest.approx(task["finished"] - task["started"], abs=0.1)
+        assert tasks["H2"].fill.start_color.rgb.endswith("C6EFCE")  # done in green
+        rolled = [line for line in book["Rows"].iter_rows(min_row=2, values_only=True)]
+        assert rolled == [
+            ("t.xlsx, sheet 'tasks', row 2", nvr.address, 4, 4, 0, 0, 24, sum(
+                len(b) for track in (101, 201) for b in nvr.expected(track, at(0), at(2)).values()), "done"),
+            ("t.xlsx, sheet 'tasks', row 3", nvr.address, 1, 0, 1, 0, 0, 0, "failed"),
+        ]
+        assert [line for line in book["NVRs"].iter_rows(min_row=2, values_only=True)][0][:6] == (
+            nvr.address, 5, 4, 1, 0, 0)
