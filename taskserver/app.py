@@ -30,10 +30,11 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["taskserver.store"] = store
     load_tasks(store, config)
 
-    from . import api, rest
+    from . import api, metrics, rest
 
     app.register_blueprint(api.bp)
     app.register_blueprint(rest.bp)
+    app.register_blueprint(metrics.bp)
 
     @app.errorhandler(TaskServerError)
     def task_server_error(exc: TaskServerError):

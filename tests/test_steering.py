@@ -116,3 +116,27 @@ def test_the_excel_report_matches_the_database_cell_by_cell_and_holds_no_passwor
         ]
         assert [line for line in book["NVRs"].iter_rows(min_row=2, values_only=True)][0][:6] == (
             nvr.address, 5, 4, 1, 0, 0)
+
+
+def test_metrics_for_prometheus_agree_with_the_run(procs, tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    nvr = start_nvr(procs, channels=1, hours=2)
+    rows = [[nvr.address, "admin", SIM_PASSWORD, 101, at(h), at(h + 1)] for h in (0, 1)]
+    rows.append([nvr.address, "viewer", "nope", 101, at(0), at(1), "wrong"])
+    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
+                                    "--max-attempts", "2", "--token", "tok")
+    assert api(coordinator.url, path="/metrics").status_code == 401
+    client = start_client(procs, coordinator.url, tmp_path / "dl", 2, "--token", "tok")
+    assert client.wait(60) == 0
+    text = api(coordinator.url, path="/metrics", token="tok").text
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("taskserver_tasks", (("state", "done"),))] == 2
+    assert samples[("taskserver_tasks", (("state", "failed"),))] == 1
+    assert samples[("taskserver_claims_total", ())] == 4  # 2 good tasks once, the wrong password twice
+    assert samples[("taskserver_completions_total", ())] == 2
+    assert samples[("taskserver_failures_total", ())] == 2
+    assert samples[("taskserver_bytes_downloaded_total", ())] == status(coordinator.url, token="tok")["bytes"] > 0
+    assert samples[("taskserver_nvr_in_flight", (("nvr", nvr.address),))] == 0
+    assert "nope" not in text and SIM_PASSWORD not in text

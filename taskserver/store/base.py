@@ -199,6 +199,10 @@ class Store(ABC):
         """Every task's public view in id order, streamed (for the report)."""
 
     @abstractmethod
+    def metrics(self) -> dict:
+        """Figures for /metrics, from durable state: tasks by state, attempts by outcome, bytes, NVR load."""
+
+    @abstractmethod
     def task(self, task_id: int) -> dict:
         """Public view of one task (never its password). Raises TaskNotFound."""
 

@@ -513,6 +513,19 @@ class SQLiteStore(Store):
         return [r[0] for r in self._db().execute("SELECT id FROM tasks WHERE state = 'done' AND id > ? ORDER BY id",
                                                  (after,))]
 
+    def metrics(self) -> dict:
+        self._expire_if_due(time.time())
+        db = self._db()
+        return {
+            "states": {r[0]: r[1] for r in db.execute("SELECT state, count(*) FROM tasks GROUP BY state")},
+            "attempts": {r[0]: r[1] for r in db.execute(
+                "SELECT coalesce(outcome, 'running'), count(*) FROM attempts GROUP BY outcome")},
+            "bytes": db.execute("SELECT coalesce(sum(bytes), 0) FROM tasks").fetchone()[0],
+            "nvr_running": {r[0]: r[1] for r in db.execute(
+                "SELECT server, (SELECT count(*) FROM tasks t WHERE t.state = 'leased' AND t.server = n.server)"
+                " FROM nvrs n")},
+        }
+
     def all_tasks(self):
         now = time.time()
         self._expire_if_due(now)
