@@ -7,6 +7,7 @@ pause, never a finished result.
 """
 from __future__ import annotations
 
+import logging
 import random
 import threading
 from urllib.parse import urlsplit
@@ -16,6 +17,7 @@ import requests
 from .errors import AuthError, LeaseLost, SetupError, Stopped
 
 RETRY_STATUS = {500, 502, 503, 504}
+log = logging.getLogger("taskclient")
 
 
 class Coordinator:
@@ -70,6 +72,7 @@ class Coordinator:
                  **kwargs) -> dict:
         stop = stop or self.abort
         delay = 0.2
+        trouble = None
         while True:
             url = self.urls[self._current] + path
             try:
@@ -86,12 +89,17 @@ class Coordinator:
                 if response.status_code in (404, 409) and path.startswith("/api/tasks/"):
                     raise LeaseLost(_message(response))
                 if response.status_code not in RETRY_STATUS:
+                    if trouble:
+                        log.info("coordinator %s answers again", self.urls[self._current])
                     if response.status_code >= 400:
                         raise SetupError(f"{url}: HTTP {response.status_code}: {_message(response)}")
                     return response.json()
                 if not retry:
                     raise requests.HTTPError(f"HTTP {response.status_code}")
                 problem = f"HTTP {response.status_code}"
+            if trouble is None:
+                trouble = problem
+                log.warning("coordinator %s unreachable (%s); retrying", url.split("/api/")[0], problem)
             if stop.wait(delay * random.uniform(0.8, 1.2)) or self.abort.is_set():
                 raise Stopped(f"stopped while retrying {method} {path} ({problem})")
             delay = min(delay * 2, 10.0)

@@ -53,8 +53,13 @@ def test_scripts_find_tasks_poll_results_and_steer_the_run(procs, tmp_path):
     assert call("POST", f"/api/tasks/{running['task']['id']}/requeue").json()["state"] == "queued"
     assert call("POST", "/api/tasks/1/requeue").status_code == 409
 
+    busy = call("GET", "/api/claim?worker=w").json()
     assert call("POST", "/api/pause").json()["paused"] is True
     assert call("GET", "/api/claim?worker=w").json()["status"] == "wait"
+    # A completion's piggy-backed claim respects the pause too.
+    answer = call("POST", f"/api/tasks/{busy['task']['id']}/complete",
+                  json={"lease": busy["lease"]["id"], "result": {}, "next": True, "worker": "w"}).json()
+    assert answer["next"]["status"] == "wait"
     assert status(url, token="tok")["paused"] is True
     call("POST", "/api/resume")
     assert call("GET", "/api/claim?worker=w").json()["status"] == "task"

@@ -219,7 +219,10 @@ class SQLiteStore(Store):
             return self._claim(db, worker, now)
 
     def _claim(self, db: sqlite3.Connection, worker: str, now: float) -> Claim:
-        """The claim itself, inside the caller's transaction."""
+        """The claim itself, inside the caller's transaction (a claim, or a completion's next claim)."""
+        if self._paused():
+            self._seen(db, worker, now, None)
+            return Claim("wait", retry_after=self.policy.max_wait)
         lease_id = secrets.token_hex(16)
         row = self._next(db, now)
         if row is None:
