@@ -15,6 +15,8 @@ from datetime import date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from openpyxl.utils import get_column_letter
+
 from .errors import SheetError, SheetProblem
 from .store.base import TaskSpec
 
@@ -90,11 +92,12 @@ def _read_rows(fname: str, sheet, defaults: dict) -> list[TaskSpec]:
     specs: list[TaskSpec] = []
     seen: dict[str, int] = {}
     caps: dict[str, tuple[int, int]] = {}
+    where_of = {field: f"{_letter(i)} ({field})" for i, field in columns.items()}
     for rownum, cells in rows:
         values = {columns[i]: (i, cell) for i, cell in enumerate(cells) if i in columns}
         if all(_blank(cell.value) for _, cell in values.values()):
             continue
-        row = _row_spec(fname, sheet.title, rownum, values, headerless, defaults, problem)
+        row = _row_spec(fname, sheet.title, rownum, values, where_of, headerless, defaults, problem)
         if row is None:
             continue
         spec, step = row
@@ -146,11 +149,11 @@ def _columns(rownum: int, header_row, problem) -> dict[int, str] | None:
     return columns
 
 
-def _row_spec(fname, title, rownum, cells, headerless, defaults, problem) -> tuple[TaskSpec, timedelta | None] | None:
+def _row_spec(fname, title, rownum, cells, where_of, headerless, defaults,
+              problem) -> tuple[TaskSpec, timedelta | None] | None:
     """Validate one row; report its problems and return None if it has any."""
     errors: list[tuple[str, str]] = []
     values = {}
-    where_of = {field: f"{_letter(i)} ({field})" for field, (i, _) in cells.items()}
     for field, (_, cell) in cells.items():
         where = where_of[field]
         if cell.data_type == "f" or (isinstance(cell.value, str) and cell.value.startswith("=")):
@@ -337,8 +340,6 @@ _PARSERS = {"server": _server, "cameras": _cameras, "starttime": _time, "endtime
 
 
 def _letter(index: int) -> str:
-    from openpyxl.utils import get_column_letter
-
     return get_column_letter(index + 1)
 
 
