@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..errors import ConfigError, Conflict, LeaseLost, TaskNotFound
 from .base import Claim, ImportResult, Policy, State, Store, TaskSpec
+from .sqlite_reads import SQLiteReads
 
 SCHEMA_VERSION = 1
 
@@ -88,10 +89,7 @@ CREATE TABLE IF NOT EXISTS workers (
 );
 """
 
-ACTIVE = (State.QUEUED.value, State.LEASED.value, State.WAITING.value)
-
-
-class SQLiteStore(Store):
+class SQLiteStore(SQLiteReads, Store):
     """Task state in one SQLite file; safe for many threads and several processes."""
 
     def __init__(self, path: str | Path, policy: Policy):
@@ -479,134 +477,6 @@ class SQLiteStore(Store):
         if row is None:
             raise TaskNotFound(task_id)
         return row["state"]
-
-    # --- reading -----------------------------------------------------------------
-    def _expire_if_due(self, now: float) -> None:
-        """Reads show the truth: leases that ran out are expired first (a write only when one did)."""
-        if self._db().execute(
-            "SELECT 1 FROM tasks WHERE (state = 'leased' AND lease_expires < ?) OR (state = 'waiting' AND"
-            " ready_at <= ?) LIMIT 1", (now, now),
-        ).fetchone():
-            with self._write() as db:
-                self._expire(db, now)
-
-    ORDER_SQL = {"id": "id", "newest": "id DESC", "priority": "priority DESC, span DESC, id"}
-
-    def tasks(self, state=None, nvr=None, worker=None, text=None, order="id", offset=0, limit=50):
-        now = time.time()
-        self._expire_if_due(now)
-        where, params = [], []
-        for column, value in (("state", state), ("server", nvr), ("worker", worker)):
-            if value:
-                where.append(f"{column} = ?")
-                params.append(value)
-        if text:
-            where.append("(name LIKE ? ESCAPE '\\' OR source LIKE ? ESCAPE '\\' OR key LIKE ? ESCAPE '\\'"
-                         " OR last_error LIKE ? ESCAPE '\\')")
-            pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
-            params += [pattern] * 4
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
-        db = self._db()
-        total = db.execute(f"SELECT count(*) FROM tasks {clause}", params).fetchone()[0]
-        rows = db.execute(f"SELECT * FROM tasks {clause} ORDER BY {self.ORDER_SQL[order]} LIMIT ? OFFSET ?",
-                          [*params, limit, offset]).fetchall()
-        return [_public(r, now) for r in rows], total
-
-    def done_ids(self, after: int = 0) -> list[int]:
-        return [r[0] for r in self._db().execute("SELECT id FROM tasks WHERE state = 'done' AND id > ? ORDER BY id",
-                                                 (after,))]
-
-    def metrics(self) -> dict:
-        self._expire_if_due(time.time())
-        db = self._db()
-        return {
-            "states": {r[0]: r[1] for r in db.execute("SELECT state, count(*) FROM tasks GROUP BY state")},
-            "attempts": {r[0]: r[1] for r in db.execute(
-                "SELECT coalesce(outcome, 'running'), count(*) FROM attempts GROUP BY outcome")},
-            "bytes": db.execute("SELECT coalesce(sum(bytes), 0) FROM tasks").fetchone()[0],
-            "nvr_running": {r[0]: r[1] for r in db.execute(
-                "SELECT server, (SELECT count(*) FROM tasks t WHERE t.state = 'leased' AND t.server = n.server)"
-                " FROM nvrs n")},
-        }
-
-    def all_tasks(self):
-        now = time.time()
-        self._expire_if_due(now)
-        for row in self._db().execute("SELECT * FROM tasks ORDER BY id"):
-            yield _public(row, now)
-
-    def task(self, task_id: int) -> dict:
-        self._expire_if_due(time.time())
-        db = self._db()
-        row = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
-        if row is None:
-            raise TaskNotFound(task_id)
-        view = _public(row, time.time())
-        view["attempt_log"] = [
-            dict(a) for a in db.execute(
-                "SELECT worker, started, ended, outcome, error FROM attempts WHERE task_id = ? ORDER BY id",
-                (task_id,),
-            )
-        ]
-        return view
-
-    def status(self) -> dict:
-        now = time.time()
-        self._expire_if_due(now)
-        db = self._db()
-        counts = {s.value: 0 for s in State}
-        for row in db.execute("SELECT state, count(*) AS n FROM tasks GROUP BY state"):
-            counts[row["state"]] = row["n"]
-        totals = db.execute(
-            "SELECT count(*) AS tasks, coalesce(sum(files), 0) AS files, coalesce(sum(bytes), 0) AS bytes FROM tasks"
-        ).fetchone()
-        lost_after = 2 * self.policy.lease_seconds
-        seen = {w["name"]: dict(w) for w in db.execute("SELECT * FROM workers")}
-        for name, when in list(self._idle_seen.items()):
-            known = seen.setdefault(name, {"name": name, "task_id": None, "done": 0, "failed": 0, "last_seen": when})
-            known["last_seen"] = max(known["last_seen"], when)
-        workers = [
-            {"name": w["name"], "task": w["task_id"], "done": w["done"], "failed": w["failed"],
-             "last_seen_ago": round(now - w["last_seen"], 1), "lost": now - w["last_seen"] > lost_after}
-            for w in sorted(seen.values(), key=lambda w: w["name"])
-        ]
-        nvrs = [
-            {"server": n["server"], "running": n["running"], "queued": n["queued"],
-             "max_parallel": n["max_parallel"] or self.policy.per_nvr,
-             "resting_for": round(n["backoff_until"] - now, 1) if n["backoff_until"] > now else 0,
-             "last_error": n["last_error"]}
-            for n in db.execute(
-                "SELECT n.*, (SELECT count(*) FROM tasks l WHERE l.state = 'leased' AND l.server = n.server) AS running,"
-                " (SELECT count(*) FROM tasks q WHERE q.state IN ('queued', 'waiting') AND q.server = n.server)"
-                " AS queued FROM nvrs n ORDER BY n.server"
-            )
-        ]
-        return {
-            "counts": counts,
-            "tasks": totals["tasks"],
-            "files": totals["files"],
-            "bytes": totals["bytes"],
-            "drained": not any(counts[s] for s in ACTIVE),
-            "workers": workers,
-            "nvrs": nvrs,
-            "paused": self._paused(),
-        }
-
-
-def _public(row: sqlite3.Row, now: float) -> dict:
-    """A task as anyone but its worker may see it: everything except the password."""
-    return {
-        "id": row["id"], "key": row["key"], "name": row["name"], "server": row["server"],
-        "username": row["username"], "cameras": [c for c in row["cameras"].split(",") if c],
-        "start": row["start"], "end": row["end"], "priority": row["priority"], "source": row["source"],
-        "group": row["grp"],
-        "state": row["state"], "attempts": row["attempts"], "worker": row["worker"],
-        "lease_expires_in": round(row["lease_expires"] - now, 1) if row["lease_expires"] else None,
-        "progress": json.loads(row["progress"]) if row["progress"] else None,
-        "result": json.loads(row["result"]) if row["result"] else None,
-        "last_error": row["last_error"], "created": row["created"], "started": row["started"],
-        "finished": row["finished"],
-    }
 
 
 def _json(value) -> str | None:
