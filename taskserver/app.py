@@ -30,8 +30,9 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["taskserver.store"] = store
     load_tasks(store, config)
 
-    from . import api, metrics, rest
+    from . import api, dashboard, metrics, rest
 
+    app.register_blueprint(dashboard.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(rest.bp)
     app.register_blueprint(metrics.bp)
@@ -49,10 +50,6 @@ def create_app(config: Config | None = None) -> Flask:
     @app.get("/healthz")
     def healthz():
         return {"ok": True}
-
-    @app.get("/")
-    def index():
-        return jsonify({"service": "taskserver", "status": "/api/status"})
 
     return app
 

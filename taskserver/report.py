@@ -8,7 +8,6 @@ it is built from the public task views.
 from __future__ import annotations
 
 import os
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -18,6 +17,7 @@ from openpyxl.cell import WriteOnlyCell
 from openpyxl.styles import Font, PatternFill
 from openpyxl.utils import get_column_letter
 
+from .sheet import row_label
 from .store import Store
 
 STATE_FILL = {
@@ -58,7 +58,7 @@ def write_report(store: Store, out: BinaryIO) -> None:
     for task in store.all_tasks():
         count += 1
         task_sheet.append(_task_row(task_sheet, task))
-        row = groups.setdefault(task["group"], {"source": re.sub(r" \(.*chunk \d+/\d+\)$", "", task["source"]),
+        row = groups.setdefault(task["group"], {"source": row_label(task["source"]),
                                                 "nvr": task["server"], "tasks": 0, "done": 0, "failed": 0,
                                                 "files": 0, "bytes": 0})
         nvr = nvrs.setdefault(task["server"], {"tasks": 0, "done": 0, "failed": 0, "cancelled": 0, "files": 0,

@@ -7,6 +7,8 @@
     POST /api/tasks/<id>/cancel              a queued, waiting or running task
     POST /api/requeue                        every failed task ({"nvr": H} for one NVR's)
     POST /api/pause, /api/resume             stop or resume handing out work
+    GET  /api/rows                           sheet rows with their chunks rolled up
+    GET  /api/progress                       completions per minute, rate, ETA
     GET  /api/report.xlsx                    the Excel report
 
 Passwords are in no answer here; every call needs the token when one is set.
@@ -20,6 +22,7 @@ from flask import Blueprint, jsonify, request, send_file
 
 from . import api
 from .errors import BadRequest, Conflict
+from .sheet import row_label
 from .store import State
 
 log = logging.getLogger("taskserver")
@@ -105,6 +108,22 @@ def resume():
     api.store().set_paused(False)
     log.info("handing out work resumed")
     return jsonify({"ok": True, "paused": False})
+
+
+@bp.get("/rows")
+def rows():
+    """Sheet rows with their chunks rolled up, a page at a time."""
+    page, per_page = _int_arg("page", 1, 1, 10**9), _int_arg("per_page", 100, 1, 500)
+    found, total = api.store().rows(offset=(page - 1) * per_page, limit=per_page)
+    for row in found:
+        row["row"] = row_label(row.pop("source"))
+    return jsonify({"rows": found, "total": total, "page": page, "per_page": per_page})
+
+
+@bp.get("/progress")
+def progress():
+    """Completions per minute (last hour), the recent rate and the ETA."""
+    return jsonify(api.store().progress())
 
 
 @bp.get("/report.xlsx")

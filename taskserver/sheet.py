@@ -208,6 +208,11 @@ def _row_spec(fname, title, rownum, cells, where_of, headerless, defaults,
     return spec, step
 
 
+def row_label(source: str) -> str:
+    """A task's sheet row without its chunk part: "t.xlsx, sheet 'tasks', row 2"."""
+    return re.sub(r" \(.*chunk \d+/\d+\)$", "", source)
+
+
 def split(spec: TaskSpec, step: timedelta) -> list[TaskSpec]:
     """One task per camera per `step` of the row's range.
 

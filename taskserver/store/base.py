@@ -199,6 +199,14 @@ class Store(ABC):
         """Every task's public view in id order, streamed (for the report)."""
 
     @abstractmethod
+    def rows(self, offset: int = 0, limit: int = 100) -> tuple[list[dict], int]:
+        """Sheet rows with their chunks rolled up (tasks per state, files, bytes), and how many rows."""
+
+    @abstractmethod
+    def progress(self, minutes: int = 60) -> dict:
+        """Completions per minute over the last `minutes`, the recent rate and the ETA of what is left."""
+
+    @abstractmethod
     def metrics(self) -> dict:
         """Figures for /metrics, from durable state: tasks by state, attempts by outcome, bytes, NVR load."""
 

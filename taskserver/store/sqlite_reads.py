@@ -53,6 +53,33 @@ class SQLiteReads:
         return [r[0] for r in self._db().execute("SELECT id FROM tasks WHERE state = 'done' AND id > ? ORDER BY id",
                                                  (after,))]
 
+    def rows(self, offset: int = 0, limit: int = 100) -> tuple[list[dict], int]:
+        db = self._db()
+        total = db.execute("SELECT count(DISTINCT grp) FROM tasks").fetchone()[0]
+        found = db.execute(
+            "SELECT grp, min(source) AS source, min(server) AS server, count(*) AS tasks,"
+            " sum(state = 'done') AS done, sum(state = 'failed') AS failed,"
+            " sum(state IN ('queued', 'leased', 'waiting')) AS active, coalesce(sum(files), 0) AS files,"
+            " coalesce(sum(bytes), 0) AS bytes FROM tasks GROUP BY grp ORDER BY min(id) LIMIT ? OFFSET ?",
+            (limit, offset),
+        )
+        return [dict(r) for r in found], total
+
+    def progress(self, minutes: int = 60) -> dict:
+        now = time.time()
+        since = now - minutes * 60
+        db = self._db()
+        per_minute = [0] * minutes
+        for row in db.execute(
+            "SELECT CAST((ended - ?) / 60 AS INTEGER) AS m, count(*) AS n FROM attempts"
+            " WHERE outcome = 'done' AND ended >= ? GROUP BY m", (since, since),
+        ):
+            per_minute[min(minutes - 1, max(0, row["m"]))] += row["n"]
+        left = db.execute("SELECT count(*) FROM tasks WHERE state IN ('queued', 'leased', 'waiting')").fetchone()[0]
+        recent = sum(per_minute[-10:]) / 10  # tasks per minute over the last 10 minutes
+        return {"per_minute": per_minute, "rate_per_minute": recent, "left": left,
+                "eta_seconds": round(left / recent * 60) if recent and left else None}
+
     def metrics(self) -> dict:
         self._expire_if_due(time.time())
         db = self._db()

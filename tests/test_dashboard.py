@@ -1,0 +1,60 @@
+"""Watching a run in the browser: live progress, and requeueing a failed task with a click."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .harness import HEADER, SIM_PASSWORD, api, at, start_client, start_coordinator, start_nvr, wait_for, write_sheet
+
+pytestmark = pytest.mark.slow
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+@pytest.fixture
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium); the browser test needs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+            "--disable-background-networking", "--disable-component-update"])
+        yield launched
+        launched.close()
+
+
+def test_dashboard_shows_live_progress_and_requeues_a_failed_task(procs, tmp_path, browser):
+    nvr = start_nvr(procs, channels=1, hours=4, size=200_000, extra=("--delay", "0.05"))
+    rows = [[nvr.address, "admin", SIM_PASSWORD, 101, at(h), at(h + 1), f"hour {h}"] for h in range(4)]
+    rows.append([nvr.address, "viewer", "Bad-pass-9", 101, at(0), at(1), "wrong password"])
+    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
+                                    "--max-attempts", "1")
+    page = browser.new_page()
+    page.goto(coordinator.url)
+    page.wait_for_selector("[data-state=done]")
+    assert page.inner_text("[data-state=done] b") == "0"
+
+    client = start_client(procs, coordinator.url, tmp_path / "dl", 1)
+    # The page follows the run without a reload: the done count climbs as the worker completes tasks.
+    page.wait_for_function("() => +document.querySelector('[data-state=done] b').textContent >= 1", timeout=30_000)
+    assert client.wait(90) == 0
+    page.wait_for_function("() => document.getElementById('progress-text').textContent.includes('(drained)')",
+                           timeout=10_000)
+    assert page.inner_text("[data-state=done] b") == "4"
+    assert "t.xlsx, sheet 'tasks', row 6" in page.inner_text("#rows")  # the sheet row of the failed task
+
+    page.select_option("#state", "failed")
+    page.wait_for_selector("button[data-requeue='5']")
+    page.click("tr.task[data-id='5'] td:nth-child(2)")  # the task's detail, with its attempts
+    page.wait_for_selector("#detail >> text=refused the password of user 'viewer'")
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(tmp_path / "dashboard.png"), full_page=True)
+    shutil.copy(tmp_path / "dashboard.png", ARTIFACTS / "dashboard.png")
+
+    page.click("button[data-requeue='5']")
+    wait_for(lambda: api(coordinator.url, path="/api/tasks/5").json()["state"] == "queued", what="task 5 requeued")
+    assert SIM_PASSWORD not in page.content() and "Bad-pass-9" not in page.content()
