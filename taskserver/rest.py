@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 import logging
 
-from flask import Blueprint, jsonify, request, send_file
+from flask import Blueprint, current_app, jsonify, request, send_file
 
 from . import api
 from .errors import BadRequest, Conflict
@@ -48,6 +48,23 @@ def tasks():
     rows, total = api.store().tasks(state=state, nvr=args.get("nvr"), worker=args.get("worker"),
                                     text=args.get("q"), order=order, offset=(page - 1) * per_page, limit=per_page)
     return jsonify({"tasks": rows, "total": total, "page": page, "per_page": per_page})
+
+
+@bp.post("/tasks")
+def add_tasks():
+    """Add tasks: the sheet's fields, validation and messages; all of the batch or nothing."""
+    from .sheet import load_rows
+
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict) or "tasks" not in body or set(body) - {"tasks", "chunk", "timezone"}:
+        raise BadRequest('expected {"tasks": [{...}, ...]} with optional "chunk" and "timezone"')
+    config = current_app.config["TASKSERVER"]
+    specs = load_rows(body["tasks"], chunk=body.get("chunk") or config.chunk,
+                      timezone=body.get("timezone") or config.timezone)
+    result = api.store().add(specs)
+    log.info("API: %d task(s) added, %d already queued", result.added, result.existing)
+    return jsonify({"added": result.added, "existing": result.existing, "updated": result.updated,
+                    "ids": result.ids}), 201 if result.added else 200
 
 
 @bp.get("/tasks/done")

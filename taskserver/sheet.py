@@ -46,14 +46,7 @@ def load_sheet(path: str | Path, chunk: str | None = None, timezone: str | None 
     """
     path = Path(path)
     fname = path.name
-    defaults = {}
-    try:
-        if chunk:
-            defaults["chunk"] = _chunk(chunk)
-        if timezone:
-            defaults["timezone"] = _zone(timezone)
-    except ValueError as exc:
-        raise SheetError([SheetProblem(fname, f"default setting: {exc}")]) from None
+    defaults = _defaults(fname, chunk, timezone)
     if not path.is_file():
         raise SheetError([SheetProblem(str(path), "file not found")])
     try:
@@ -69,6 +62,90 @@ def load_sheet(path: str | Path, chunk: str | None = None, timezone: str | None 
         return _read_rows(fname, sheet, defaults)
     finally:
         workbook.close()
+
+
+def load_rows(rows, chunk: str | None = None, timezone: str | None = None, origin: str = "request") -> list[TaskSpec]:
+    """Validate tasks given as JSON objects (the REST API) exactly as sheet rows are validated.
+
+    Field names are the sheet's column names and aliases; every problem is reported
+    with the task's position, and nothing is returned unless every task is valid.
+    """
+    defaults = _defaults(origin, chunk, timezone)
+    if not isinstance(rows, list) or not rows:
+        raise SheetError([SheetProblem(origin, "'tasks' must be a non-empty list of objects")])
+    problems: list[SheetProblem] = []
+
+    def problem(message: str, row: int | None = None, column: str | None = None) -> None:
+        problems.append(SheetProblem(origin, message, None, row, column))
+
+    accept = _Acceptor(problem)
+    for number, raw in enumerate(rows, start=1):
+        if not isinstance(raw, dict):
+            problem("each task must be an object", number)
+            continue
+        cells = {}
+        for name, value in raw.items():
+            field = ALIASES.get(re.sub(r"[\s_-]", "", str(name)).lower())
+            if field is None:
+                problem(f"unknown field (known: {', '.join(sorted(set(ALIASES.values())))})", number, str(name))
+            elif isinstance(value, (dict, list, bool)):
+                problem("expected text, a number or an ISO date-time", number, str(name))
+            else:
+                cells[field] = (0, _Value(value))
+        if cells:
+            accept(number, _row_spec(f"{origin}, task {number}", number, cells, {f: f for f in cells}, False,
+                                     defaults, problem))
+    if problems:
+        raise SheetError(problems)
+    return accept.specs
+
+
+class _Value:
+    """A JSON value dressed as a read-only cell, so API tasks pass the sheet's own checks."""
+
+    data_type = "s"
+
+    def __init__(self, value):
+        self.value = value
+
+
+class _Acceptor:
+    """Collects valid rows: refuses duplicates and contradictory NVR caps, splits chunked rows."""
+
+    def __init__(self, problem):
+        self.problem = problem
+        self.specs: list[TaskSpec] = []
+        self.seen: dict[str, int] = {}
+        self.caps: dict[str, tuple[int, int]] = {}
+
+    def __call__(self, rownum: int, row: tuple[TaskSpec, timedelta | None] | None) -> None:
+        if row is None:
+            return
+        spec, step = row
+        if spec.key in self.seen:
+            what = "id" if spec.key.startswith("id:") else "NVR, cameras and time range"
+            self.problem(f"same {what} as row {self.seen[spec.key]}: each task must appear once", rownum)
+            return
+        self.seen[spec.key] = rownum
+        if spec.max_parallel is not None:
+            cap, first = self.caps.setdefault(spec.server, (spec.max_parallel, rownum))
+            if cap != spec.max_parallel:
+                self.problem(f"max_parallel {spec.max_parallel} for {spec.server} differs from {cap} on row"
+                             f" {first}", rownum)
+                return
+        self.specs.extend(split(spec, step) if step else [spec])
+
+
+def _defaults(origin: str, chunk: str | None, timezone: str | None) -> dict:
+    defaults = {}
+    try:
+        if chunk:
+            defaults["chunk"] = _chunk(chunk)
+        if timezone:
+            defaults["timezone"] = _zone(timezone)
+    except ValueError as exc:
+        raise SheetError([SheetProblem(origin, f"default setting: {exc}")]) from None
+    return defaults
 
 
 def _read_rows(fname: str, sheet, defaults: dict) -> list[TaskSpec]:
@@ -89,35 +166,19 @@ def _read_rows(fname: str, sheet, defaults: dict) -> list[TaskSpec]:
     elif any(field not in columns.values() for field in REQUIRED):
         raise SheetError(problems)  # rows cannot be checked without their required columns
 
-    specs: list[TaskSpec] = []
-    seen: dict[str, int] = {}
-    caps: dict[str, tuple[int, int]] = {}
+    accept = _Acceptor(problem)
     where_of = {field: f"{_letter(i)} ({field})" for i, field in columns.items()}
     for rownum, cells in rows:
         values = {columns[i]: (i, cell) for i, cell in enumerate(cells) if i in columns}
         if all(_blank(cell.value) for _, cell in values.values()):
             continue
-        row = _row_spec(fname, sheet.title, rownum, values, where_of, headerless, defaults, problem)
-        if row is None:
-            continue
-        spec, step = row
-        if spec.key in seen:
-            what = "id" if spec.key.startswith("id:") else "NVR, cameras and time range"
-            problem(f"same {what} as row {seen[spec.key]}: each task must appear once", rownum)
-            continue
-        seen[spec.key] = rownum
-        if spec.max_parallel is not None:
-            cap, first = caps.setdefault(spec.server, (spec.max_parallel, rownum))
-            if cap != spec.max_parallel:
-                problem(f"max_parallel {spec.max_parallel} for {spec.server} differs from {cap} on row {first}",
-                        rownum)
-                continue
-        specs.extend(split(spec, step) if step else [spec])
-    if not specs and not problems:
+        accept(rownum, _row_spec(f"{fname}, sheet {sheet.title!r}, row {rownum}", rownum, values, where_of,
+                                 headerless, defaults, problem))
+    if not accept.specs and not problems:
         problem("no task rows below the header")
     if problems:
         raise SheetError(problems)
-    return specs
+    return accept.specs
 
 
 def _columns(rownum: int, header_row, problem) -> dict[int, str] | None:
@@ -149,7 +210,7 @@ def _columns(rownum: int, header_row, problem) -> dict[int, str] | None:
     return columns
 
 
-def _row_spec(fname, title, rownum, cells, where_of, headerless, defaults,
+def _row_spec(source, rownum, cells, where_of, headerless, defaults,
               problem) -> tuple[TaskSpec, timedelta | None] | None:
     """Validate one row; report its problems and return None if it has any."""
     errors: list[tuple[str, str]] = []
@@ -164,8 +225,9 @@ def _row_spec(fname, title, rownum, cells, where_of, headerless, defaults,
         except ValueError as exc:
             errors.append((where, str(exc)))
     for field in REQUIRED if not headerless else ("server", "username", "password"):
-        if values.get(field) is None and not any(w.endswith(f"({field})") for w, _ in errors):
-            errors.append((where_of.get(field, field), "empty; this column is required"))
+        where = where_of.get(field, field)
+        if values.get(field) is None and not any(w == where for w, _ in errors):
+            errors.append((where, "empty; this column is required"))
     zone = values.get("timezone") or defaults.get("timezone")
     for field in ("starttime", "endtime"):
         moment = values.get(field)
@@ -202,7 +264,7 @@ def _row_spec(fname, title, rownum, cells, where_of, headerless, defaults,
     spec = TaskSpec(
         key=key, server=values["server"], username=values["username"], password=values["password"],
         cameras=tuple(cameras), start=start_s, end=end_s, name=values.get("name") or "",
-        priority=values.get("priority") or 0, source=f"{fname}, sheet {title!r}, row {rownum}", group=key,
+        priority=values.get("priority") or 0, source=source, group=key,
         max_parallel=values.get("max_parallel"),
     )
     return spec, step

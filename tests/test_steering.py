@@ -5,6 +5,7 @@ import subprocess
 import zipfile
 
 import pytest
+import requests
 from openpyxl import load_workbook
 
 from .harness import (
@@ -145,3 +146,45 @@ def test_metrics_for_prometheus_agree_with_the_run(procs, tmp_path):
     assert samples[("taskserver_bytes_downloaded_total", ())] == status(coordinator.url, token="tok")["bytes"] > 0
     assert samples[("taskserver_nvr_in_flight", (("nvr", nvr.address),))] == 0
     assert "nope" not in text and SIM_PASSWORD not in text
+
+
+def test_tasks_posted_through_the_api_are_checked_like_sheet_rows_and_added_all_or_nothing(procs, tmp_path):
+    url = start_coordinator(procs, None, tmp_path / "ts.db").url
+    good = {"server": "10.0.0.5", "user": "admin", "password": "Api-secret", "cameras": "101,201",
+            "start": "2026-01-01 00:00", "end": "2026-01-01T02:00:00", "name": "lobby"}
+    bad = {**good, "starttime": "yesterday", "colour": "red"}
+    bad.pop("start")
+    refused = api(url, "POST", "/api/tasks", json={"tasks": [good, bad, "x"]})
+    assert refused.status_code == 400
+    assert refused.json()["message"].splitlines()[1:] == [
+        "request, row 2, column colour: unknown field (known: cameras, chunk, endtime, id, max_parallel, name,"
+        " password, priority, server, starttime, timezone, username)",
+        "request, row 2, column starttime: 'yesterday' is not a date-time (use e.g. 2026-01-31 08:00)",
+        "request, row 3: each task must be an object",
+    ]
+    assert api(url).json()["tasks"] == 0  # nothing of the batch was added
+
+    added = api(url, "POST", "/api/tasks", json={"tasks": [good], "chunk": "1h"})
+    assert added.status_code == 201 and added.json()["added"] == 4  # 2 cameras x 2 hours
+    again = api(url, "POST", "/api/tasks", json={"tasks": [good], "chunk": "1h"}).json()
+    assert (again["added"], again["existing"]) == (0, 4)
+    task = api(url, path="/api/tasks/1").json()
+    assert task["source"] == "request, task 1 (cam 101 chunk 1/2)" and "Api-secret" not in str(task)
+
+
+@pytest.mark.parametrize("body, status, message", [
+    ({"tasks": []}, 400, "'tasks' must be a non-empty list"),
+    ({"tasks": [{"server": ["a"]}]}, 400, "expected text, a number or an ISO date-time"),
+    ({"rows": []}, 400, 'expected {"tasks"'),
+    ({"tasks": [{"server": "h", "username": "u", "password": "p", "starttime": "2026-01-01", "endtime": "2026-01-02",
+                 "priority": "high"}]}, 400, "'high' is not a whole number"),
+])
+def test_bad_task_batches_are_refused_with_a_clear_message(procs, tmp_path, body, status, message):
+    url = start_coordinator(procs, None, tmp_path / "ts.db").url
+    answer = api(url, "POST", "/api/tasks", json=body)
+    assert answer.status_code == status and message in answer.json()["message"]
+    assert api(url).json()["tasks"] == 0
+    huge = requests.post(f"{url}/api/tasks", data=b"x" * (2 * 1024 * 1024), timeout=30,
+                         headers={"Content-Type": "application/json"})
+    assert huge.status_code == 413 and huge.json()["error"] == "Request Entity Too Large"
+    assert api(url, path="/api/tasks/abc").status_code == 404
