@@ -43,6 +43,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--backoff-max", type=float, help="retry delay cap in seconds (default 600)")
     serve.add_argument("--max-wait", type=float, help="longest 'ask again after' (default 5)")
     serve.add_argument("--threads", type=int, help="waitress threads (default 8)")
+    serve.add_argument("--streams", type=int,
+                       help="open event streams allowed, each with a thread of its own (default 32)")
     serve.add_argument("--connections", type=int,
                        help="open connections accepted; at least the number of workers (default 1000)")
     serve.add_argument("--per-nvr", type=int, help="concurrent tasks per NVR (default 2)")
@@ -70,6 +72,11 @@ def parser() -> argparse.ArgumentParser:
     report.add_argument("--db", help="SQLite file (default taskserver.db)")
     report.set_defaults(func=cmd_export)
 
+    watch = sub.add_parser("watch", help="follow a running coordinator's task changes as they happen")
+    watch.add_argument("--url", default="http://127.0.0.1:8080", help="coordinator URL")
+    watch.add_argument("--token", help="bearer token (default $TASKSERVER_TOKEN)")
+    watch.set_defaults(func=cmd_watch)
+
     status = sub.add_parser("status", help="show a running coordinator's progress")
     status.add_argument("--url", default="http://127.0.0.1:8080", help="coordinator URL")
     status.add_argument("--token", help="bearer token (default $TASKSERVER_TOKEN)")
@@ -96,7 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     config = _config(args, "tasks", "db", "host", "port", "token", "lease_seconds", "max_attempts",
-                     "backoff_base", "backoff_max", "max_wait", "threads", "connections", "per_nvr", "nvr_backoff", "nvr_give_up", "chunk",
+                     "backoff_base", "backoff_max", "max_wait", "threads", "streams", "connections", "per_nvr", "nvr_backoff", "nvr_give_up", "chunk",
                      "timezone")
     if not config.loopback and not config.token:
         token = secrets.token_urlsafe(24)
@@ -106,7 +113,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     app = create_app(config)
     # Every worker keeps a connection alive; waitress's default limit of 100 would
     # leave the 101st worker unanswered.
-    server = waitress.create_server(app, host=config.host, port=config.port, threads=config.threads,
+    # Event streams each hold a thread for as long as they are open: they get their own.
+    server = waitress.create_server(app, host=config.host, port=config.port, threads=config.threads + config.streams,
                                     connection_limit=config.connections, ident="taskserver", channel_timeout=120)
     host = f"[{config.host}]" if ":" in config.host else config.host
     print(f"taskserver listening on http://{host}:{server.effective_port}", flush=True)
@@ -162,6 +170,49 @@ def cmd_export(args: argparse.Namespace) -> int:
         store.close()
     print(f"report written to {path}")
     return EXIT_OK
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    """Print each task change from /api/events, reconnecting where it left off, until Ctrl-C."""
+    import os
+    import time
+    from datetime import datetime
+
+    import requests
+
+    token = args.token or os.environ.get("TASKSERVER_TOKEN")
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    last = None
+    while True:
+        if last:
+            headers["Last-Event-ID"] = last
+        try:
+            with requests.get(args.url.rstrip("/") + "/api/events", headers=headers, stream=True,
+                              timeout=(10, 60)) as response:
+                if response.status_code in (401, 403):
+                    print(f"taskserver: {args.url} refused the token (HTTP {response.status_code})", file=sys.stderr)
+                    return EXIT_ERROR
+                kind = None
+                for line in response.iter_lines(decode_unicode=True):
+                    if line.startswith("id: "):
+                        last = line[4:]
+                    elif line.startswith("event: "):
+                        kind = line[7:]
+                    elif line.startswith("data: ") and kind == "task":
+                        e = json.loads(line[6:])
+                        who = f" by {e['worker']}" if e["worker"] else ""
+                        task = f"task {e['task_id']} " if e["task_id"] else ""
+                        detail = f": {e['detail']}" if e["detail"] else ""
+                        print(f"{datetime.fromtimestamp(e['at']):%H:%M:%S} {task}{e['kind']}"
+                              f"{' -> ' + e['state'] if e['state'] and e['state'] != e['kind'] else ''}{who}{detail}",
+                              flush=True)
+                    elif line.startswith("data: ") and kind == "summary":
+                        s = json.loads(line[6:])
+                        counts = " ".join(f"{k} {v}" for k, v in s["counts"].items() if v)
+                        print(f"-- {counts}; {s['workers']} worker(s){' DRAINED' if s['drained'] else ''}", flush=True)
+        except requests.RequestException as exc:
+            print(f"taskserver: {args.url}: {exc}; reconnecting", file=sys.stderr)
+            time.sleep(2)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

@@ -28,6 +28,7 @@ class Config:
     backoff_max: float = 600.0  # cap on the retry delay
     max_wait: float = 5.0  # longest "ask again after" a worker is told while nothing is ready
     threads: int = 8  # waitress worker threads
+    streams: int = 32  # open event streams (dashboards, `taskserver watch`); each has its own thread
     connections: int = 1000  # open connections waitress accepts (each worker keeps one alive)
     per_nvr: int = 2  # concurrent tasks per NVR (a sheet's max_parallel column overrides per NVR)
     nvr_backoff: float = 5.0  # first rest for a busy or unreachable NVR; doubles up to 300 s

@@ -37,6 +37,7 @@ def test_dashboard_shows_live_progress_and_requeues_a_failed_task(procs, tmp_pat
     page.goto(coordinator.url)
     page.wait_for_selector("[data-state=done]")
     assert page.inner_text("[data-state=done] b") == "0"
+    page.wait_for_function("() => document.getElementById('live').textContent === 'live'")  # on the event stream
 
     client = start_client(procs, coordinator.url, tmp_path / "dl", 1)
     # The page follows the run without a reload: the done count climbs as the worker completes tasks.

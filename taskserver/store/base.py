@@ -207,6 +207,14 @@ class Store(ABC):
         """Completions per minute over the last `minutes`, the recent rate and the ETA of what is left."""
 
     @abstractmethod
+    def events(self, after: int, limit: int = 500) -> list[dict]:
+        """Changes recorded after event id `after`, oldest first (the feed behind /api/events)."""
+
+    @abstractmethod
+    def last_event(self) -> int:
+        """The id of the newest change recorded."""
+
+    @abstractmethod
     def metrics(self) -> dict:
         """Figures for /metrics, from durable state: tasks by state, attempts by outcome, bytes, NVR load."""
 

@@ -75,6 +75,16 @@ CREATE TABLE IF NOT EXISTS nvrs (
     down_since REAL,
     last_error TEXT
 );
+-- The change feed behind /api/events: written in the transaction of each change.
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    kind TEXT NOT NULL,
+    task_id INTEGER,
+    state TEXT,
+    worker TEXT,
+    detail TEXT
+);
 CREATE TABLE IF NOT EXISTS settings (
     name TEXT PRIMARY KEY,
     value TEXT
@@ -182,6 +192,8 @@ class SQLiteStore(SQLiteReads, Store):
                     "UPDATE tasks SET password = ? WHERE key = ? AND password != ? AND state != 'done'",
                     (spec.password, spec.key, spec.password),
                 ).rowcount
+            if result.added:
+                self._event(db, now, "imported", detail=f"{result.added} task(s) added")
         return result
 
     def requeue(self, task_ids: list[int] | None = None, server: str | None = None,
@@ -198,10 +210,14 @@ class SQLiteStore(SQLiteReads, Store):
                 "UPDATE nvrs SET failures = 0, down_since = NULL, backoff_until = 0"
                 f" WHERE server IN (SELECT server FROM tasks WHERE {where})", params,
             )
-            return db.execute(
+            count = db.execute(
                 "UPDATE tasks SET state = 'queued', attempts = 0, ready_at = 0, lease_id = NULL, finished = NULL"
                 f" WHERE {where}", params,
             ).rowcount
+            if count:
+                self._event(db, time.time(), "requeued", task_id=task_ids[0] if task_ids and count == 1 else None,
+                            state=State.QUEUED.value, detail=f"{count} task(s) requeued")
+            return count
 
     # --- the worker protocol -------------------------------------------------------
     def claim(self, worker: str) -> Claim:
@@ -238,6 +254,7 @@ class SQLiteStore(SQLiteReads, Store):
             (task["id"], lease_id, worker, now),
         )
         self._seen(db, worker, now, task["id"])
+        self._event(db, now, "leased", task["id"], State.LEASED.value, worker, f"attempt {task['attempts']}")
         return Claim(
             "task",
             task={
@@ -423,6 +440,8 @@ class SQLiteStore(SQLiteReads, Store):
             )
             if lease is not None and lease["lease_id"]:
                 self._end_attempt(db, lease["lease_id"], now, "cancelled", None)
+            elif cur.rowcount:
+                self._event(db, now, "cancelled", task_id, State.CANCELLED.value)
             state = self._current_state(db, task_id)
         if not cur.rowcount and state != State.CANCELLED:
             raise Conflict(f"task {task_id} is {state}; only queued, waiting or running tasks can be cancelled")
@@ -460,10 +479,21 @@ class SQLiteStore(SQLiteReads, Store):
             (now, outcome, error, lease_id),
         )
         db.execute(
+            "INSERT INTO events (at, kind, task_id, state, worker, detail) SELECT ?, ?, a.task_id, t.state, a.worker, ?"
+            " FROM attempts a JOIN tasks t ON t.id = a.task_id WHERE a.lease_id = ?",
+            (now, outcome, error, lease_id),
+        )
+        db.execute(
             "UPDATE workers SET last_seen = ?, task_id = NULL, done = done + ?, failed = failed + ?"
             " WHERE name = (SELECT worker FROM attempts WHERE lease_id = ?)",
             (now, done, failed, lease_id),
         )
+
+    def _event(self, db, now: float, kind: str, task_id: int | None = None, state: str | None = None,
+               worker: str | None = None, detail: str | None = None) -> None:
+        """Record a change in the feed that /api/events streams (never a password)."""
+        db.execute("INSERT INTO events (at, kind, task_id, state, worker, detail) VALUES (?,?,?,?,?,?)",
+                   (now, kind, task_id, state, worker, detail))
 
     def _seen(self, db, worker: str, now: float, task_id: int | None) -> None:
         db.execute(

@@ -80,6 +80,15 @@ class SQLiteReads:
         return {"per_minute": per_minute, "rate_per_minute": recent, "left": left,
                 "eta_seconds": round(left / recent * 60) if recent and left else None}
 
+    def events(self, after: int, limit: int = 500) -> list[dict]:
+        return [dict(r) for r in self._db().execute(
+            "SELECT id, at, kind, task_id, state, worker, detail FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            (after, limit),
+        )]
+
+    def last_event(self) -> int:
+        return self._db().execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+
     def metrics(self) -> dict:
         self._expire_if_due(time.time())
         db = self._db()

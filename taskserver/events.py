@@ -1,0 +1,71 @@
+"""`GET /api/events`: server-sent events of every task change, and a summary every few seconds.
+
+Each open stream holds one waitress thread, so streams get threads of their own:
+the server runs `threads + streams` threads and at most `streams` streams are
+open at once (more are answered 503), which leaves `threads` for workers' claims
+however many dashboards are open. A stream ends after a few minutes and the
+client reconnects with Last-Event-ID, losing nothing: the events are read from
+the durable change feed in the store.
+"""
+from __future__ import annotations
+
+import json
+import threading
+import time
+
+from flask import Blueprint, Response, current_app, jsonify, request
+
+from . import api
+from .errors import BadRequest
+
+bp = Blueprint("events", __name__, url_prefix="/api")
+bp.before_request(api.check_token)
+STREAM_SECONDS = 300.0
+POLL_SECONDS = 0.5
+SUMMARY_SECONDS = 5.0
+
+
+def stream_slots():
+    """The semaphore that caps open streams; made on first use, sized by the config."""
+    slots = current_app.extensions.get("taskserver.streams")
+    if slots is None:
+        slots = current_app.extensions["taskserver.streams"] = threading.BoundedSemaphore(
+            current_app.config["TASKSERVER"].streams)
+    return slots
+
+
+@bp.get("/events")
+def events():
+    """Stream changes after Last-Event-ID (or `?after=`), or from now."""
+    store = api.store()
+    try:
+        after = int(request.headers.get("Last-Event-ID") or request.args.get("after") or store.last_event())
+    except ValueError:
+        raise BadRequest("Last-Event-ID / after must be an event id") from None
+    slots = stream_slots()
+    if not slots.acquire(blocking=False):
+        return jsonify({"error": "TooManyStreams", "message": "too many open event streams; retry shortly"}), 503
+
+    def generate(after: int):
+        try:
+            yield "retry: 2000\n\n"
+            ends = time.monotonic() + STREAM_SECONDS
+            next_summary = 0.0
+            while time.monotonic() < ends:
+                for event in store.events(after):
+                    after = event["id"]
+                    yield f"id: {after}\nevent: task\ndata: {json.dumps(event)}\n\n"
+                if time.monotonic() >= next_summary:
+                    status = store.status()
+                    summary = {"counts": status["counts"], "files": status["files"], "bytes": status["bytes"],
+                               "drained": status["drained"], "paused": status["paused"],
+                               "workers": len(status["workers"]),
+                               "lost_workers": sum(w["lost"] for w in status["workers"])}
+                    yield f"event: summary\ndata: {json.dumps(summary)}\n\n"
+                    next_summary = time.monotonic() + SUMMARY_SECONDS
+                time.sleep(POLL_SECONDS)
+        finally:
+            slots.release()
+
+    return Response(generate(after), mimetype="text/event-stream",
+                    headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
