@@ -37,6 +37,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
     serve.add_argument("--token", help="bearer token for workers and admin calls")
+    serve.add_argument("--read-token", help="a token that may only read: status, task lists, report, events")
     serve.add_argument("--lease-seconds", type=float, help="lease length (default 60)")
     serve.add_argument("--max-attempts", type=int, help="attempts per task (default 5)")
     serve.add_argument("--backoff-base", type=float, help="first retry delay in seconds (default 10)")
@@ -102,7 +103,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .app import create_app
 
-    config = _config(args, "tasks", "db", "host", "port", "token", "lease_seconds", "max_attempts",
+    config = _config(args, "tasks", "db", "host", "port", "token", "read_token", "lease_seconds", "max_attempts",
                      "backoff_base", "backoff_max", "max_wait", "threads", "streams", "connections", "per_nvr", "nvr_backoff", "nvr_give_up", "chunk",
                      "timezone")
     if not config.loopback and not config.token:

@@ -22,6 +22,7 @@ class Config:
     host: str = "127.0.0.1"  # bind address for `taskserver serve`
     port: int = 8080
     token: str | None = None  # bearer token for workers and admin calls
+    read_token: str | None = None  # a second token that may only read (status, lists, report, events)
     lease_seconds: float = 60.0  # a claim's lease; workers heartbeat every third of it
     max_attempts: int = 5  # attempts per task before it is failed
     backoff_base: float = 10.0  # seconds before the first retry; doubles per attempt, with jitter

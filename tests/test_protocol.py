@@ -129,12 +129,26 @@ def test_malformed_reports_are_refused_with_a_clear_message(procs, tmp_path, two
 
 
 def test_token_is_required_when_configured(procs, tmp_path, two_tasks):
-    url = start_coordinator(procs, two_tasks, tmp_path / "ts.db", "--token", "s3cret").url
+    url = start_coordinator(procs, two_tasks, tmp_path / "ts.db", "--token", "s3cret", "--read-token", "look").url
     assert claim(url).status_code == 401
     assert claim(url, token="wrong").status_code == 401
-    assert api(url).status_code == 401
+    assert claim(url, token="look").status_code == 401  # the read-only token never gets credentials
+    assert api(url, "POST", "/api/pause", token="look").status_code == 401
+    # On loopback, read-only views need no token; a wrong one is still refused.
+    assert api(url).status_code == 200 and api(url, token="wrong").status_code == 401
     assert claim(url, token="s3cret").json()["status"] == "task"
     assert api(url, path="/healthz").status_code == 200
+
+
+def test_beyond_loopback_read_only_views_need_a_token_too(procs, tmp_path, two_tasks):
+    proc = start_coordinator(procs, two_tasks, tmp_path / "ts.db", "--host", "0.0.0.0", "--token", "full",
+                             "--read-token", "look")
+    url = proc.url.replace("0.0.0.0", "127.0.0.1")
+    for path in ("/api/status", "/api/tasks", "/api/tasks/1", "/metrics", "/api/report.xlsx"):
+        assert api(url, path=path).status_code == 401, path
+        assert api(url, path=path, token="look").status_code == 200, path
+    assert api(url, "POST", "/api/tasks/1/cancel", token="look").status_code == 401
+    assert api(url, "POST", "/api/tasks/1/cancel", token="full").status_code == 200
 
 
 def test_listening_beyond_loopback_without_a_token_generates_one(procs, tmp_path, two_tasks):

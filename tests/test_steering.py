@@ -132,7 +132,7 @@ def test_metrics_for_prometheus_agree_with_the_run(procs, tmp_path):
     rows.append([nvr.address, "viewer", "nope", 101, at(0), at(1), "wrong"])
     coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
                                     "--max-attempts", "2", "--token", "tok")
-    assert api(coordinator.url, path="/metrics").status_code == 401
+    assert api(coordinator.url, path="/metrics", token="wrong").status_code == 401
     client = start_client(procs, coordinator.url, tmp_path / "dl", 2, "--token", "tok")
     assert client.wait(60) == 0
     text = api(coordinator.url, path="/metrics", token="tok").text
