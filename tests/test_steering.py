@@ -1,6 +1,7 @@
 """Watching and steering a run from scripts, and taking the outcome back to Excel."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import zipfile
 
@@ -188,3 +189,20 @@ def test_bad_task_batches_are_refused_with_a_clear_message(procs, tmp_path, body
                          headers={"Content-Type": "application/json"})
     assert huge.status_code == 413 and huge.json()["error"] == "Request Entity Too Large"
     assert api(url, path="/api/tasks/abc").status_code == 404
+
+
+def test_the_report_opens_in_libreoffice(procs, tmp_path):
+    office = shutil.which("soffice") or shutil.which("libreoffice")
+    if office is None:
+        pytest.skip("LibreOffice is not installed (apt-get install libreoffice-calc-nogui)")
+    rows = [["nvr-1", "admin", "pw", 101, at(h), at(h + 1), f"hour {h}"] for h in range(3)]
+    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db")
+    (tmp_path / "report.xlsx").write_bytes(api(coordinator.url, path="/api/report.xlsx").content)
+    converted = subprocess.run(
+        [office, f"-env:UserInstallation=file://{tmp_path / 'lo-profile'}", "--headless", "--convert-to", "csv",
+         "--outdir", str(tmp_path / "csv"), str(tmp_path / "report.xlsx")],
+        capture_output=True, text=True, timeout=120)
+    assert converted.returncode == 0, converted.stderr
+    lines = (tmp_path / "csv" / "report.csv").read_text().splitlines()  # the first sheet: Rows
+    assert lines[0] == "Sheet row,NVR,Tasks,Done,Failed,Other,Files,Bytes,State"
+    assert lines[1:] == [f"\"t.xlsx, sheet 'tasks', row {r}\",nvr-1,1,0,0,1,0,0,in progress" for r in (2, 3, 4)]
