@@ -32,6 +32,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--drop-mode", choices=["close", "reset"], default="close")
     p.add_argument("--refuse-for", type=float, default=0.0, help="reset connections for S seconds")
     p.add_argument("--delay", type=float, default=0.0, help="pause per 64 KiB block sent")
+    p.add_argument("--video", action="store_true", help="serve a real MP4 clip (made with ffmpeg) as each recording")
+    p.add_argument("--video-seconds", type=float,
+                   help="length of that clip (default: the recording interval; shorter simulates a cut file)")
     return p.parse_args(argv)
 
 
@@ -48,7 +51,12 @@ def main(argv: list[str] | None = None) -> int:
         busy_above=args.busy_above, drop_after=args.drop_after, drop_count=args.drop_count, drop_skip=args.drop_skip,
         drop_mode=args.drop_mode, refuse_until=time.time() + args.refuse_for, delay=args.delay,
     )
-    catalogue = Catalogue(args.channels, args.start, args.end, args.interval, args.size)
+    video = None
+    if args.video or args.video_seconds:
+        from .recordings import make_clip
+
+        video = make_clip(args.video_seconds or args.interval)
+    catalogue = Catalogue(args.channels, args.start, args.end, args.interval, args.size, video)
     device = Device(catalogue, args.user, args.password, args.name, faults)
     server = Server((args.host, args.port), device)
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))

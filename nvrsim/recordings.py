@@ -8,7 +8,7 @@ from __future__ import annotations
 import hashlib
 import random
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 BLOCK = 64 * 1024
@@ -25,6 +25,7 @@ class Catalogue:
     end: datetime = datetime(2026, 1, 2)
     interval: int = 600
     size: int = 256 * 1024
+    video: bytes | None = field(default=None, repr=False, compare=False)  # a real clip served as every recording
 
     def tracks(self) -> list[int]:
         """Main-stream track ids, as a Hikvision NVR numbers them: 101, 201, ..."""
@@ -40,7 +41,8 @@ class Catalogue:
         t = self.start + first * step
         while t < min(end, self.end):
             if t + step > start:
-                found.append(Recording(track, t, min(t + step, self.end), self._size(track, t)))
+                size = len(self.video) if self.video is not None else self._size(track, t)
+                found.append(Recording(track, t, min(t + step, self.end), size, self.video))
             t += step
         return found
 
@@ -66,6 +68,7 @@ class Recording:
     start: datetime
     end: datetime
     size: int
+    video: bytes | None = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -82,6 +85,10 @@ class Recording:
 
     def chunks(self, offset: int = 0):
         """Yield the recording's bytes from `offset` in blocks of up to BLOCK bytes."""
+        if self.video is not None:
+            for at in range(offset, self.size, BLOCK):
+                yield self.video[at : at + BLOCK]
+            return
         base = random.Random(_seed(self.track, self.start)).randbytes(BLOCK)
         index, skip = divmod(offset, BLOCK)
         while index * BLOCK < self.size:
@@ -103,6 +110,19 @@ class Recording:
         for block in self.chunks():
             h.update(block)
         return h.hexdigest()
+
+
+def make_clip(seconds: float) -> bytes:
+    """A real MP4 video of `seconds` (tiny test pattern), made with ffmpeg; for --video mode."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = f"{tmp}/clip.mp4"
+        subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", f"testsrc=size=64x48:rate=2:duration={seconds}",
+                        "-c:v", "mpeg4", "-fflags", "+bitexact", "-y", out], check=True, timeout=120)
+        with open(out, "rb") as f:
+            return f.read()
 
 
 def parse_playback_uri(uri: str) -> tuple[int, datetime] | None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -25,6 +26,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--command", help="command template for --runner command, e.g. 'export.sh {server} {folder}'")
     p.add_argument("--nvr-timeout", type=float, default=30.0, help="seconds to wait for an NVR answer (default 30)")
     p.add_argument("--nvr-ca-file", help="CA bundle for NVRs reached over HTTPS")
+    p.add_argument("--verify", choices=["ffprobe"],
+                   help="also check each video's duration against its time span (needs ffmpeg's ffprobe)")
     p.add_argument("--name", help="this host's name in the coordinator's worker list (default: hostname)")
     p.add_argument("--start-method", choices=["spawn", "fork", "forkserver"], default="spawn",
                    help="multiprocessing start method (default spawn, as on Windows)")
@@ -36,10 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     urls = args.servers or [os.environ.get("TASKSERVER_URL", "http://127.0.0.1:8080")]
     options = ({"command": args.command} if args.runner == "command"
-               else {"timeout": args.nvr_timeout, "ca_file": args.nvr_ca_file})
+               else {"timeout": args.nvr_timeout, "ca_file": args.nvr_ca_file, "verify": args.verify})
     try:
         if args.workers < 1:
             raise SetupError("--workers must be at least 1")
+        if args.verify == "ffprobe" and shutil.which("ffprobe") is None:
+            raise SetupError("--verify ffprobe needs ffprobe on PATH (install ffmpeg)")
         downloads = Path(args.downloads).resolve()
         downloads.mkdir(parents=True, exist_ok=True)
         make_runner(args.runner, options)  # fail here, once, rather than in every worker

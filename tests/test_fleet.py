@@ -1,6 +1,7 @@
 """Exporting from a fleet: per-NVR caps, resting busy or rebooting NVRs, chunks, scheduling, memory."""
 from __future__ import annotations
 
+import shutil
 import threading
 
 import psutil
@@ -129,3 +130,27 @@ def test_streaming_keeps_worker_memory_bounded_whatever_the_recording_size(procs
             f.seek(offset)
             expected = next(recording.chunks(offset))  # the rest of the 64 KiB block at offset
             assert f.read(len(expected)) == expected
+
+
+def test_verify_ffprobe_refuses_a_video_shorter_than_its_recording(procs, tmp_path):
+    if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
+        pytest.skip("ffmpeg is not installed (apt-get install ffmpeg); --verify ffprobe needs it")
+    good = start_nvr(procs, channels=1, hours=1, interval=60, extra=("--video",))
+    short = start_nvr(procs, channels=1, hours=1, interval=60, extra=("--video-seconds", "20"))
+    rows = [[nvr.address, "admin", SIM_PASSWORD, 101, at(0), at(0, 3), name]
+            for nvr, name in ((good, "good"), (short, "short"))]
+    sheet = write_sheet(tmp_path / "t.xlsx", rows, HEADER)
+    coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db", "--max-attempts", "1")
+    client = start_client(procs, coordinator.url, tmp_path / "dl", 2, "--verify", "ffprobe")
+    assert client.wait(90) == 0
+    assert api(coordinator.url, path="/api/tasks/1").json()["state"] == "done"
+    bad = api(coordinator.url, path="/api/tasks/2").json()
+    assert bad["state"] == "failed"
+    assert bad["last_error"].endswith("the video lasts 20.0 s but the recording spans 60 s (ffprobe)")
+    assert {p.name for p in (tmp_path / "dl").rglob("*.mp4")} == set(good.expected(101, at(0), at(0, 3)))
+    assert not list((tmp_path / "dl").glob("000002-*/*"))  # the short video never took a final name
+
+    # Without the check, sizes match the listing and the short videos would be taken as complete.
+    coordinator2 = start_coordinator(procs, write_sheet(tmp_path / "s.xlsx", rows[1:], HEADER), tmp_path / "s.db")
+    assert start_client(procs, coordinator2.url, tmp_path / "dl2", 1).wait(60) == 0
+    assert api(coordinator2.url, path="/api/tasks/1").json()["state"] == "done"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import subprocess
 import threading
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,6 +41,7 @@ class Listed:
 
     track: str
     start: str  # as the NVR wrote it, e.g. 2026-01-01T00:10:00Z
+    end: str
     uri: str
     size: int | None  # from the playback URI's size= parameter, when the firmware gives it
     name: str
@@ -50,9 +52,10 @@ class HikloadRunner:
 
     name = "hikload"
 
-    def __init__(self, timeout: float = 30.0, ca_file: str | None = None):
+    def __init__(self, timeout: float = 30.0, ca_file: str | None = None, verify: str | None = None):
         self.timeout = timeout
-        self.verify = ca_file or True
+        self.tls_verify = ca_file or True
+        self.check_video = verify == "ffprobe"  # also compare each file's duration with its time span
 
     def run(self, task: dict, folder: Path, progress: Progress, cancel: threading.Event) -> dict:
         """List the task's recordings, download the missing ones, verify all of them."""
@@ -73,7 +76,7 @@ class HikloadRunner:
 
         session = requests.Session()
         session.auth = HTTPDigestAuth(task["username"], task["password"])
-        session.verify = self.verify
+        session.verify = self.tls_verify
         url = f"{scheme}://{host}/ISAPI/ContentMgmt/download"
         downloaded = 0
         try:
@@ -162,7 +165,7 @@ class HikloadRunner:
                 name = name.replace(".mp4", "+.mp4")
             taken.add(name)
             size = re.search(r"[?&]size=(\d+)", media["playbackURI"])
-            found[media["playbackURI"]] = Listed(camera, begins, media["playbackURI"],
+            found[media["playbackURI"]] = Listed(camera, begins, item["timeSpan"]["endTime"], media["playbackURI"],
                                                  int(size.group(1)) if size else None, name)
         return list(found.values())
 
@@ -193,6 +196,8 @@ class HikloadRunner:
                     os.fsync(out.fileno())
             if expected is not None and written != expected:
                 raise TaskFailed(f"{label}: {rec.name}: download cut after {written} of {expected} bytes")
+            if self.check_video:
+                _check_duration(part, rec, label)
             os.replace(part, folder / rec.name)
         except requests.ConnectionError as exc:
             if written == 0:  # refused or reset before any data: the device, not this download
@@ -222,6 +227,24 @@ def _check_answer(response: requests.Response, label: str, rec: Listed) -> None:
                          f" {detail}".rstrip(), device="busy" if busy else None)
 
 
+def _check_duration(path: Path, rec: Listed, label: str) -> None:
+    """With --verify ffprobe: the video must last as long as the NVR says the recording spans."""
+    span = (_nvr_time(rec.end) - _nvr_time(rec.start)).total_seconds()
+    try:
+        probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
+                                str(path)], capture_output=True, text=True, timeout=300)
+        lasts = float(probe.stdout.strip())
+    except (ValueError, subprocess.SubprocessError, OSError):
+        raise TaskFailed(f"{label}: {rec.name}: ffprobe cannot read it as video") from None
+    if abs(lasts - span) > max(2.0, 0.05 * span):
+        raise TaskFailed(f"{label}: {rec.name}: the video lasts {lasts:.1f} s but the recording spans {span:.0f} s"
+                         " (ffprobe)")
+
+
+def _nvr_time(text: str) -> datetime:
+    return datetime.fromisoformat(text.replace("Z", "")).replace(tzinfo=None)
+
+
 def _owned(rec: Listed, task: dict) -> bool:
     """Whether this task owns the recording: it starts in [start, end), or earlier for a first chunk.
 
@@ -231,7 +254,7 @@ def _owned(rec: Listed, task: dict) -> bool:
     if task["start"] is None:
         return True
     try:
-        begins = datetime.fromisoformat(rec.start.replace("Z", "")).replace(tzinfo=None)
+        begins = _nvr_time(rec.start)
     except ValueError:
         return True  # cannot tell: better twice than never
     start, end = datetime.fromisoformat(task["start"]), datetime.fromisoformat(task["end"])
