@@ -6,6 +6,7 @@ import json
 import logging
 import secrets
 import sys
+from contextlib import contextmanager
 
 from .config import Config
 from .errors import TaskServerError
@@ -93,6 +94,18 @@ def sheet_options(p: argparse.ArgumentParser) -> None:
                                       " offset (default: refuse such times)")
 
 
+@contextmanager
+def _store(config: Config):
+    """The database a command works on, directly (safe while a coordinator serves it)."""
+    from .store import open_store
+
+    store = open_store(config.db, config.policy())
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 def _config(args: argparse.Namespace, *names: str) -> Config:
     return Config.from_env(**{n: getattr(args, n, None) for n in names})
 
@@ -130,15 +143,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     """Validate the whole sheet, then queue its rows in one transaction."""
     from .sheet import load_sheet
-    from .store import open_store
 
     config = _config(args, "db", "chunk", "timezone")
     specs = load_sheet(args.sheet, chunk=config.chunk, timezone=config.timezone)
-    store = open_store(config.db, config.policy())
-    try:
+    with _store(config) as store:
         result = store.add(specs)
-    finally:
-        store.close()
     updated = f" ({result.updated} with a corrected password)" if result.updated else ""
     print(f"{args.sheet}: {result.added} task(s) added, {result.existing} already in {config.db}{updated}")
     return EXIT_OK
@@ -146,14 +155,9 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 def cmd_requeue(args: argparse.Namespace) -> int:
     """Give failed (or cancelled) tasks another round of attempts."""
-    from .store import open_store
-
     config = _config(args, "db")
-    store = open_store(config.db, config.policy())
-    try:
+    with _store(config) as store:
         count = store.requeue(args.ids or None, args.nvr.lower() if args.nvr else None)
-    finally:
-        store.close()
     print(f"{count} task(s) queued again")
     return EXIT_OK
 
@@ -161,14 +165,9 @@ def cmd_requeue(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     """Write the report from the database (safe while the coordinator runs)."""
     from .report import export
-    from .store import open_store
 
-    config = _config(args, "db")
-    store = open_store(config.db, config.policy())
-    try:
+    with _store(_config(args, "db")) as store:
         path = export(store, args.report)
-    finally:
-        store.close()
     print(f"report written to {path}")
     return EXIT_OK
 
