@@ -1,9 +1,11 @@
 """Fixtures: every test gets its own processes, database and folders under tmp_path."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
-from .harness import Processes
+from .harness import Processes, postgres_missing, postgres_schema
 
 
 @pytest.fixture
@@ -12,3 +14,22 @@ def procs(tmp_path):
     manager = Processes(tmp_path)
     yield manager
     manager.cleanup()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db(request, tmp_path):
+    """The coordinator's database: the test runs once on a SQLite file, once on PostgreSQL.
+
+    Without a PostgreSQL server the PostgreSQL runs are skipped with the reason,
+    unless TASKSERVER_REQUIRE_POSTGRES=1 (as in CI), which makes them fail instead.
+    """
+    if request.param == "sqlite":
+        yield str(tmp_path / "ts.db")
+        return
+    missing = postgres_missing()
+    if missing:
+        if os.environ.get("TASKSERVER_REQUIRE_POSTGRES") == "1":
+            pytest.fail(f"PostgreSQL required but unusable: {missing}")
+        pytest.skip(f"PostgreSQL store not tested: {missing}")
+    with postgres_schema() as url:
+        yield url

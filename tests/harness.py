@@ -8,10 +8,13 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -24,6 +27,39 @@ from nvrsim import Catalogue
 PYTHON = sys.executable
 SIM_PASSWORD = "S1m-Secret-pw"
 T = datetime(2026, 1, 1)  # the simulated NVRs' recordings start here
+
+
+# The PostgreSQL the tests use; each test gets a schema of its own in it.
+POSTGRES = os.environ.get("TASKSERVER_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def postgres_missing() -> str | None:
+    """Why the tests cannot use PostgreSQL here, or None if they can."""
+    try:
+        import psycopg
+    except ImportError:
+        return "psycopg is not installed (pip install 'taskserver[postgres]')"
+    try:
+        psycopg.connect(POSTGRES, connect_timeout=3).close()
+    except psycopg.OperationalError as exc:
+        return f"no PostgreSQL at {POSTGRES} ({str(exc).strip().splitlines()[0]}); set TASKSERVER_TEST_POSTGRES"
+    return None
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A database URL whose tables live in a new, empty schema; dropped afterwards."""
+    import psycopg
+
+    schema = "taskserver_test_" + secrets.token_hex(4)
+    with psycopg.connect(POSTGRES, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    separator = "&" if "?" in POSTGRES else "?"
+    try:
+        yield f"{POSTGRES}{separator}options=-csearch_path%3D{schema}"
+    finally:
+        with psycopg.connect(POSTGRES, autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def at(h: int, m: int = 0) -> datetime:
@@ -145,7 +181,7 @@ def start_nvr(procs: Processes, channels: int = 2, hours: int = 4, interval: int
     return NVR(proc, catalogue, password)
 
 
-def start_coordinator(procs: Processes, sheet: Path | None, db: Path, *extra: str, port: int = 0,
+def start_coordinator(procs: Processes, sheet: Path | None, db: Path | str, *extra: str, port: int = 0,
                       env: dict | None = None) -> Proc:
     """`taskserver serve` under waitress on 127.0.0.1; short leases and backoff unless overridden."""
     argv = [PYTHON, "-m", "taskserver", "serve", "--db", str(db), "--host", "127.0.0.1", "--port", str(port),

@@ -39,8 +39,8 @@ class Stream:
 
 
 
-def test_every_change_is_streamed_and_a_reconnect_resumes_where_it_left_off(procs, tmp_path):
-    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows(2), HEADER), tmp_path / "ts.db").url
+def test_every_change_is_streamed_and_a_reconnect_resumes_where_it_left_off(procs, tmp_path, db):
+    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows(2), HEADER), db).url
     stream = Stream(url)
     wait_for(lambda: stream.summaries, what="the first summary")
     assert stream.summaries[0]["counts"]["queued"] == 2
@@ -61,8 +61,8 @@ def test_every_change_is_streamed_and_a_reconnect_resumes_where_it_left_off(proc
     assert "Ev3nt-secret" not in "\n".join(stream.raw + resumed.raw)
 
 
-def test_twenty_open_streams_leave_workers_answered_promptly(procs, tmp_path):
-    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows(30), HEADER), tmp_path / "ts.db",
+def test_twenty_open_streams_leave_workers_answered_promptly(procs, tmp_path, db):
+    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows(30), HEADER), db,
                             "--streams", "20", "--threads", "4").url
     streams = [Stream(url) for _ in range(20)]
     wait_for(lambda: all(s.summaries for s in streams), what="20 streams open")
@@ -78,8 +78,8 @@ def test_twenty_open_streams_leave_workers_answered_promptly(procs, tmp_path):
     wait_for(lambda: all(len(s.events) == 60 for s in streams), what="every stream to see all 60 changes")
 
 
-def test_taskserver_watch_prints_changes_as_they_happen(procs, tmp_path):
-    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows(1), HEADER), tmp_path / "ts.db",
+def test_taskserver_watch_prints_changes_as_they_happen(procs, tmp_path, db):
+    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows(1), HEADER), db,
                             "--token", "tok").url
     watch = procs.start("watch", [PYTHON, "-m", "taskserver", "watch", "--url", url], env={"TASKSERVER_TOKEN": "tok"})
     wait_for(lambda: "-- queued 1; 0 worker(s)" in watch.output(), what="watch to connect")

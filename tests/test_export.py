@@ -26,7 +26,7 @@ from .harness import (
 pytestmark = pytest.mark.slow
 
 
-def test_two_hosts_export_every_recording_exactly_once_byte_for_byte(procs, tmp_path):
+def test_two_hosts_export_every_recording_exactly_once_byte_for_byte(procs, tmp_path, db):
     nvr = start_nvr(procs, channels=3, hours=4)
     rows = [
         [nvr.address, "admin", SIM_PASSWORD, "101,201", at(0), at(2), "lobby and gate, night"],
@@ -34,7 +34,7 @@ def test_two_hosts_export_every_recording_exactly_once_byte_for_byte(procs, tmp_
         [nvr.address, "admin", SIM_PASSWORD, 201, at(2), at(4), "gate"],
     ] + [[nvr.address, "admin", SIM_PASSWORD, "301", at(h), at(h + 1), f"yard {h}h"] for h in range(4)]
     sheet = write_sheet(tmp_path / "tasks.xlsx", rows, HEADER)
-    coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db")
+    coordinator = start_coordinator(procs, sheet, db)
     downloads = tmp_path / "downloads"
     clients = [start_client(procs, coordinator.url, downloads, 2) for _ in range(2)]
 
@@ -75,14 +75,14 @@ def test_two_hosts_export_every_recording_exactly_once_byte_for_byte(procs, tmp_
         assert SIM_PASSWORD not in text
 
 
-def test_wrong_password_fails_its_task_with_a_clear_error_and_spares_the_others(procs, tmp_path):
+def test_wrong_password_fails_its_task_with_a_clear_error_and_spares_the_others(procs, tmp_path, db):
     nvr = start_nvr(procs, channels=2, hours=2)
     rows = [
         [nvr.address, "admin", SIM_PASSWORD, 101, at(0), at(1), "good 1"],
         [nvr.address, "admin", "not-the-password", 201, at(0), at(1), "wrong password"],
         [nvr.address, "admin", SIM_PASSWORD, 201, at(1), at(2), "good 2"],
     ]
-    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
+    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), db,
                                     "--max-attempts", "3")
     client = start_client(procs, coordinator.url, tmp_path / "dl", 2)
     assert client.wait(90) == 0
@@ -134,11 +134,11 @@ def test_busy_nvr_answer_is_never_saved_as_a_recording(procs, tmp_path):
     assert task_files(tmp_path / "dl") == nvr.expected(101, at(0), at(1))
 
 
-def test_a_hung_nvr_times_out_rests_and_finally_fails_its_tasks_with_a_clear_error(procs, tmp_path):
+def test_a_hung_nvr_times_out_rests_and_finally_fails_its_tasks_with_a_clear_error(procs, tmp_path, db):
     nvr = start_nvr(procs, channels=1, hours=2)
     nvr.faults(stall=True)
     rows = [[nvr.address, "admin", SIM_PASSWORD, 101, at(h), at(h + 1)] for h in (0, 1)]
-    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
+    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), db,
                                     "--max-attempts", "1", "--nvr-give-up", "3")
     client = start_client(procs, coordinator.url, tmp_path / "dl", 1, "--nvr-timeout", "1")
     assert client.wait(60) == 0
@@ -169,10 +169,9 @@ def test_retry_after_a_cut_keeps_the_files_already_complete(procs, tmp_path):
     assert task_files(tmp_path / "dl") == nvr.expected(101, at(0), at(1))
 
 
-def test_after_fixing_a_wrong_password_reimport_and_requeue_finish_the_job(procs, tmp_path):
+def test_after_fixing_a_wrong_password_reimport_and_requeue_finish_the_job(procs, tmp_path, db):
     nvr = start_nvr(procs, channels=1, hours=1)
     row = [nvr.address, "admin", "typo-password", 101, at(0), at(1), "lobby"]
-    db = tmp_path / "ts.db"
     coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", [row], HEADER), db, "--max-attempts", "1")
     assert start_client(procs, coordinator.url, tmp_path / "dl", 1).wait(60) == 0
     assert api(coordinator.url, path="/api/tasks/1").json()["state"] == "failed"

@@ -30,10 +30,10 @@ def slow_nvr(procs, channels=1, hours=2):
     return start_nvr(procs, channels=channels, hours=hours, size=200_000, extra=("--delay", "0.1"))
 
 
-def test_worker_killed_mid_download_task_comes_back_after_its_lease_and_completes(procs, tmp_path):
+def test_worker_killed_mid_download_task_comes_back_after_its_lease_and_completes(procs, tmp_path, db):
     nvr = slow_nvr(procs)
     rows = [[nvr.address, "admin", SIM_PASSWORD, 101, T.replace(hour=h), T.replace(hour=h + 1)] for h in (0, 1)]
-    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
+    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), db,
                                     "--lease-seconds", "2")
     client = start_client(procs, coordinator.url, tmp_path / "dl", 1)
 
@@ -56,12 +56,11 @@ def test_worker_killed_mid_download_task_comes_back_after_its_lease_and_complete
     assert status(coordinator.url)["counts"]["done"] == 2
 
 
-def test_coordinator_killed_and_restarted_loses_nothing_and_reruns_nothing(procs, tmp_path):
+def test_coordinator_killed_and_restarted_loses_nothing_and_reruns_nothing(procs, tmp_path, db):
     nvr = slow_nvr(procs, channels=2, hours=3)
     rows = [[nvr.address, "admin", SIM_PASSWORD, track, T.replace(hour=h), T.replace(hour=h + 1)]
             for track in (101, 201) for h in range(3)]
     sheet = write_sheet(tmp_path / "t.xlsx", rows, HEADER)
-    db = tmp_path / "ts.db"
     coordinator = start_coordinator(procs, sheet, db, "--lease-seconds", "10")
     port = coordinator.url.rsplit(":", 1)[1]
     client = start_client(procs, coordinator.url, tmp_path / "dl", 2)
@@ -88,9 +87,9 @@ def test_coordinator_killed_and_restarted_loses_nothing_and_reruns_nothing(procs
     assert "added, 0 already" not in restarted.output() and f"0 task(s) added, {len(rows)} already" in restarted.output()
 
 
-def test_completion_with_a_stale_lease_is_refused_and_changes_nothing(procs, tmp_path):
+def test_completion_with_a_stale_lease_is_refused_and_changes_nothing(procs, tmp_path, db):
     sheet = write_sheet(tmp_path / "t.xlsx", [["10.0.0.9", "admin", "pw", 101, T, T.replace(hour=1)]], HEADER)
-    coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db", "--lease-seconds", "0.5")
+    coordinator = start_coordinator(procs, sheet, db, "--lease-seconds", "0.5")
     url = coordinator.url
 
     first = api(url, path="/api/claim?worker=slow").json()

@@ -24,7 +24,7 @@ from .harness import (
 pytestmark = pytest.mark.slow
 
 
-def test_no_nvr_ever_runs_more_than_its_cap_of_downloads(procs, tmp_path):
+def test_no_nvr_ever_runs_more_than_its_cap_of_downloads(procs, tmp_path, db):
     # Each simulated NVR answers 503 above its cap: a tripwire, counted in its stats.
     caps = [2, 2, 1]
     nvrs = [start_nvr(procs, channels=2, hours=3, size=120_000,
@@ -32,7 +32,7 @@ def test_no_nvr_ever_runs_more_than_its_cap_of_downloads(procs, tmp_path):
     header = [*HEADER, "max_parallel", "chunk"]
     rows = [[nvr.address, "admin", SIM_PASSWORD, "101,201", at(0), at(3), f"nvr {i}", cap if cap != 2 else None, "1h"]
             for i, (nvr, cap) in enumerate(zip(nvrs, caps, strict=True))]
-    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, header), tmp_path / "ts.db")
+    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, header), db)
     assert status(coordinator.url)["tasks"] == 18  # 3 rows x 2 cameras x 3 one-hour chunks
     clients = [start_client(procs, coordinator.url, tmp_path / "dl", 4) for _ in range(2)]
     assert [c.wait(180) for c in clients] == [0, 0]
@@ -53,11 +53,11 @@ def test_no_nvr_ever_runs_more_than_its_cap_of_downloads(procs, tmp_path):
     assert shown == {nvr.address: (cap, 0, 0) for nvr, cap in zip(nvrs, caps, strict=True)}
 
 
-def test_a_busy_nvr_rests_and_no_task_attempt_is_burned(procs, tmp_path):
+def test_a_busy_nvr_rests_and_no_task_attempt_is_burned(procs, tmp_path, db):
     nvr = start_nvr(procs, channels=1, hours=1)
     nvr.faults(busy_above=0)  # every download answered 503 until the NVR calms down
     sheet = write_sheet(tmp_path / "t.xlsx", [[nvr.address, "admin", SIM_PASSWORD, 101, at(0), at(1)]], HEADER)
-    coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db", "--max-attempts", "1")
+    coordinator = start_coordinator(procs, sheet, db, "--max-attempts", "1")
     client = start_client(procs, coordinator.url, tmp_path / "dl", 1)
     waited = threading.Event()
 
@@ -75,10 +75,10 @@ def test_a_busy_nvr_rests_and_no_task_attempt_is_burned(procs, tmp_path):
     assert task_files(tmp_path / "dl") == nvr.expected(101, at(0), at(1))
 
 
-def test_an_nvr_rebooting_for_a_while_is_waited_for(procs, tmp_path):
+def test_an_nvr_rebooting_for_a_while_is_waited_for(procs, tmp_path, db):
     nvr = start_nvr(procs, channels=1, hours=1, extra=("--refuse-for", "3"))  # resets every connection for 3 s
     sheet = write_sheet(tmp_path / "t.xlsx", [[nvr.address, "admin", SIM_PASSWORD, 101, at(0), at(1)]], HEADER)
-    coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db", "--max-attempts", "1")
+    coordinator = start_coordinator(procs, sheet, db, "--max-attempts", "1")
     client = start_client(procs, coordinator.url, tmp_path / "dl", 1)
     assert client.wait(60) == 0
     task = api(coordinator.url, path="/api/tasks/1").json()

@@ -26,8 +26,8 @@ def claim(url, worker="w", token=None):
     return api(url, path=f"/api/claim?worker={worker}", token=token)
 
 
-def test_claim_hands_out_one_task_with_credentials_and_a_lease_uncached(procs, tmp_path, two_tasks):
-    url = start_coordinator(procs, two_tasks, tmp_path / "ts.db").url
+def test_claim_hands_out_one_task_with_credentials_and_a_lease_uncached(procs, tmp_path, two_tasks, db):
+    url = start_coordinator(procs, two_tasks, db).url
     answer = claim(url)
     assert answer.headers["Cache-Control"] == "no-store"
     body = answer.json()
@@ -43,8 +43,8 @@ def test_claim_hands_out_one_task_with_credentials_and_a_lease_uncached(procs, t
     assert PASSWORD not in api(url).text + api(url, path="/api/tasks/1").text
 
 
-def test_three_answers_task_then_wait_while_leased_elsewhere_then_drained(procs, tmp_path, two_tasks):
-    url = start_coordinator(procs, two_tasks, tmp_path / "ts.db").url
+def test_three_answers_task_then_wait_while_leased_elsewhere_then_drained(procs, tmp_path, two_tasks, db):
+    url = start_coordinator(procs, two_tasks, db).url
     a, b = claim(url, "a").json(), claim(url, "b").json()
     wait = claim(url, "c")
     assert wait.json() == {"status": "wait", "retry_after": 0.5}  # capped by --max-wait
@@ -57,8 +57,8 @@ def test_three_answers_task_then_wait_while_leased_elsewhere_then_drained(procs,
     assert api(url).json()["drained"] is True
 
 
-def test_completion_can_carry_the_next_claim(procs, tmp_path, two_tasks):
-    url = start_coordinator(procs, two_tasks, tmp_path / "ts.db").url
+def test_completion_can_carry_the_next_claim(procs, tmp_path, two_tasks, db):
+    url = start_coordinator(procs, two_tasks, db).url
     first = claim(url, "w").json()
     answer = api(url, "POST", "/api/tasks/1/complete",
                  json={"lease": first["lease"]["id"], "result": {}, "next": True, "worker": "w"}).json()
@@ -67,8 +67,8 @@ def test_completion_can_carry_the_next_claim(procs, tmp_path, two_tasks):
     assert repeat.json() == {"ok": True}  # a retried completion is harmless
 
 
-def test_failed_attempts_back_off_then_fail_for_good(procs, tmp_path, two_tasks):
-    url = start_coordinator(procs, two_tasks, tmp_path / "ts.db", "--max-attempts", "2").url
+def test_failed_attempts_back_off_then_fail_for_good(procs, tmp_path, two_tasks, db):
+    url = start_coordinator(procs, two_tasks, db, "--max-attempts", "2").url
     first = claim(url).json()
     answer = api(url, "POST", "/api/tasks/1/fail", json={"lease": first["lease"]["id"], "error": "NVR busy"})
     assert answer.json() == {"ok": True, "state": "waiting"}
@@ -83,8 +83,8 @@ def test_failed_attempts_back_off_then_fail_for_good(procs, tmp_path, two_tasks)
     assert task["state"] == "failed" and task["attempts"] == 2 and task["last_error"] == "NVR busy again"
 
 
-def test_release_requeues_without_charging_an_attempt(procs, tmp_path, two_tasks):
-    url = start_coordinator(procs, two_tasks, tmp_path / "ts.db").url
+def test_release_requeues_without_charging_an_attempt(procs, tmp_path, two_tasks, db):
+    url = start_coordinator(procs, two_tasks, db).url
     first = claim(url).json()
     assert api(url, "POST", "/api/tasks/1/release", json={"lease": first["lease"]["id"]}).status_code == 200
     assert api(url, path="/api/tasks/1").json()["state"] == "queued"
@@ -92,8 +92,8 @@ def test_release_requeues_without_charging_an_attempt(procs, tmp_path, two_tasks
     assert again["task"]["id"] == 1 and again["task"]["attempt"] == 1
 
 
-def test_lease_expiry_requeues_and_counts_the_attempt(procs, tmp_path, two_tasks):
-    url = start_coordinator(procs, two_tasks, tmp_path / "ts.db", "--lease-seconds", "0.3").url
+def test_lease_expiry_requeues_and_counts_the_attempt(procs, tmp_path, two_tasks, db):
+    url = start_coordinator(procs, two_tasks, db, "--lease-seconds", "0.3").url
     claim(url, "gone").json()
     time.sleep(0.4)
     task = api(url, path="/api/tasks/1").json()
@@ -102,8 +102,8 @@ def test_lease_expiry_requeues_and_counts_the_attempt(procs, tmp_path, two_tasks
     assert claim(url, "next").json()["task"]["attempt"] == 2
 
 
-def test_heartbeat_extends_the_lease(procs, tmp_path, two_tasks):
-    url = start_coordinator(procs, two_tasks, tmp_path / "ts.db", "--lease-seconds", "0.6").url
+def test_heartbeat_extends_the_lease(procs, tmp_path, two_tasks, db):
+    url = start_coordinator(procs, two_tasks, db, "--lease-seconds", "0.6").url
     lease = claim(url).json()["lease"]["id"]
     for _ in range(4):  # 1.2 s in all, twice the lease
         time.sleep(0.3)
@@ -159,8 +159,8 @@ def test_listening_beyond_loopback_without_a_token_generates_one(procs, tmp_path
     assert claim(url, token=token).json()["status"] == "task"
 
 
-def test_status_command_shows_progress_before_any_dashboard(procs, tmp_path, two_tasks):
-    url = start_coordinator(procs, two_tasks, tmp_path / "ts.db", "--token", "tok").url
+def test_status_command_shows_progress_before_any_dashboard(procs, tmp_path, two_tasks, db):
+    url = start_coordinator(procs, two_tasks, db, "--token", "tok").url
     first = claim(url, "host1/w0", token="tok").json()
     api(url, "POST", "/api/tasks/1/complete", token="tok",
         json={"lease": first["lease"]["id"], "result": {"files": 4, "bytes": 4000}})
@@ -183,12 +183,12 @@ def test_flask_development_server_serves_the_same_app(procs, tmp_path, two_tasks
     assert api(proc.url).json()["counts"]["queued"] == 2
 
 
-def test_longest_ranges_go_first_and_work_spreads_over_nvrs(procs, tmp_path):
+def test_longest_ranges_go_first_and_work_spreads_over_nvrs(procs, tmp_path, db):
     rows = [["nvr-a", "u", "p", 101, T, T.replace(hour=1), "a 1h"],
             ["nvr-a", "u", "p", 101, T.replace(hour=1), T.replace(hour=4), "a 3h"],
             ["nvr-b", "u", "p", 101, T, T.replace(hour=2), "b 2h"],
             ["nvr-b", "u", "p", 201, T, T.replace(hour=2), "b 2h again"]]
-    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
+    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), db,
                             "--per-nvr", "10").url
     assert [claim(url).json()["task"]["name"] for _ in rows] == ["a 3h", "b 2h", "b 2h again", "a 1h"]
 
@@ -199,9 +199,9 @@ def test_longest_ranges_go_first_and_work_spreads_over_nvrs(procs, tmp_path):
     assert [claim(url).json()["task"]["name"] for _ in even] == ["a101", "b101", "a201", "b201", "a301"]
 
 
-def test_work_held_back_by_an_nvr_cap_means_wait_not_drained(procs, tmp_path):
+def test_work_held_back_by_an_nvr_cap_means_wait_not_drained(procs, tmp_path, db):
     rows = [["nvr-a", "u", "p", c, T, T.replace(hour=1)] for c in (101, 201)]
-    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
+    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), db,
                             "--per-nvr", "1").url
     first = claim(url).json()
     assert claim(url).json()["status"] == "wait"

@@ -25,9 +25,9 @@ from .harness import (
 pytestmark = pytest.mark.slow
 
 
-def test_scripts_find_tasks_poll_results_and_steer_the_run(procs, tmp_path):
+def test_scripts_find_tasks_poll_results_and_steer_the_run(procs, tmp_path, db):
     rows = [[f"nvr-{i % 2}", "admin", "pw", 101, at(i), at(i + 1), f"task {i}"] for i in range(5)]
-    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
+    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), db,
                             "--token", "tok").url
 
     def call(method, path, **kw):
@@ -83,17 +83,17 @@ def test_bad_queries_are_refused_clearly(procs, tmp_path, query, message):
     assert api(url, "POST", "/api/requeue", json={"everything": True}).status_code == 400
 
 
-def test_the_excel_report_matches_the_database_cell_by_cell_and_holds_no_password(procs, tmp_path):
+def test_the_excel_report_matches_the_database_cell_by_cell_and_holds_no_password(procs, tmp_path, db):
     nvr = start_nvr(procs, channels=2, hours=2)
     header = [*HEADER, "chunk"]
     rows = [[nvr.address, "admin", SIM_PASSWORD, "101,201", at(0), at(2), "lobby", "1h"],
             [nvr.address, "admin", "Wr0ng-pass", 101, at(0), at(1), "bad password", None]]
     coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", header=header, rows=rows),
-                                    tmp_path / "ts.db", "--max-attempts", "1")
+                                    db, "--max-attempts", "1")
     assert start_client(procs, coordinator.url, tmp_path / "dl", 2).wait(60) == 0
 
     export = subprocess.run([PYTHON, "-m", "taskserver", "export", str(tmp_path / "report.xlsx"), "--db",
-                             str(tmp_path / "ts.db")], capture_output=True, text=True, timeout=60)
+                             str(db)], capture_output=True, text=True, timeout=60)
     assert export.returncode == 0, export.stderr
     downloaded = api(coordinator.url, path="/api/report.xlsx")
     assert downloaded.headers["Content-Type"].startswith("application/vnd.openxmlformats")
@@ -125,13 +125,13 @@ def test_the_excel_report_matches_the_database_cell_by_cell_and_holds_no_passwor
             nvr.address, 5, 4, 1, 0, 0)
 
 
-def test_metrics_for_prometheus_agree_with_the_run(procs, tmp_path):
+def test_metrics_for_prometheus_agree_with_the_run(procs, tmp_path, db):
     from prometheus_client.parser import text_string_to_metric_families
 
     nvr = start_nvr(procs, channels=1, hours=2)
     rows = [[nvr.address, "admin", SIM_PASSWORD, 101, at(h), at(h + 1)] for h in (0, 1)]
     rows.append([nvr.address, "viewer", "nope", 101, at(0), at(1), "wrong"])
-    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
+    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), db,
                                     "--max-attempts", "2", "--token", "tok")
     assert api(coordinator.url, path="/metrics", token="wrong").status_code == 401
     client = start_client(procs, coordinator.url, tmp_path / "dl", 2, "--token", "tok")
@@ -149,8 +149,8 @@ def test_metrics_for_prometheus_agree_with_the_run(procs, tmp_path):
     assert "nope" not in text and SIM_PASSWORD not in text
 
 
-def test_tasks_posted_through_the_api_are_checked_like_sheet_rows_and_added_all_or_nothing(procs, tmp_path):
-    url = start_coordinator(procs, None, tmp_path / "ts.db").url
+def test_tasks_posted_through_the_api_are_checked_like_sheet_rows_and_added_all_or_nothing(procs, tmp_path, db):
+    url = start_coordinator(procs, None, db).url
     good = {"server": "10.0.0.5", "user": "admin", "password": "Api-secret", "cameras": "101,201",
             "start": "2026-01-01 00:00", "end": "2026-01-01T02:00:00", "name": "lobby"}
     bad = {**good, "starttime": "yesterday", "colour": "red"}
@@ -180,8 +180,8 @@ def test_tasks_posted_through_the_api_are_checked_like_sheet_rows_and_added_all_
     ({"tasks": [{"server": "h", "username": "u", "password": "p", "starttime": "2026-01-01", "endtime": "2026-01-02",
                  "priority": "high"}]}, 400, "'high' is not a whole number"),
 ])
-def test_bad_task_batches_are_refused_with_a_clear_message(procs, tmp_path, body, status, message):
-    url = start_coordinator(procs, None, tmp_path / "ts.db").url
+def test_bad_task_batches_are_refused_with_a_clear_message(procs, tmp_path, body, status, message, db):
+    url = start_coordinator(procs, None, db).url
     answer = api(url, "POST", "/api/tasks", json=body)
     assert answer.status_code == status and message in answer.json()["message"]
     assert api(url).json()["tasks"] == 0

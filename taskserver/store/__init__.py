@@ -8,11 +8,18 @@ __all__ = ["TERMINAL", "TRANSITIONS", "Claim", "ImportResult", "Policy", "State"
 
 
 def open_store(url: str, policy: Policy) -> Store:
-    """Open the store named by `url`: a file path or `sqlite:///path` (SQLite)."""
+    """Open the store named by `url`: a file path or `sqlite:///path` (SQLite), or `postgresql://...`."""
+    if url.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url, policy)
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):]
     elif "://" in url:
-        raise ConfigError(f"unsupported database URL {url!r}: use a file path or sqlite:///path")
+        from .postgres import redact
+
+        raise ConfigError(f"unsupported database URL {redact(url)!r}: use a file path, sqlite:///path"
+                          " or postgresql://user@host/database")
     else:
         path = url
     if not path:

@@ -1,12 +1,11 @@
-"""The SQLite store's read side: task views, task lists, status, metrics.
+"""The SQL stores' read side: task views, task lists, status, metrics.
 
-A mixin of SQLiteStore, split off so that the protocol's transactions in
-`sqlite.py` stay readable; it uses that class's connection and expiry helpers.
+A mixin of SQLStore, split off so that the protocol's transactions in `sql.py`
+stay readable; it uses that class's connection and expiry helpers.
 """
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
 
 from ..errors import TaskNotFound
@@ -15,8 +14,8 @@ from .base import State
 ACTIVE = (State.QUEUED.value, State.LEASED.value, State.WAITING.value)
 
 
-class SQLiteReads:
-    """Reading methods of SQLiteStore."""
+class SQLReads:
+    """Reading methods of SQLStore."""
 
     def _expire_if_due(self, now: float) -> None:
         """Reads show the truth: leases that ran out are expired first (a write only when one did)."""
@@ -27,7 +26,7 @@ class SQLiteReads:
             with self._write() as db:
                 self._expire(db, now)
 
-    ORDER_SQL = {"id": "id", "newest": "id DESC", "priority": "priority DESC, span DESC, id"}
+    ORDER_SQL = {"id": "id", "newest": "id DESC", "priority": "priority DESC, span DESC{nulls}, id"}
 
     def tasks(self, state=None, nvr=None, worker=None, text=None, order="id", offset=0, limit=50):
         now = time.time()
@@ -45,7 +44,8 @@ class SQLiteReads:
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         db = self._db()
         total = db.execute(f"SELECT count(*) FROM tasks {clause}", params).fetchone()[0]
-        rows = db.execute(f"SELECT * FROM tasks {clause} ORDER BY {self.ORDER_SQL[order]} LIMIT ? OFFSET ?",
+        order_by = self.ORDER_SQL[order].format(nulls=self.NULLS_LAST)
+        rows = db.execute(f"SELECT * FROM tasks {clause} ORDER BY {order_by} LIMIT ? OFFSET ?",
                           [*params, limit, offset]).fetchall()
         return [_public(r, now) for r in rows], total
 
@@ -58,9 +58,10 @@ class SQLiteReads:
         total = db.execute("SELECT count(DISTINCT grp) FROM tasks").fetchone()[0]
         found = db.execute(
             "SELECT grp, min(source) AS source, min(server) AS server, count(*) AS tasks,"
-            " sum(state = 'done') AS done, sum(state = 'failed') AS failed,"
-            " sum(state IN ('queued', 'leased', 'waiting')) AS active, coalesce(sum(files), 0) AS files,"
-            " coalesce(sum(bytes), 0) AS bytes FROM tasks GROUP BY grp ORDER BY min(id) LIMIT ? OFFSET ?",
+            " count(*) FILTER (WHERE state = 'done') AS done, count(*) FILTER (WHERE state = 'failed') AS failed,"
+            " count(*) FILTER (WHERE state IN ('queued', 'leased', 'waiting')) AS active,"
+            " CAST(coalesce(sum(files), 0) AS BIGINT) AS files, CAST(coalesce(sum(bytes), 0) AS BIGINT) AS bytes"
+            " FROM tasks GROUP BY grp ORDER BY min(id) LIMIT ? OFFSET ?",
             (limit, offset),
         )
         return [dict(r) for r in found], total
@@ -71,7 +72,7 @@ class SQLiteReads:
         db = self._db()
         per_minute = [0] * minutes
         for row in db.execute(
-            "SELECT CAST((ended - ?) / 60 AS INTEGER) AS m, count(*) AS n FROM attempts"
+            f"SELECT {self.TRUNC.format('(ended - ?) / 60')} AS m, count(*) AS n FROM attempts"
             " WHERE outcome = 'done' AND ended >= ? GROUP BY m", (since, since),
         ):
             per_minute[min(minutes - 1, max(0, row["m"]))] += row["n"]
@@ -96,7 +97,7 @@ class SQLiteReads:
             "states": {r[0]: r[1] for r in db.execute("SELECT state, count(*) FROM tasks GROUP BY state")},
             "attempts": {r[0]: r[1] for r in db.execute(
                 "SELECT coalesce(outcome, 'running'), count(*) FROM attempts GROUP BY outcome")},
-            "bytes": db.execute("SELECT coalesce(sum(bytes), 0) FROM tasks").fetchone()[0],
+            "bytes": db.execute("SELECT CAST(coalesce(sum(bytes), 0) AS BIGINT) FROM tasks").fetchone()[0],
             "nvr_running": {r[0]: r[1] for r in db.execute(
                 "SELECT server, (SELECT count(*) FROM tasks t WHERE t.state = 'leased' AND t.server = n.server)"
                 " FROM nvrs n")},
@@ -131,7 +132,8 @@ class SQLiteReads:
         for row in db.execute("SELECT state, count(*) AS n FROM tasks GROUP BY state"):
             counts[row["state"]] = row["n"]
         totals = db.execute(
-            "SELECT count(*) AS tasks, coalesce(sum(files), 0) AS files, coalesce(sum(bytes), 0) AS bytes FROM tasks"
+            "SELECT count(*) AS tasks, CAST(coalesce(sum(files), 0) AS BIGINT) AS files,"
+            " CAST(coalesce(sum(bytes), 0) AS BIGINT) AS bytes FROM tasks"
         ).fetchone()
         lost_after = 2 * self.policy.lease_seconds
         seen = {w["name"]: dict(w) for w in db.execute("SELECT * FROM workers")}
@@ -166,7 +168,7 @@ class SQLiteReads:
         }
 
 
-def _public(row: sqlite3.Row, now: float) -> dict:
+def _public(row, now: float) -> dict:
     """A task as anyone but its worker may see it: everything except the password."""
     return {
         "id": row["id"], "key": row["key"], "name": row["name"], "server": row["server"],
