@@ -78,10 +78,11 @@ class Coordinator:
             try:
                 response = self.session.request(method, url, timeout=self.timeout, **kwargs)
             except requests.RequestException as exc:
+                # The next request, retried or not, goes to the next coordinator.
+                self._current = (self._current + 1) % len(self.urls)
                 if not retry:
                     raise
                 problem = f"{type(exc).__name__}"
-                self._current = (self._current + 1) % len(self.urls)
             else:
                 if response.status_code in (401, 403):
                     raise AuthError(f"{url}: the coordinator refused our token (HTTP {response.status_code});"

@@ -10,7 +10,7 @@ from werkzeug.exceptions import HTTPException
 from .config import Config
 from .errors import ConfigError, TaskServerError
 from .sheet import load_sheet
-from .store import Store, open_store
+from .store import Store
 
 log = logging.getLogger("taskserver")
 
@@ -26,7 +26,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.config["TASKSERVER"] = config
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     app.json.sort_keys = False
-    store = open_store(config.db, config.policy())
+    store = config.open_store()
     app.extensions["taskserver.store"] = store
     load_tasks(store, config)
 
@@ -40,7 +40,13 @@ def create_app(config: Config | None = None) -> Flask:
 
     @app.errorhandler(TaskServerError)
     def task_server_error(exc: TaskServerError):
+        if exc.status >= 500:
+            log.error("%s %s: %s", request.method, request.path, exc)
         return jsonify(exc.to_dict()), exc.status
+
+    @app.teardown_request
+    def give_back_connection(_exc):
+        store.release_connection()
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException):
@@ -66,7 +72,7 @@ def load_tasks(store: Store, config: Config) -> None:
     path = Path(config.tasks)
     if not path.exists():
         if config.tasks == Config.tasks:
-            log.warning("no %s in %s; serving the tasks already in %s", path, Path.cwd(), config.db)
+            log.warning("no %s in %s; serving the tasks already in %s", path, Path.cwd(), store.url)
             return
         raise ConfigError(f"task sheet {path} not found")
     result = store.add(load_sheet(path, chunk=config.chunk, timezone=config.timezone))

@@ -1,4 +1,4 @@
-"""The `taskserver` command: serve, import, status."""
+"""The `taskserver` command: serve, import, requeue, export, watch, status, migrate-db."""
 from __future__ import annotations
 
 import argparse
@@ -12,6 +12,8 @@ from .config import Config
 from .errors import TaskServerError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+DB_HELP = ("SQLite file or sqlite:///path, or postgresql://user@host/database (default taskserver.db;"
+           " keep a database password in TASKSERVER_DB, PGPASSWORD or ~/.pgpass, not on the command line)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,7 +36,8 @@ def parser() -> argparse.ArgumentParser:
 
     serve = sub.add_parser("serve", help="serve the coordinator with waitress")
     serve.add_argument("--tasks", help="sheet to load at start (default tasks.xlsx; '' for none)")
-    serve.add_argument("--db", help="SQLite file or sqlite:///path (default taskserver.db)")
+    serve.add_argument("--db", help=DB_HELP)
+    serve.add_argument("--db-pool", type=int, help="PostgreSQL connections per coordinator (default 10)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8080; 0 picks a free one)")
     serve.add_argument("--token", help="bearer token for workers and admin calls")
@@ -59,25 +62,32 @@ def parser() -> argparse.ArgumentParser:
 
     imp = sub.add_parser("import", help="add a sheet's rows to the database (all or nothing)")
     imp.add_argument("sheet", help="the .xlsx file")
-    imp.add_argument("--db", help="SQLite file (default taskserver.db)")
+    imp.add_argument("--db", help=DB_HELP)
     sheet_options(imp)
     imp.set_defaults(func=cmd_import)
 
     again = sub.add_parser("requeue", help="queue failed or cancelled tasks again, with fresh attempts")
     again.add_argument("ids", nargs="*", type=int, help="task ids (default: every failed or cancelled task)")
     again.add_argument("--nvr", help="only this NVR's tasks (host or host:port, as in the sheet)")
-    again.add_argument("--db", help="SQLite file (default taskserver.db)")
+    again.add_argument("--db", help=DB_HELP)
     again.set_defaults(func=cmd_requeue)
 
     report = sub.add_parser("export", help="write the Excel report (per sheet row, per NVR, per task)")
     report.add_argument("report", help="the .xlsx file to write, e.g. report.xlsx")
-    report.add_argument("--db", help="SQLite file (default taskserver.db)")
+    report.add_argument("--db", help=DB_HELP)
     report.set_defaults(func=cmd_export)
 
     watch = sub.add_parser("watch", help="follow a running coordinator's task changes as they happen")
     watch.add_argument("--url", default="http://127.0.0.1:8080", help="coordinator URL")
     watch.add_argument("--token", help="bearer token (default $TASKSERVER_TOKEN)")
     watch.set_defaults(func=cmd_watch)
+
+    move = sub.add_parser("migrate-db", help="copy a deployment's whole state into another, empty database")
+    move.add_argument("--from", dest="source", required=True, metavar="URL",
+                      help="the database now in use, e.g. sqlite:///taskserver.db")
+    move.add_argument("--to", dest="target", required=True, metavar="URL",
+                      help="the new database, e.g. postgresql://taskserver@dbhost/taskserver")
+    move.set_defaults(func=cmd_migrate_db)
 
     status = sub.add_parser("status", help="show a running coordinator's progress")
     status.add_argument("--url", default="http://127.0.0.1:8080", help="coordinator URL")
@@ -97,9 +107,7 @@ def sheet_options(p: argparse.ArgumentParser) -> None:
 @contextmanager
 def _store(config: Config):
     """The database a command works on, directly (safe while a coordinator serves it)."""
-    from .store import open_store
-
-    store = open_store(config.db, config.policy())
+    store = config.open_store()
     try:
         yield store
     finally:
@@ -117,8 +125,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from .app import create_app
 
     config = _config(args, "tasks", "db", "host", "port", "token", "read_token", "lease_seconds", "max_attempts",
-                     "backoff_base", "backoff_max", "max_wait", "threads", "streams", "connections", "per_nvr", "nvr_backoff", "nvr_give_up", "chunk",
-                     "timezone")
+                     "backoff_base", "backoff_max", "max_wait", "threads", "streams", "connections", "per_nvr",
+                     "nvr_backoff", "nvr_give_up", "chunk", "timezone", "db_pool")
     if not config.loopback and not config.token:
         token = secrets.token_urlsafe(24)
         config = Config.from_env(**{**config.__dict__, "token": token})
@@ -148,8 +156,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     specs = load_sheet(args.sheet, chunk=config.chunk, timezone=config.timezone)
     with _store(config) as store:
         result = store.add(specs)
-    updated = f" ({result.updated} with a corrected password)" if result.updated else ""
-    print(f"{args.sheet}: {result.added} task(s) added, {result.existing} already in {config.db}{updated}")
+        updated = f" ({result.updated} with a corrected password)" if result.updated else ""
+        print(f"{args.sheet}: {result.added} task(s) added, {result.existing} already in {store.url}{updated}")
     return EXIT_OK
 
 
@@ -169,6 +177,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     with _store(_config(args, "db")) as store:
         path = export(store, args.report)
     print(f"report written to {path}")
+    return EXIT_OK
+
+
+def cmd_migrate_db(args: argparse.Namespace) -> int:
+    """Copy tasks, attempts, NVR state, events and settings, ids and leases included, in one transaction.
+
+    Stop the coordinators first, migrate, then start them on the new database:
+    workers keep their leases and simply report to the new coordinators.
+    """
+    from .store import Policy, open_store
+
+    source = open_store(args.source, Policy())
+    try:
+        target = open_store(args.target, Policy())
+        try:
+            counts = target.copy_from(source)
+        finally:
+            target.close()
+    finally:
+        source.close()
+    print(f"copied {source.url} to {target.url}: " + ", ".join(f"{n} {table}" for table, n in counts.items()))
     return EXIT_OK
 
 

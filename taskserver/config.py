@@ -18,7 +18,8 @@ class Config:
     """Every coordinator setting, with its default."""
 
     tasks: str | None = "tasks.xlsx"  # sheet loaded at start ("" for none); missing default file is fine
-    db: str = "taskserver.db"  # SQLite file path or sqlite:///path URL
+    db: str = "taskserver.db"  # SQLite file path or sqlite:///path URL, or postgresql://user@host/database
+    db_pool: int = 10  # PostgreSQL connections per coordinator (mind the server's max_connections)
     host: str = "127.0.0.1"  # bind address for `taskserver serve`
     port: int = 8080
     token: str | None = None  # bearer token for workers and admin calls
@@ -51,6 +52,12 @@ class Config:
         config.check()
         return config
 
+    def open_store(self):
+        """The store this configuration names, open."""
+        from .store import open_store
+
+        return open_store(self.db, self.policy(), pool=self.db_pool)
+
     def policy(self):
         """The store's protocol parameters."""
         from .store import Policy
@@ -68,6 +75,8 @@ class Config:
             raise ConfigError("max_attempts must be at least 1")
         if self.backoff_base < 0 or self.backoff_max < self.backoff_base:
             raise ConfigError("backoff_base must be >= 0 and <= backoff_max")
+        if self.db_pool < 1:
+            raise ConfigError("db_pool must be at least 1")
         if self.per_nvr < 1:
             raise ConfigError("per_nvr must be at least 1")
         if not 0 <= self.port <= 65535:

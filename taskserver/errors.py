@@ -16,6 +16,12 @@ class TaskServerError(Exception):
         return {"error": type(self).__name__, "message": str(self)}
 
 
+class Unavailable(TaskServerError):
+    """Raised when the database cannot serve a request in time; workers retry a 503."""
+
+    status = 503
+
+
 class ConfigError(TaskServerError):
     """Raised when settings are missing or contradictory; the coordinator refuses to start."""
 

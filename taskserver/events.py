@@ -63,6 +63,7 @@ def events():
                                "lost_workers": sum(w["lost"] for w in status["workers"])}
                     yield f"event: summary\ndata: {json.dumps(summary)}\n\n"
                     next_summary = time.monotonic() + SUMMARY_SECONDS
+                store.release_connection()  # a stream may stay open for long: hold a database connection only to read
                 time.sleep(POLL_SECONDS)
         finally:
             slots.release()

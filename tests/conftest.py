@@ -24,8 +24,13 @@ def db(request, tmp_path):
     unless TASKSERVER_REQUIRE_POSTGRES=1 (as in CI), which makes them fail instead.
     """
     if request.param == "sqlite":
-        yield str(tmp_path / "ts.db")
-        return
+        return str(tmp_path / "ts.db")
+    return request.getfixturevalue("postgres")
+
+
+@pytest.fixture
+def postgres():
+    """A database URL on the machine's PostgreSQL, in a schema of its own that is dropped afterwards."""
     missing = postgres_missing()
     if missing:
         if os.environ.get("TASKSERVER_REQUIRE_POSTGRES") == "1":

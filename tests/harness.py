@@ -94,6 +94,16 @@ class Proc:
     def output(self) -> str:
         return self.log.read_text(errors="replace")
 
+    def ready(self, pattern: str, timeout: float = 30.0) -> str:
+        """Wait until the log shows `pattern`; its first group is the process's URL."""
+        def address():
+            match = re.search(pattern, self.output())
+            if match is None and self.popen.poll() is not None:
+                raise AssertionError(f"{self.log.stem} exited with {self.popen.returncode}:\n{self.output()[-3000:]}")
+            return match
+        self.url = wait_for(address, timeout, what=f"{self.log.stem} to start").group(1)
+        return self.url
+
     def wait(self, timeout: float = 60.0) -> int:
         try:
             return self.popen.wait(timeout)
@@ -127,12 +137,7 @@ class Processes:
         proc = Proc(popen, log)
         self.started.append(proc)
         if ready:
-            def address():
-                match = re.search(ready, proc.output())
-                if match is None and popen.poll() is not None:
-                    raise AssertionError(f"{name} exited with {popen.returncode}:\n{proc.output()[-3000:]}")
-                return match
-            proc.url = wait_for(address, timeout, what=f"{name} to start").group(1)
+            proc.ready(ready, timeout)
         return proc
 
     def cleanup(self) -> None:
@@ -184,10 +189,16 @@ def start_nvr(procs: Processes, channels: int = 2, hours: int = 4, interval: int
 def start_coordinator(procs: Processes, sheet: Path | None, db: Path | str, *extra: str, port: int = 0,
                       env: dict | None = None) -> Proc:
     """`taskserver serve` under waitress on 127.0.0.1; short leases and backoff unless overridden."""
-    argv = [PYTHON, "-m", "taskserver", "serve", "--db", str(db), "--host", "127.0.0.1", "--port", str(port),
+    return procs.start("coordinator", coordinator_argv(sheet, db, *extra, port=port), ready=LISTENING, env=env)
+
+
+LISTENING = r"listening on (http://\S+)"
+
+
+def coordinator_argv(sheet: Path | None, db: Path | str, *extra: str, port: int = 0) -> list[str]:
+    return [PYTHON, "-m", "taskserver", "serve", "--db", str(db), "--host", "127.0.0.1", "--port", str(port),
             "--tasks", str(sheet) if sheet else "", "--lease-seconds", "5", "--backoff-base", "0.2",
             "--backoff-max", "1", "--max-wait", "0.5", "--nvr-backoff", "0.3", *extra]
-    return procs.start("coordinator", argv, ready=r"listening on (http://\S+)", env=env)
 
 
 def start_client(procs: Processes, url: str, downloads: Path, workers: int = 2, *extra: str,

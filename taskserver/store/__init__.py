@@ -7,12 +7,15 @@ from .base import TERMINAL, TRANSITIONS, Claim, ImportResult, Policy, State, Sto
 __all__ = ["TERMINAL", "TRANSITIONS", "Claim", "ImportResult", "Policy", "State", "Store", "TaskSpec", "open_store"]
 
 
-def open_store(url: str, policy: Policy) -> Store:
-    """Open the store named by `url`: a file path or `sqlite:///path` (SQLite), or `postgresql://...`."""
+def open_store(url: str, policy: Policy, pool: int = 10) -> Store:
+    """Open the store named by `url`: a file path or `sqlite:///path` (SQLite), or `postgresql://...`.
+
+    `pool` caps a PostgreSQL store's connections (a SQLite store has one per thread).
+    """
     if url.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore
 
-        return PostgresStore(url, policy)
+        return PostgresStore(url, policy, pool)
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):]
     elif "://" in url:

@@ -131,6 +131,7 @@ class Store(ABC):
     """Durable task state. Every method is one transaction, committed before it returns."""
 
     ORDERS = ("id", "newest", "priority")  # task list orders
+    url = ""  # where the state lives, fit for messages (never a password)
 
     def __init__(self, policy: Policy):
         self.policy = policy
@@ -225,6 +226,14 @@ class Store(ABC):
     @abstractmethod
     def status(self) -> dict:
         """Counts per state, totals, workers seen, and whether the queue is drained."""
+
+    def release_connection(self) -> None:
+        """Give this thread's database connection back to the pool, if the store pools them.
+
+        Called at the end of each request: a coordinator serves many threads with a
+        few connections. Stores that keep one connection per thread have nothing to do.
+        """
+        return None
 
     @abstractmethod
     def close(self) -> None:

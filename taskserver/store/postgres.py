@@ -5,15 +5,16 @@ coordinators claiming at once take different NVRs' work (or one waits a moment
 for the other), so no task is handed out twice and a per-NVR cap holds across
 all coordinators. Event ids follow commit order thanks to a transaction-level
 advisory lock taken just before a transaction writes its events. The
-transactions themselves are in `sql.py`; needs the `psycopg` package
-(`pip install 'taskserver[postgres]'`).
+transactions themselves are in `sql.py`. A coordinator holds at most `pool`
+connections (psycopg_pool), borrowed per request, whatever its thread count.
+Needs `pip install 'taskserver[postgres]'`.
 """
 from __future__ import annotations
 
 import functools
 from urllib.parse import urlsplit, urlunsplit
 
-from ..errors import ConfigError
+from ..errors import ConfigError, Unavailable
 from .base import Policy
 from .sql import SQLStore
 
@@ -70,12 +71,6 @@ class _Connection:
         with self.conn.cursor() as cur:
             cur.executemany(_pyformat(sql), rows)
 
-    @property
-    def usable(self) -> bool:
-        return not (self.conn.closed or self.conn.broken)
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 class PostgresStore(SQLStore):
@@ -89,15 +84,24 @@ class PostgresStore(SQLStore):
              "real": "DOUBLE PRECISION", "bigint": "BIGINT"}
     CANDIDATES = 8  # NVR queue heads a claim considers before it waits for a busy one
 
-    def __init__(self, url: str, policy: Policy):
+    def __init__(self, url: str, policy: Policy, pool: int = 10):
         try:
             import psycopg
+            from psycopg_pool import ConnectionPool
         except ImportError:
             raise ConfigError("a postgresql:// database needs psycopg: pip install 'taskserver[postgres]'") from None
         self.RETRY = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
         super().__init__(policy)
-        self.dsn = url
         self.url = redact(url)
+        options = {"autocommit": True, "row_factory": _row_factory, "connect_timeout": 10}
+        try:  # a clear message now rather than a pool that keeps trying in the background
+            psycopg.connect(url, **options).close()
+        except psycopg.OperationalError as exc:
+            message = str(exc).replace(url, self.url).strip()
+            raise ConfigError(f"cannot connect to {self.url}: {message}") from None
+        # `check` tests a borrowed connection first, so a database restart costs no request.
+        self._pool = ConnectionPool(url, min_size=1, max_size=pool, kwargs=options, timeout=30,
+                                    check=ConnectionPool.check_connection, name="taskserver", open=True)
         with self._write() as db:
             # Coordinators starting together migrate one after the other.
             db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
@@ -106,24 +110,27 @@ class PostgresStore(SQLStore):
             for version in self._migrate(db, row[0] or 0, self.url):
                 db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
 
-    def _connect(self) -> _Connection:
-        import psycopg
-
-        try:
-            conn = psycopg.connect(self.dsn, autocommit=True, row_factory=_row_factory, connect_timeout=10)
-        except psycopg.OperationalError as exc:
-            message = str(exc).replace(self.dsn, self.url).strip()
-            raise ConfigError(f"cannot connect to {self.url}: {message}") from None
-        return _Connection(conn)
-
     def _db(self) -> _Connection:
+        """This thread's connection, borrowed from the pool until `release_connection`."""
         db = getattr(self._local, "db", None)
-        if db is not None and not db.usable:  # the server restarted or the network dropped
-            with self._lock:
-                if db in self._all:
-                    self._all.remove(db)
+        if db is None:
+            from psycopg_pool import PoolTimeout
+
+            try:
+                db = self._local.db = _Connection(self._pool.getconn())
+            except PoolTimeout:
+                raise Unavailable(f"no connection to {self.url} free within 30 s; raise --db-pool") from None
+        return db
+
+    def release_connection(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
             self._local.db = None
-        return super()._db()
+            self._pool.putconn(db.conn)  # one left mid-transaction is rolled back by the pool
+
+    def close(self) -> None:
+        self.release_connection()
+        self._pool.close()
 
     def _insert(self, db, sql: str, params) -> int | None:
         row = db.execute(sql + " RETURNING id", params).fetchone()

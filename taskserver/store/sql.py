@@ -134,17 +134,11 @@ class SQLStore(SQLReads, Store):
     def __init__(self, policy: Policy):
         super().__init__(policy)
         self._local = threading.local()
-        self._all: list = []
-        self._lock = threading.Lock()
         # When idle workers were last seen: kept in memory, because an idle poll should
         # cost a read, not a committed write (this coordinator's view only).
         self._idle_seen: dict[str, float] = {}
 
     # --- connections and transactions (the dialect's part) --------------------------
-    def _connect(self):
-        """A new connection in autocommit mode whose rows answer to both row[0] and row["name"]."""
-        raise NotImplementedError
-
     def _begin(self, db) -> None:
         db.execute("BEGIN")
 
@@ -173,12 +167,8 @@ class SQLStore(SQLReads, Store):
             yield number
 
     def _db(self):
-        db = getattr(self._local, "db", None)
-        if db is None:
-            db = self._local.db = self._connect()
-            with self._lock:
-                self._all.append(db)
-        return db
+        """This thread's connection: in autocommit mode, its rows answer to row[0] and row["name"]."""
+        raise NotImplementedError
 
     @contextmanager
     def _write(self) -> Iterator:
@@ -238,16 +228,6 @@ class SQLStore(SQLReads, Store):
         finally:
             src.execute("ROLLBACK")
         return counts
-
-    def close(self) -> None:
-        with self._lock:
-            for db in self._all:
-                try:
-                    db.close()
-                except Exception:  # noqa: BLE001 - closed from another thread already
-                    pass
-            self._all.clear()
-        self._local = threading.local()
 
     # --- import ------------------------------------------------------------------
     @retried

@@ -8,6 +8,7 @@ before the method returns. The transactions themselves are in `sql.py`.
 from __future__ import annotations
 
 import sqlite3
+import threading
 from pathlib import Path
 
 from ..errors import ConfigError
@@ -18,8 +19,10 @@ from .sql import SQLStore
 class SQLiteStore(SQLStore):
     """Task state in one SQLite file; safe for many threads and several processes on one host."""
 
-    def __init__(self, path: str | Path, policy: Policy):
+    def __init__(self, path: str | Path, policy: Policy, pool: int = 0):
         super().__init__(policy)
+        self._all: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()
         self.path = str(path)
         self.url = f"sqlite:///{self.path}"
         with self._write() as db:
@@ -27,6 +30,25 @@ class SQLiteStore(SQLStore):
             current = db.execute("PRAGMA user_version").fetchone()[0]
             for version in self._migrate(db, current, self.path):
                 db.execute(f"PRAGMA user_version = {version}")
+
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection: each thread keeps its own (SQLite connections are cheap)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = self._local.db = self._connect()
+            with self._lock:
+                self._all.append(db)
+        return db
+
+    def close(self) -> None:
+        with self._lock:
+            for db in self._all:
+                try:
+                    db.close()
+                except sqlite3.ProgrammingError:
+                    pass  # closed from another thread already
+            self._all.clear()
+        self._local = threading.local()
 
     def _connect(self) -> sqlite3.Connection:
         try:

@@ -1,0 +1,158 @@
+"""Several coordinators share one PostgreSQL database; a deployment moves from SQLite to PostgreSQL."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+from .harness import (
+    HEADER,
+    LISTENING,
+    PYTHON,
+    T,
+    api,
+    coordinator_argv,
+    start_client,
+    start_coordinator,
+    status,
+    wait_for,
+    write_sheet,
+)
+
+pytestmark = pytest.mark.slow
+
+# Stands in for an export: records how many tasks of its NVR run at this instant
+# (under a lock shared by every worker process), then leaves.
+TASK_SCRIPT = """
+import fcntl, os, sys, time
+folder, server, task = sys.argv[1:4]
+lock = open(os.path.join(folder, "lock"), "w")
+counter = os.path.join(folder, "running-" + server.replace(":", "_"))
+
+def step(delta):
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        running = int(open(counter).read()) if os.path.exists(counter) else 0
+        running += delta
+        with open(counter, "w") as f:
+            f.write(str(running))
+        if delta > 0:
+            with open(os.path.join(folder, "ran.log"), "a") as log:
+                log.write(f"{task} {server} {running}\\n")
+    finally:
+        fcntl.flock(lock, fcntl.LOCK_UN)
+
+step(1)
+time.sleep(0.005)
+step(-1)
+"""
+
+
+def test_three_coordinators_share_one_database_and_survive_losing_one(procs, tmp_path, postgres):
+    nvrs = ["192.0.2.10:80", "192.0.2.11:80"]  # never contacted: the task script stands in for the export
+    rows = [[nvrs[i % 2], "admin", "pw-never-shown", "101", T + timedelta(minutes=i), T + timedelta(minutes=i + 1)]
+            for i in range(2000)]
+    sheet = write_sheet(tmp_path / "t.xlsx", rows, HEADER)
+    # All three start at once on an empty database and import the same sheet: one schema, 2000 tasks.
+    coordinators = [procs.start("coordinator", coordinator_argv(sheet, postgres, "--lease-seconds", "3",
+                                                                "--per-nvr", "2")) for _ in range(3)]
+    urls = [c.ready(LISTENING) for c in coordinators]
+    assert status(urls[0])["tasks"] == 2000
+
+    script = tmp_path / "task.py"
+    script.write_text(TASK_SCRIPT)
+    command = f"{sys.executable} {script} {tmp_path} {{server}} {{id}}"
+    clients = []
+    for n in range(3):  # each host starts on its own coordinator and knows the other two
+        order = urls[n:] + urls[:n]
+        extra = [a for url in order[1:] for a in ("--server", url)]
+        clients.append(start_client(procs, order[0], tmp_path / f"dl{n}", 2, "--runner", "command",
+                                    "--command", command, *extra))
+
+    wait_for(lambda: status(urls[0])["counts"]["done"] >= 500, timeout=60, what="500 tasks done")
+    coordinators[1].kill(signal.SIGKILL)  # its workers fail over to the other two
+
+    for client in clients:
+        assert client.wait(120) == 0, client.output()[-2000:]
+    assert f"coordinator {urls[1]} unreachable" in clients[1].output()  # it did fail over
+    assert "HTTP 500" not in "".join(c.output() for c in clients)
+    final = status(urls[0])
+    assert final["drained"] and final["counts"]["done"] == 2000 and final["tasks"] == 2000
+
+    runs = [line.split() for line in (tmp_path / "ran.log").read_text().splitlines()]
+    ran = sorted(int(task) for task, _, _ in runs)
+    with psycopg.connect(postgres) as conn:
+        outcomes = conn.execute("SELECT task_id, outcome FROM attempts").fetchall()
+        twice = sorted({t for t in ran if ran.count(t) > 1})
+        detail = conn.execute("SELECT task_id, worker, started, ended, outcome, error FROM attempts"
+                              " WHERE task_id = ANY(%s) ORDER BY id", (twice,)).fetchall()
+    assert ran == list(range(1, 2001)), f"a task ran twice or never: {twice} {detail}"
+    assert max(int(running) for _, _, running in runs) == 2, "an NVR ran more than its cap of 2 at once"
+    done = sorted(task for task, outcome in outcomes if outcome == "done")
+    assert done == list(range(1, 2001)), "a task was completed twice"
+    # An attempt not done is a lease whose answer died with the killed coordinator: it expired.
+    assert {outcome for _, outcome in outcomes} <= {"done", "expired"}
+    assert "pw-never-shown" not in "".join(p.output() for p in procs.started)
+
+
+def test_a_sqlite_deployment_moves_to_postgresql_with_its_leases(procs, tmp_path, postgres):
+    rows = [["192.0.2.10:80", "admin", "pw-never-shown", "101", T + timedelta(hours=h), T + timedelta(hours=h + 1)]
+            for h in range(4)]
+    sqlite = tmp_path / "ts.db"
+    old = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), sqlite, "--lease-seconds", "60")
+    first = api(old.url, path="/api/claim", params={"worker": "w1"}).json()
+    assert api(old.url, "POST", f"/api/tasks/{first['task']['id']}/complete",
+               json={"lease": first["lease"]["id"], "result": {"files": 3, "bytes": 300}}).status_code == 200
+    running = api(old.url, path="/api/claim", params={"worker": "w1"}).json()  # still running when we move
+    before = [api(old.url, path=f"/api/tasks/{n}").json() for n in range(1, 5)]
+    old.kill(signal.SIGTERM)
+    old.wait(10)
+
+    moved = subprocess.run([PYTHON, "-m", "taskserver", "migrate-db", "--from", f"sqlite:///{sqlite}",
+                            "--to", postgres], capture_output=True, text=True, timeout=60)
+    assert moved.returncode == 0, moved.stderr
+    assert "4 tasks" in moved.stdout and "2 attempts" in moved.stdout
+
+    new = start_coordinator(procs, None, postgres, "--lease-seconds", "60")
+    after = [api(new.url, path=f"/api/tasks/{n}").json() for n in range(1, 5)]
+    for old_view, new_view in zip(before, after, strict=True):
+        old_view.pop("lease_expires_in"), new_view.pop("lease_expires_in")
+        assert new_view == old_view
+    # The worker that held a lease finishes its task on the new coordinator, with the same lease.
+    assert api(new.url, "POST", f"/api/tasks/{running['task']['id']}/complete",
+               json={"lease": running["lease"]["id"], "result": {"files": 1, "bytes": 100}}).status_code == 200
+    # New tasks get new ids after the moved ones.
+    added = api(new.url, "POST", "/api/tasks", json={"tasks": [{
+        "server": "192.0.2.10:80", "username": "admin", "password": "x", "cameras": "101",
+        "starttime": "2026-01-02T00:00:00", "endtime": "2026-01-02T01:00:00"}]}).json()
+    assert added["ids"] == [5]
+    assert status(new.url)["counts"]["done"] == 2
+
+    again = subprocess.run([PYTHON, "-m", "taskserver", "migrate-db", "--from", f"sqlite:///{sqlite}",
+                            "--to", postgres], capture_output=True, text=True, timeout=60)
+    assert again.returncode == 1 and "already holds tasks; migrate into an empty database" in again.stderr
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_a_coordinator_refuses_a_database_from_a_newer_version(procs, tmp_path, store, request):
+    if store == "sqlite":
+        db = str(tmp_path / "ts.db")
+        start_coordinator(procs, None, db).kill(signal.SIGTERM)
+        import sqlite3
+
+        with sqlite3.connect(db) as conn:
+            conn.execute("PRAGMA user_version = 99")
+    else:
+        db = request.getfixturevalue("postgres")
+        with psycopg.connect(db, autocommit=True) as conn:
+            conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            conn.execute("INSERT INTO schema_version VALUES (99)")
+    refused = subprocess.run([PYTHON, "-m", "taskserver", "serve", "--db", db, "--tasks", "", "--port", "0"],
+                             capture_output=True, text=True, timeout=60)
+    assert refused.returncode == 1
+    assert "was written by a newer taskserver (schema 99, this one knows 1); upgrade taskserver" in refused.stderr
+
