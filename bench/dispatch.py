@@ -1,7 +1,8 @@
 """Dispatch: no-op tasks drained by 2 client processes x 2 workers.
 
 Compares taskserver (claim + complete, every change committed to SQLite, the
-completion carrying the next claim) with the blog-post design (nothing durable),
+completion carrying the next claim; then the same on PostgreSQL with one and with
+two coordinators sharing the database) with the blog-post design (nothing durable),
 RQ on the local Redis (SimpleWorker and the default forking worker) and the HTTP
 ceiling (waitress answering a constant). Run: python -m bench.dispatch [--quick]
 """
@@ -15,7 +16,7 @@ from datetime import datetime, timedelta
 import requests
 
 from bench.common import Workspace, options, percentile, report, run_parallel
-from tests.harness import PYTHON, start_coordinator, write_sheet
+from tests.harness import PYTHON, postgres_missing, postgres_schema, start_coordinator, write_sheet
 
 PROCESSES = 4  # 2 client processes x 2 workers
 
@@ -56,22 +57,37 @@ def _noop(row: str) -> None:
     return None
 
 
-def bench_ours(ws: Workspace, n: int) -> dict:
+def bench_ours(ws: Workspace, n: int, db: str | None = None, coordinators: int = 1) -> dict:
     from taskserver.store import Policy, TaskSpec, open_store
 
-    db = ws.path / "ours.db"
-    store = open_store(str(db), Policy())
+    db = db or str(ws.path / "ours.db")
+    store = open_store(db, Policy())
     start = datetime(2026, 1, 1)
     store.add([TaskSpec(key=f"t{i}", server=f"nvr-{i % 20}", username="u", password="p", cameras=("101",),
                         start=start.isoformat(), end=(start + timedelta(hours=1)).isoformat()) for i in range(n)])
     store.close()
-    url = start_coordinator(ws.procs, None, db, "--per-nvr", "1000", "--lease-seconds", "60").url
-    wall, results = run_parallel(ours_loop, [(url, f"bench/w{i}") for i in range(PROCESSES)])
+    urls = [start_coordinator(ws.procs, None, db, "--per-nvr", "1000", "--lease-seconds", "60").url
+            for _ in range(coordinators)]
+    url = urls[0]
+    wall, results = run_parallel(ours_loop, [(urls[i % coordinators], f"bench/w{i}") for i in range(PROCESSES)])
     latencies = [x for r in results for x in r]
     done = requests.get(url + "/api/status", timeout=30).json()["counts"]["done"]
     assert done == n, f"only {done} of {n} done"
     return {"wall": wall, "rate": n / wall, "p50_ms": percentile(latencies, 50) * 1e3,
             "p99_ms": percentile(latencies, 99) * 1e3}
+
+
+def bench_postgres(ws: Workspace, n: int) -> tuple[dict, dict] | tuple[None, None]:
+    """Ours on PostgreSQL: one coordinator, then two sharing the database (workers split between them)."""
+    missing = postgres_missing()
+    if missing:
+        print(f"PostgreSQL runs skipped: {missing}")
+        return None, None
+    with postgres_schema() as url:
+        one = bench_ours(ws, n, url)
+    with postgres_schema() as url:
+        two = bench_ours(ws, n, url, coordinators=2)
+    return one, two
 
 
 def bench_blog(ws: Workspace, n: int) -> dict:
@@ -136,6 +152,7 @@ def main() -> None:
     n_fork = 200 if args.quick else 2_000
     with Workspace() as ws:
         ours = bench_ours(ws, n)
+        pg_one, pg_two = bench_postgres(ws, n)
         blog = bench_blog(ws, n)
         ceiling = bench_ceiling(ws, n)
         rq_simple = bench_rq(ws, n, "rq.worker.SimpleWorker")
@@ -143,6 +160,13 @@ def main() -> None:
     rows = [
         ["taskserver (durable, claim+complete)", n, ours["rate"], 1.0, ours["rate"] / blog["rate"],
          ours["rate"] / ceiling["rate"], f"{ours['p50_ms']:.2f} / {ours['p99_ms']:.2f}"],
+    ]
+    for label, r in (("taskserver on PostgreSQL, 1 coordinator", pg_one),
+                     ("taskserver on PostgreSQL, 2 coordinators", pg_two)):
+        if r:
+            rows.append([label, n, r["rate"], r["rate"] / ours["rate"], r["rate"] / blog["rate"],
+                         r["rate"] / ceiling["rate"], f"{r['p50_ms']:.2f} / {r['p99_ms']:.2f}"])
+    rows += [
         ["blog-post design (nothing durable)", n, blog["rate"], blog["rate"] / ours["rate"], 1.0,
          blog["rate"] / ceiling["rate"], "-"],
     ]
@@ -157,7 +181,7 @@ def main() -> None:
              f"{ours['rate'] / ceiling['rate']:.2f}x ({'met' if ours['rate'] >= 0.5 * ceiling['rate'] else 'MISSED'})."]
     report("dispatch", f"Dispatch: {n} no-op tasks, 2 processes x 2 workers",
            ["system", "tasks", "tasks/s", "x ours", "x blog-post", "x ceiling", "latency p50 / p99 ms"],
-           rows, goals, {"ours": ours, "blog": blog, "ceiling": ceiling, "rq_simple": rq_simple, "rq_fork": rq_fork})
+           rows, goals, {"ours": ours, "postgres_1": pg_one, "postgres_2": pg_two, "blog": blog, "ceiling": ceiling, "rq_simple": rq_simple, "rq_fork": rq_fork})
 
 
 if __name__ == "__main__":

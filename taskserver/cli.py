@@ -186,8 +186,15 @@ def cmd_migrate_db(args: argparse.Namespace) -> int:
     Stop the coordinators first, migrate, then start them on the new database:
     workers keep their leases and simply report to the new coordinators.
     """
+    from pathlib import Path
+
+    from .errors import ConfigError
     from .store import Policy, open_store
 
+    if "://" not in args.source or args.source.startswith("sqlite:///"):
+        path = Path(args.source.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise ConfigError(f"{path} not found: --from names the database now in use")
     source = open_store(args.source, Policy())
     try:
         target = open_store(args.target, Policy())

@@ -135,6 +135,10 @@ def test_a_sqlite_deployment_moves_to_postgresql_with_its_leases(procs, tmp_path
     again = subprocess.run([PYTHON, "-m", "taskserver", "migrate-db", "--from", f"sqlite:///{sqlite}",
                             "--to", postgres], capture_output=True, text=True, timeout=60)
     assert again.returncode == 1 and "already holds tasks; migrate into an empty database" in again.stderr
+    typo = subprocess.run([PYTHON, "-m", "taskserver", "migrate-db", "--from", str(tmp_path / "tasksrv.db"),
+                           "--to", postgres], capture_output=True, text=True, timeout=60)
+    assert typo.returncode == 1 and "tasksrv.db not found: --from names the database now in use" in typo.stderr
+    assert not (tmp_path / "tasksrv.db").exists()
 
 
 @pytest.mark.parametrize("store", ["sqlite", "postgres"])

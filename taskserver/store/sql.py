@@ -210,6 +210,8 @@ class SQLStore(SQLReads, Store):
         src = source._db()
         source._begin_snapshot(src)
         try:
+            if not src.execute("SELECT count(*) FROM tasks").fetchone()[0]:
+                raise ConfigError(f"{source.url} holds no tasks; nothing to migrate")
             with self._write() as db:
                 if db.execute("SELECT count(*) FROM tasks").fetchone()[0]:
                     raise ConfigError(f"{self.url} already holds tasks; migrate into an empty database")
