@@ -160,3 +160,16 @@ def test_a_coordinator_refuses_a_database_from_a_newer_version(procs, tmp_path, 
     assert refused.returncode == 1
     assert "was written by a newer taskserver (schema 99, this one knows 1); upgrade taskserver" in refused.stderr
 
+
+
+def test_a_database_password_never_shows_in_messages_or_logs(procs, tmp_path, postgres):
+    # The local PostgreSQL trusts loopback, so a password in the URL is accepted and ignored.
+    with_password = postgres.replace("postgresql://postgres@", "postgresql://postgres:Db-Secret-9@")
+    coordinator = start_coordinator(procs, None, with_password)
+    assert "Db-Secret-9" not in api(coordinator.url).text + coordinator.output()
+    unreachable = subprocess.run([PYTHON, "-m", "taskserver", "serve", "--db",
+                                  "postgresql://taskserver:Db-Secret-9@127.0.0.1:9/nowhere", "--tasks", ""],
+                                 capture_output=True, text=True, timeout=60)
+    assert unreachable.returncode == 1
+    assert "cannot connect to postgresql://taskserver:***@127.0.0.1:9/nowhere" in unreachable.stderr
+    assert "Db-Secret-9" not in unreachable.stderr + unreachable.stdout
