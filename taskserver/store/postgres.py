@@ -72,7 +72,6 @@ class _Connection:
             cur.executemany(_pyformat(sql), rows)
 
 
-
 class PostgresStore(SQLStore):
     """Task state in a PostgreSQL database, shared safely by several coordinator processes."""
 
