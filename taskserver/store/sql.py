@@ -130,6 +130,7 @@ class SQLStore(SQLReads, Store):
     LOCK_ROWS = ""  # appended to SELECTs of rows a transaction is about to change
     NULLS_LAST = ""  # SQLite sorts NULLs last in DESC order already; PostgreSQL must be told
     TRUNC = "CAST({} AS INTEGER)"  # a number's integer part (PostgreSQL's CAST rounds)
+    TYPES: dict[str, str] = {}  # the schema's types in this dialect (see MIGRATIONS)
 
     def __init__(self, policy: Policy):
         super().__init__(policy)
@@ -148,8 +149,6 @@ class SQLStore(SQLReads, Store):
 
     def _before_feed(self, db) -> None:
         """Called just before a transaction writes its events: they must get ids in commit order."""
-
-    TYPES: dict[str, str] = {}  # the schema's types in this dialect (see MIGRATIONS)
 
     def _migrate(self, db, version: int, where: str) -> Iterator[int]:
         """Bring the schema from `version` to SCHEMA_VERSION inside the caller's transaction.
@@ -218,14 +217,14 @@ class SQLStore(SQLReads, Store):
                 for table in reversed(TABLES):
                     db.execute(f"DELETE FROM {table}")
                 for table in TABLES:
-                    cur = src.execute(f"SELECT * FROM {table}")
+                    cur = src.execute(f"SELECT * FROM {table} ORDER BY 1")
                     columns = [d[0] for d in cur.description]
-                    rows = [tuple(r[i] for i in range(len(columns))) for r in cur.fetchall()]
-                    if rows:
-                        names = ", ".join(f'"{c}"' for c in columns)
-                        db.executemany(f"INSERT INTO {table} ({names}) VALUES ({','.join('?' * len(columns))})",
-                                       rows)
-                    counts[table] = len(rows)
+                    names = ", ".join(f'"{c}"' for c in columns)
+                    insert = f"INSERT INTO {table} ({names}) VALUES ({','.join('?' * len(columns))})"
+                    counts[table] = 0
+                    while batch := cur.fetchmany(5000):  # a million tasks need not fit in memory at once
+                        db.executemany(insert, [tuple(r[i] for i in range(len(columns))) for r in batch])
+                        counts[table] += len(batch)
                 self._after_copy(db)
         finally:
             src.execute("ROLLBACK")
