@@ -66,6 +66,7 @@ def events():
                 store.release_connection()  # a stream may stay open for long: hold a database connection only to read
                 time.sleep(POLL_SECONDS)
         finally:
+            store.release_connection()
             slots.release()
 
     return Response(generate(after), mimetype="text/event-stream",

@@ -19,7 +19,7 @@ from .sql import SQLStore
 class SQLiteStore(SQLStore):
     """Task state in one SQLite file; safe for many threads and several processes on one host."""
 
-    def __init__(self, path: str | Path, policy: Policy, pool: int = 0):
+    def __init__(self, path: str | Path, policy: Policy):
         super().__init__(policy)
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
