@@ -47,6 +47,13 @@ def test_dashboard_shows_live_progress_and_requeues_a_failed_task(procs, tmp_pat
                            timeout=10_000)
     assert page.inner_text("[data-state=done] b") == "4"
     assert "t.xlsx, sheet 'tasks', row 6" in page.inner_text("#rows")  # the sheet row of the failed task
+    # Per NVR: tasks per state and megabytes; per worker: its host and process.
+    nvr_cells = [c.strip() for c in page.inner_text("#nvrs tr").split("\t")]
+    exported = api(coordinator.url).json()["nvrs"][0]["bytes"]
+    assert exported > 0
+    assert nvr_cells[:6] == [nvr.address, "0 / 2", "0", "4", "1", f"{exported / 1e6:.1f}"]
+    worker_cells = [c.strip() for c in page.inner_text("#workers tr").split("\t")]
+    assert worker_cells[1] == "w0" and worker_cells[2] == "idle" and worker_cells[3] == "4"
 
     page.select_option("#state", "failed")
     page.wait_for_selector("button[data-requeue='5']")

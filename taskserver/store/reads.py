@@ -128,13 +128,19 @@ class SQLReads:
         now = time.time()
         self._expire_if_due(now)
         db = self._db()
+        # One pass over the tasks gives the totals and every NVR's figures.
         counts = {s.value: 0 for s in State}
-        for row in db.execute("SELECT state, count(*) AS n FROM tasks GROUP BY state"):
-            counts[row["state"]] = row["n"]
-        totals = db.execute(
-            "SELECT count(*) AS tasks, CAST(coalesce(sum(files), 0) AS BIGINT) AS files,"
-            " CAST(coalesce(sum(bytes), 0) AS BIGINT) AS bytes FROM tasks"
-        ).fetchone()
+        files = 0
+        per_nvr: dict[str, dict] = {}
+        for row in db.execute(
+            "SELECT server, state, count(*) AS n, CAST(coalesce(sum(files), 0) AS BIGINT) AS files,"
+            " CAST(coalesce(sum(bytes), 0) AS BIGINT) AS bytes FROM tasks GROUP BY server, state"
+        ):
+            counts[row["state"]] += row["n"]
+            files += row["files"]
+            nvr = per_nvr.setdefault(row["server"], {s.value: 0 for s in State} | {"bytes": 0})
+            nvr[row["state"]] += row["n"]
+            nvr["bytes"] += row["bytes"]
         lost_after = 2 * self.policy.lease_seconds
         seen = {w["name"]: dict(w) for w in db.execute("SELECT * FROM workers")}
         for name, when in list(self._idle_seen.items()):
@@ -145,22 +151,21 @@ class SQLReads:
              "last_seen_ago": round(now - w["last_seen"], 1), "lost": now - w["last_seen"] > lost_after}
             for w in sorted(seen.values(), key=lambda w: w["name"])
         ]
-        nvrs = [
-            {"server": n["server"], "running": n["running"], "queued": n["queued"],
-             "max_parallel": n["max_parallel"] or self.policy.per_nvr,
-             "resting_for": round(n["backoff_until"] - now, 1) if n["backoff_until"] > now else 0,
-             "last_error": n["last_error"]}
-            for n in db.execute(
-                "SELECT n.*, (SELECT count(*) FROM tasks l WHERE l.state = 'leased' AND l.server = n.server) AS running,"
-                " (SELECT count(*) FROM tasks q WHERE q.state IN ('queued', 'waiting') AND q.server = n.server)"
-                " AS queued FROM nvrs n ORDER BY n.server"
-            )
-        ]
+        nvrs = []
+        for n in db.execute("SELECT * FROM nvrs ORDER BY server"):
+            tasks = per_nvr.get(n["server"], {s.value: 0 for s in State} | {"bytes": 0})
+            nvrs.append({
+                "server": n["server"], "running": tasks["leased"], "queued": tasks["queued"] + tasks["waiting"],
+                "max_parallel": n["max_parallel"] or self.policy.per_nvr,
+                "resting_for": round(n["backoff_until"] - now, 1) if n["backoff_until"] > now else 0,
+                "last_error": n["last_error"], "done": tasks["done"], "failed": tasks["failed"],
+                "bytes": tasks["bytes"],
+            })
         return {
             "counts": counts,
-            "tasks": totals["tasks"],
-            "files": totals["files"],
-            "bytes": totals["bytes"],
+            "tasks": sum(counts.values()),
+            "files": files,
+            "bytes": sum(n["bytes"] for n in per_nvr.values()),
             "drained": not any(counts[s] for s in ACTIVE),
             "workers": workers,
             "nvrs": nvrs,
