@@ -34,6 +34,40 @@ def stream_slots():
     return slots
 
 
+class Summaries:
+    """The summary all open streams send, computed once per interval for all of them.
+
+    A status counts every task; with many dashboards open on a run of a million
+    tasks, one count per interval rather than one per stream keeps the coordinator
+    free for its workers.
+    """
+
+    def __init__(self, store):
+        self.store = store
+        self._lock = threading.Lock()
+        self._at = float("-inf")
+        self._summary: dict = {}
+
+    def get(self) -> dict:
+        with self._lock:
+            if time.monotonic() - self._at >= SUMMARY_SECONDS / 2:
+                status = self.store.status()
+                self._summary = {
+                    "counts": status["counts"], "files": status["files"], "bytes": status["bytes"],
+                    "drained": status["drained"], "paused": status["paused"], "workers": len(status["workers"]),
+                    "lost_workers": sum(w["lost"] for w in status["workers"]),
+                }
+                self._at = time.monotonic()
+            return self._summary
+
+
+def summaries() -> Summaries:
+    shared = current_app.extensions.get("taskserver.summaries")
+    if shared is None:
+        shared = current_app.extensions["taskserver.summaries"] = Summaries(api.store())
+    return shared
+
+
 @bp.get("/events")
 def events():
     """Stream changes after Last-Event-ID (or `?after=`), or from now."""
@@ -43,6 +77,7 @@ def events():
     except ValueError:
         raise BadRequest("Last-Event-ID / after must be an event id") from None
     slots = stream_slots()
+    shared = summaries()
     if not slots.acquire(blocking=False):
         return jsonify({"error": "TooManyStreams", "message": "too many open event streams; retry shortly"}), 503
 
@@ -56,12 +91,7 @@ def events():
                     after = event["id"]
                     yield f"id: {after}\nevent: task\ndata: {json.dumps(event)}\n\n"
                 if time.monotonic() >= next_summary:
-                    status = store.status()
-                    summary = {"counts": status["counts"], "files": status["files"], "bytes": status["bytes"],
-                               "drained": status["drained"], "paused": status["paused"],
-                               "workers": len(status["workers"]),
-                               "lost_workers": sum(w["lost"] for w in status["workers"])}
-                    yield f"event: summary\ndata: {json.dumps(summary)}\n\n"
+                    yield f"event: summary\ndata: {json.dumps(shared.get())}\n\n"
                     next_summary = time.monotonic() + SUMMARY_SECONDS
                 store.release_connection()  # a stream may stay open for long: hold a database connection only to read
                 time.sleep(POLL_SECONDS)
