@@ -37,6 +37,7 @@ def test_scripts_find_tasks_poll_results_and_steer_the_run(procs, tmp_path, db):
     assert (page["total"], [t["name"] for t in page["tasks"]]) == (2, ["task 3"])
     assert [t["id"] for t in call("GET", "/api/tasks?order=newest").json()["tasks"]] == [5, 4, 3, 2, 1]
     assert call("GET", "/api/tasks?q=task 4").json()["total"] == 1
+    assert call("GET", "/api/tasks?q=TASK 4").json()["total"] == 1  # search ignores case, on either database
     assert call("GET", "/api/tasks?q=%").json()["total"] == 0  # a literal %, not a wildcard
 
     claimed = call("GET", "/api/claim?worker=w").json()

@@ -37,9 +37,10 @@ class SQLReads:
                 where.append(f"{column} = ?")
                 params.append(value)
         if text:
-            where.append("(name LIKE ? ESCAPE '\\' OR source LIKE ? ESCAPE '\\' OR key LIKE ? ESCAPE '\\'"
-                         " OR last_error LIKE ? ESCAPE '\\')")
-            pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+            # lower() on both sides: SQLite's LIKE ignores case, PostgreSQL's does not.
+            where.append("(lower(name) LIKE ? ESCAPE '\\' OR lower(source) LIKE ? ESCAPE '\\'"
+                         " OR lower(key) LIKE ? ESCAPE '\\' OR lower(last_error) LIKE ? ESCAPE '\\')")
+            pattern = "%" + text.lower().replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
             params += [pattern] * 4
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         db = self._db()
