@@ -57,6 +57,8 @@ def parser() -> argparse.ArgumentParser:
                        help="first rest in seconds for a busy or unreachable NVR, doubling up to 300 (default 5)")
     serve.add_argument("--nvr-give-up", type=float,
                        help="seconds an NVR may stay busy or unreachable before its tasks fail (default 1800)")
+    serve.add_argument("--events-kept", type=int,
+                       help="newest task changes kept for event streams that reconnect (default 200000)")
     sheet_options(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -126,7 +128,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = _config(args, "tasks", "db", "host", "port", "token", "read_token", "lease_seconds", "max_attempts",
                      "backoff_base", "backoff_max", "max_wait", "threads", "streams", "connections", "per_nvr",
-                     "nvr_backoff", "nvr_give_up", "chunk", "timezone", "db_pool")
+                     "nvr_backoff", "nvr_give_up", "chunk", "timezone", "db_pool", "events_kept")
     if not config.loopback and not config.token:
         token = secrets.token_urlsafe(24)
         config = Config.from_env(**{**config.__dict__, "token": token})

@@ -35,6 +35,7 @@ class Config:
     per_nvr: int = 2  # concurrent tasks per NVR (a sheet's max_parallel column overrides per NVR)
     nvr_backoff: float = 5.0  # first rest for a busy or unreachable NVR; doubles up to 300 s
     nvr_give_up: float = 1800.0  # seconds an NVR may stay busy/unreachable before its tasks fail
+    events_kept: int = 200_000  # newest changes the event feed keeps for reconnecting streams
     chunk: str | None = None  # split each sheet row per camera and per this much time, e.g. "1h"
     timezone: str | None = None  # the NVRs' IANA time zone, for sheet times that carry an offset
 
@@ -65,7 +66,7 @@ class Config:
         return Policy(lease_seconds=self.lease_seconds, max_attempts=self.max_attempts,
                       backoff_base=self.backoff_base, backoff_max=self.backoff_max, max_wait=self.max_wait,
                       per_nvr=self.per_nvr, device_backoff=self.nvr_backoff,
-                      nvr_give_up=self.nvr_give_up)
+                      nvr_give_up=self.nvr_give_up, events_kept=self.events_kept)
 
     def check(self) -> None:
         """Refuse contradictory settings at start rather than misbehave later."""
@@ -75,6 +76,8 @@ class Config:
             raise ConfigError("max_attempts must be at least 1")
         if self.backoff_base < 0 or self.backoff_max < self.backoff_base:
             raise ConfigError("backoff_base must be >= 0 and <= backoff_max")
+        if self.events_kept < 1:
+            raise ConfigError("events_kept must be at least 1")
         if self.db_pool < 1:
             raise ConfigError("db_pool must be at least 1")
         if self.per_nvr < 1:

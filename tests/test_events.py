@@ -87,3 +87,20 @@ def test_taskserver_watch_prints_changes_as_they_happen(procs, tmp_path, db):
     api(url, "POST", "/api/tasks/1/complete", token="tok", json={"lease": answer["lease"]["id"]})
     wait_for(lambda: "task 1 done by site-a/w3" in watch.output(), what="watch to print the completion")
     assert "task 1 leased by site-a/w3: attempt 1" in watch.output()
+
+
+def test_the_feed_keeps_only_the_newest_changes(procs, tmp_path, db):
+    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows(110), HEADER), db,
+                            "--events-kept", "20", "--per-nvr", "1").url
+    answer = api(url, path="/api/claim?worker=host/w0").json()
+    while answer["status"] == "task":  # 110 tasks, each leased and done: 221 changes with the import
+        answer = api(url, "POST", f"/api/tasks/{answer['task']['id']}/complete",
+                     json={"lease": answer["lease"]["id"], "next": True, "worker": "host/w0"}).json()["next"]
+    assert answer["status"] == "drained"
+
+    from_start = Stream(url, "0")
+    wait_for(lambda: from_start.summaries, what="a summary")
+    ids = [int(line[4:]) for line in from_start.raw if line.startswith("id: ")]
+    # Pruned now and then, not at every write: the oldest changes are gone, the newest all there.
+    assert ids == list(range(ids[0], 222)) and 20 < 222 - ids[0] < 100
+    assert from_start.events[-1]["kind"] == "done" and from_start.events[-1]["task_id"] == 110

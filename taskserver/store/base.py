@@ -83,6 +83,7 @@ class Policy:
     per_nvr: int = 2  # concurrent tasks per NVR unless the sheet says otherwise
     device_backoff: float = 5.0  # first pause for a busy or unreachable NVR; doubles, capped at 300 s
     nvr_give_up: float = 1800.0  # an NVR busy or unreachable this long fails its remaining tasks
+    events_kept: int = 200_000  # newest changes kept in the event feed; older ones are pruned
 
     def device_delay(self, failures: int) -> float:
         """How long an NVR rests after `failures` busy/unreachable answers in a row, with jitter."""

@@ -103,6 +103,7 @@ CREATE TABLE IF NOT EXISTS workers (
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = ("tasks", "attempts", "nvrs", "events", "settings", "workers")  # in foreign-key order
+PRUNE_EVERY = 100  # write transactions between two prunings of the event feed
 
 
 def retried(method):
@@ -138,6 +139,7 @@ class SQLStore(SQLReads, Store):
         # When idle workers were last seen: kept in memory, because an idle poll should
         # cost a read, not a committed write (this coordinator's view only).
         self._idle_seen: dict[str, float] = {}
+        self._feed_writes = 0  # transactions that wrote events, for pruning now and then
 
     # --- connections and transactions (the dialect's part) --------------------------
     def _begin(self, db) -> None:
@@ -185,6 +187,11 @@ class SQLStore(SQLReads, Store):
                 self._before_feed(db)
                 db.executemany("INSERT INTO events (at, kind, task_id, state, worker, detail) VALUES (?,?,?,?,?,?)",
                                self._local.events)
+                self._feed_writes += 1
+                if self._feed_writes % PRUNE_EVERY == 0:
+                    # The feed serves streams that reconnect, not history (attempts keep that).
+                    db.execute("DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
+                               (self.policy.events_kept,))
         except BaseException:
             self._local.events = []
             db.execute("ROLLBACK")
