@@ -173,3 +173,14 @@ def test_a_database_password_never_shows_in_messages_or_logs(procs, tmp_path, po
     assert unreachable.returncode == 1
     assert "cannot connect to postgresql://taskserver:***@127.0.0.1:9/nowhere" in unreachable.stderr
     assert "Db-Secret-9" not in unreachable.stderr + unreachable.stdout
+
+
+def test_every_coordinator_lists_the_workers_polling_any_of_them(procs, tmp_path, postgres):
+    rows = [["192.0.2.10:80", "admin", "pw", "101", T, T + timedelta(hours=1)]]
+    first = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), postgres)
+    second = start_coordinator(procs, None, postgres)
+    leased = api(first.url, path="/api/claim", params={"worker": "hostA/w0"}).json()
+    assert api(first.url, path="/api/claim", params={"worker": "hostB/w0"}).json()["status"] == "wait"  # idle
+    for url in (first.url, second.url):
+        workers = {w["name"]: w["task"] for w in status(url)["workers"]}
+        assert workers == {"hostA/w0": leased["task"]["id"], "hostB/w0": None}

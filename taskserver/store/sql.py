@@ -136,9 +136,11 @@ class SQLStore(SQLReads, Store):
     def __init__(self, policy: Policy):
         super().__init__(policy)
         self._local = threading.local()
-        # When idle workers were last seen: kept in memory, because an idle poll should
-        # cost a read, not a committed write (this coordinator's view only).
+        # When idle workers were last seen, in memory: an idle poll costs a read, and a
+        # write only every IDLE_WRITE seconds per worker, so that other coordinators
+        # sharing the database see idle workers too.
         self._idle_seen: dict[str, float] = {}
+        self._idle_written: dict[str, float] = {}
         self._feed_writes = 0  # transactions that wrote events, for pruning now and then
 
     # --- connections and transactions (the dialect's part) --------------------------
@@ -301,10 +303,10 @@ class SQLStore(SQLReads, Store):
     def claim(self, worker: str) -> Claim:
         now = time.time()
         if self._paused():
-            self._idle_seen[worker] = now
+            self._idle(worker, now)
             return Claim("wait", retry_after=self.policy.max_wait)
         if not self._anything_ready(now):
-            self._idle_seen[worker] = now
+            self._idle(worker, now)
             return self._nothing_ready(self._db(), now)
         with self._write() as db:
             self._expire(db, now)
@@ -344,6 +346,14 @@ class SQLStore(SQLReads, Store):
             },
             lease={"id": lease_id, "seconds": self.policy.lease_seconds},
         )
+
+    def _idle(self, worker: str, now: float) -> None:
+        """Note an idle poll: in memory always, in the database now and then."""
+        self._idle_seen[worker] = now
+        if now - self._idle_written.get(worker, float("-inf")) >= min(15.0, self.policy.lease_seconds / 2):
+            self._idle_written[worker] = now
+            with self._write() as db:
+                self._seen(db, worker, now, None)
 
     def _anything_ready(self, now: float) -> bool:
         """A read-only look: is there queued work, an expired lease or a retry due?"""
