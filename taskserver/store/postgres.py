@@ -67,9 +67,10 @@ class _Connection:
     def execute(self, sql: str, params=()):
         return self.conn.execute(_pyformat(sql), params or None)
 
-    def executemany(self, sql: str, rows) -> None:
-        with self.conn.cursor() as cur:
-            cur.executemany(_pyformat(sql), rows)
+    def executemany(self, sql: str, rows):
+        cur = self.conn.cursor()
+        cur.executemany(_pyformat(sql), rows)  # psycopg pipelines the rows; rowcount is their sum
+        return cur
 
 
 class PostgresStore(SQLStore):
@@ -131,9 +132,18 @@ class PostgresStore(SQLStore):
         self.release_connection()
         self._pool.close()
 
-    def _insert(self, db, sql: str, params) -> int | None:
-        row = db.execute(sql + " RETURNING id", params).fetchone()
-        return None if row is None else row[0]
+    def _insert_many(self, db, sql: str, rows: list[tuple]) -> list[int | None]:
+        if not rows:
+            return []
+        cur = db.conn.cursor()
+        # psycopg pipelines executemany: one round trip for the batch, not one per row.
+        cur.executemany(_pyformat(sql + " RETURNING id"), rows, returning=True)
+        ids = []
+        while True:
+            row = cur.fetchone()
+            ids.append(None if row is None else row[0])
+            if not cur.nextset():
+                return ids
 
     def _before_feed(self, db) -> None:
         # Held until commit: the next writer's events get higher ids only once these are

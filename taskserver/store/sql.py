@@ -147,8 +147,8 @@ class SQLStore(SQLReads, Store):
     def _begin(self, db) -> None:
         db.execute("BEGIN")
 
-    def _insert(self, db, sql: str, params) -> int | None:
-        """Run an INSERT ... ON CONFLICT DO NOTHING; the new row's id, or None if it existed."""
+    def _insert_many(self, db, sql: str, rows: list[tuple]) -> list[int | None]:
+        """Run an INSERT ... ON CONFLICT DO NOTHING per row; each new row's id, or None where it existed."""
         raise NotImplementedError
 
     def _before_feed(self, db) -> None:
@@ -244,31 +244,31 @@ class SQLStore(SQLReads, Store):
     def add(self, specs: list[TaskSpec]) -> ImportResult:
         result = ImportResult()
         now = time.time()
+        caps: dict[str, int | None] = {}  # per NVR, the last cap the rows give; None keeps the stored one
+        for spec in specs:
+            if spec.max_parallel is not None or spec.server not in caps:
+                caps[spec.server] = spec.max_parallel
         with self._write() as db:
-            for spec in specs:
-                db.execute(
-                    "INSERT INTO nvrs (server, max_parallel) VALUES (?, ?) ON CONFLICT (server) DO UPDATE"
-                    " SET max_parallel = coalesce(excluded.max_parallel, nvrs.max_parallel)",
-                    (spec.server, spec.max_parallel),
-                )
-                new_id = self._insert(
-                    db,
-                    "INSERT INTO tasks (key, name, server, username, password, cameras, start, \"end\", priority,"
-                    " source, grp, span, takes_earlier, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                    " ON CONFLICT (key) DO NOTHING",
-                    (spec.key, spec.name, spec.server, spec.username, spec.password, ",".join(spec.cameras),
-                     spec.start, spec.end, spec.priority, spec.source, spec.group or spec.key, spec.span,
-                     int(spec.takes_earlier), now),
-                )
-                if new_id is not None:
-                    result.added += 1
-                    result.ids.append(new_id)
-                    continue
-                result.existing += 1
+            db.executemany("INSERT INTO nvrs (server, max_parallel) VALUES (?, ?) ON CONFLICT (server) DO UPDATE"
+                           " SET max_parallel = coalesce(excluded.max_parallel, nvrs.max_parallel)", list(caps.items()))
+            ids = self._insert_many(
+                db,
+                "INSERT INTO tasks (key, name, server, username, password, cameras, start, \"end\", priority,"
+                " source, grp, span, takes_earlier, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (key) DO NOTHING",
+                [(spec.key, spec.name, spec.server, spec.username, spec.password, ",".join(spec.cameras),
+                  spec.start, spec.end, spec.priority, spec.source, spec.group or spec.key, spec.span,
+                  int(spec.takes_earlier), now) for spec in specs],
+            )
+            result.ids = [i for i in ids if i is not None]
+            result.added = len(result.ids)
+            existing = [spec for spec, new_id in zip(specs, ids, strict=True) if new_id is None]
+            result.existing = len(existing)
+            if existing:
                 # A corrected password reaches tasks not yet done (e.g. after "wrong password").
-                result.updated += db.execute(
+                result.updated = db.executemany(
                     "UPDATE tasks SET password = ? WHERE key = ? AND password != ? AND state != 'done'",
-                    (spec.password, spec.key, spec.password),
+                    [(spec.password, spec.key, spec.password) for spec in existing],
                 ).rowcount
             if result.added:
                 self._event(db, now, "imported", detail=f"{result.added} task(s) added")

@@ -67,6 +67,9 @@ class SQLiteStore(SQLStore):
     def _begin(self, db) -> None:
         db.execute("BEGIN IMMEDIATE")
 
-    def _insert(self, db, sql: str, params) -> int | None:
-        cur = db.execute(sql, params)
-        return cur.lastrowid if cur.rowcount else None
+    def _insert_many(self, db, sql: str, rows: list[tuple]) -> list[int | None]:
+        ids = []
+        for row in rows:  # in process: one call per row costs nothing
+            cur = db.execute(sql, row)
+            ids.append(cur.lastrowid if cur.rowcount else None)
+        return ids
