@@ -170,9 +170,9 @@ class PostgresStore(SQLStore):
         return None
 
     def _head(self, db, server: str, now: float):
-        """The NVR's next queued task if it may take one more now (its row lock is held)."""
+        """The NVR's next queued task, whole, if it may take one more now (its row lock is held)."""
         return db.execute(
-            "SELECT q.id, q.server FROM tasks q JOIN nvrs n ON n.server = q.server"
+            "SELECT q.* FROM tasks q JOIN nvrs n ON n.server = q.server"
             " WHERE q.state = 'queued' AND q.server = ? AND n.backoff_until <= ?"
             " AND (SELECT count(*) FROM tasks l WHERE l.state = 'leased' AND l.server = q.server)"
             "     < coalesce(n.max_parallel, ?)"

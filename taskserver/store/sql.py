@@ -310,31 +310,30 @@ class SQLStore(SQLReads, Store):
             return self._nothing_ready(self._db(), now)
         with self._write() as db:
             self._expire(db, now)
-            return self._claim(db, worker, now)
+            return self._claim(db, worker, now, paused=False)  # checked just above
 
-    def _claim(self, db, worker: str, now: float) -> Claim:
+    def _claim(self, db, worker: str, now: float, paused: bool) -> Claim:
         """The claim itself, inside the caller's transaction (a claim, or a completion's next claim)."""
-        if self._paused():
+        if paused:
             self._seen(db, worker, now, None)
             return Claim("wait", retry_after=self.policy.max_wait)
-        lease_id = secrets.token_hex(16)
-        row = self._next(db, now)
-        if row is None:
+        task = self._next(db, now)  # the whole row, locked for this transaction
+        if task is None:
             self._seen(db, worker, now, None)
             return self._nothing_ready(db, now)
-        expires = now + self.policy.lease_seconds
+        lease_id = secrets.token_hex(16)
+        attempt = task["attempts"] + 1
         db.execute(
             "UPDATE tasks SET state = 'leased', lease_id = ?, lease_expires = ?, worker = ?,"
-            " attempts = attempts + 1, started = coalesce(started, ?) WHERE id = ? AND state = 'queued'",
-            (lease_id, expires, worker, now, row["id"]),
+            " attempts = ?, started = coalesce(started, ?) WHERE id = ? AND state = 'queued'",
+            (lease_id, now + self.policy.lease_seconds, worker, attempt, now, task["id"]),
         )
-        task = db.execute("SELECT * FROM tasks WHERE id = ?", (row["id"],)).fetchone()
         db.execute(
             "INSERT INTO attempts (task_id, lease_id, worker, started) VALUES (?,?,?,?)",
             (task["id"], lease_id, worker, now),
         )
         self._seen(db, worker, now, task["id"])
-        self._event(db, now, "leased", task["id"], State.LEASED.value, worker, f"attempt {task['attempts']}")
+        self._event(db, now, "leased", task["id"], State.LEASED.value, worker, f"attempt {attempt}")
         return Claim(
             "task",
             task={
@@ -342,7 +341,7 @@ class SQLStore(SQLReads, Store):
                 "username": task["username"], "password": task["password"],
                 "cameras": [c for c in task["cameras"].split(",") if c],
                 "start": task["start"], "end": task["end"], "takes_earlier": bool(task["takes_earlier"]),
-                "attempt": task["attempts"], "max_attempts": self.policy.max_attempts,
+                "attempt": attempt, "max_attempts": self.policy.max_attempts,
             },
             lease={"id": lease_id, "seconds": self.policy.lease_seconds},
         )
@@ -377,7 +376,7 @@ class SQLStore(SQLReads, Store):
     def _candidates(self, db, now: float, limit: int):
         """NVR queue heads that may be handed out now, best first (see `_next`)."""
         return db.execute(
-            "SELECT t.id, c.server FROM (SELECT n.server, n.max_parallel,"
+            "SELECT t.* FROM (SELECT n.server, n.max_parallel,"
             "   (SELECT count(*) FROM tasks l WHERE l.state = 'leased' AND l.server = n.server) AS running,"
             "   (SELECT q.id FROM tasks q WHERE q.state = 'queued' AND q.server = n.server"
             f"    ORDER BY q.priority DESC, q.span DESC{self.NULLS_LAST}, q.id LIMIT 1) AS head"
@@ -447,7 +446,7 @@ class SQLStore(SQLReads, Store):
                 lost = LeaseLost(task_id, self._current_state(db, task_id))
             if next_for and lost is None:
                 # The next claim rides in the same transaction: one commit per task at steady state.
-                answer = self._claim(db, next_for, now)
+                answer = self._claim(db, next_for, now, paused=self._paused())
         if lost is not None:
             raise lost
         return answer
