@@ -44,6 +44,13 @@ def create_app(config: Config | None = None) -> Flask:
             log.error("%s %s: %s", request.method, request.path, exc)
         return jsonify(exc.to_dict()), exc.status
 
+    def database_unavailable(exc: Exception):
+        log.error("%s %s: database unavailable: %s", request.method, request.path, str(exc).strip())
+        return jsonify({"error": "Unavailable", "message": f"{store.url} is unavailable; retry shortly"}), 503
+
+    for error in store.UNAVAILABLE:
+        app.register_error_handler(error, database_unavailable)
+
     @app.teardown_request
     def give_back_connection(_exc):
         store.release_connection()

@@ -184,3 +184,19 @@ def test_every_coordinator_lists_the_workers_polling_any_of_them(procs, tmp_path
     for url in (first.url, second.url):
         workers = {w["name"]: w["task"] for w in status(url)["workers"]}
         assert workers == {"hostA/w0": leased["task"]["id"], "hostB/w0": None}
+
+
+def test_the_database_dropping_a_coordinators_connections_costs_no_request(procs, tmp_path, postgres):
+    rows = [["192.0.2.10:80", "admin", "pw", "101", T + timedelta(hours=h), T + timedelta(hours=h + 1)] for h in (0, 1)]
+    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), postgres)
+    first = api(coordinator.url, path="/api/claim", params={"worker": "w"}).json()
+    # As after a database restart or failover: every connection of this coordinator is cut.
+    with psycopg.connect(postgres, autocommit=True) as conn:
+        cut = conn.execute("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = %s",
+                           (f"taskserver {coordinator.pid}",)).fetchone()[0]
+    assert cut >= 1
+    done = api(coordinator.url, "POST", f"/api/tasks/{first['task']['id']}/complete",
+               json={"lease": first["lease"]["id"], "next": True, "worker": "w"})
+    assert done.status_code == 200 and done.json()["next"]["status"] == "task"
+    assert status(coordinator.url)["counts"] == {"queued": 0, "leased": 1, "waiting": 0, "done": 1, "failed": 0,
+                                                 "cancelled": 0}

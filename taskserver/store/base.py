@@ -133,6 +133,9 @@ class Store(ABC):
 
     ORDERS = ("id", "newest", "priority")  # task list orders
     url = ""  # where the state lives, fit for messages (never a password)
+    # The database's errors that mean "not now" (unreachable, locked too long): answered
+    # 503 so that workers retry, rather than 500.
+    UNAVAILABLE: tuple[type[BaseException], ...] = ()
 
     def __init__(self, policy: Policy):
         self.policy = policy

@@ -12,6 +12,7 @@ Needs `pip install 'taskserver[postgres]'`.
 from __future__ import annotations
 
 import functools
+import os
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConfigError, Unavailable
@@ -73,6 +74,12 @@ class _Connection:
         return cur
 
 
+def _configure(conn) -> None:
+    """Each new connection: a claim that waits on a coordinator gone silent gives up, and the
+    worker asks again, rather than hanging."""
+    conn.execute("SET lock_timeout = '10s'")
+
+
 class PostgresStore(SQLStore):
     """Task state in a PostgreSQL database, shared safely by several coordinator processes."""
 
@@ -91,9 +98,13 @@ class PostgresStore(SQLStore):
         except ImportError:
             raise ConfigError("a postgresql:// database needs psycopg: pip install 'taskserver[postgres]'") from None
         self.RETRY = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
+        self.UNAVAILABLE = (psycopg.OperationalError,)  # server gone, network cut, lock_timeout
         super().__init__(policy)
         self.url = redact(url)
-        options = {"autocommit": True, "row_factory": _row_factory, "connect_timeout": 10}
+        # Keepalives notice a dead network in about a minute rather than the system's two hours.
+        options = {"autocommit": True, "row_factory": _row_factory, "connect_timeout": 10,
+                   "application_name": f"taskserver {os.getpid()}", "keepalives": 1, "keepalives_idle": 30,
+                   "keepalives_interval": 10, "keepalives_count": 3}
         try:  # a clear message now rather than a pool that keeps trying in the background
             psycopg.connect(url, **options).close()
         except psycopg.OperationalError as exc:
@@ -101,7 +112,8 @@ class PostgresStore(SQLStore):
             raise ConfigError(f"cannot connect to {self.url}: {message}") from None
         # `check` tests a borrowed connection first, so a database restart costs no request.
         self._pool = ConnectionPool(url, min_size=1, max_size=pool, kwargs=options, timeout=30,
-                                    check=ConnectionPool.check_connection, name="taskserver", open=True)
+                                    configure=_configure, check=ConnectionPool.check_connection,
+                                    name="taskserver", open=True)
         with self._write() as db:
             # Coordinators starting together migrate one after the other.
             db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))

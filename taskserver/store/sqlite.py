@@ -19,6 +19,8 @@ from .sql import SQLStore
 class SQLiteStore(SQLStore):
     """Task state in one SQLite file; safe for many threads and several processes on one host."""
 
+    UNAVAILABLE = (sqlite3.OperationalError,)  # "database is locked" after the 30 s busy timeout
+
     def __init__(self, path: str | Path, policy: Policy):
         super().__init__(policy)
         self._all: list[sqlite3.Connection] = []
