@@ -206,10 +206,11 @@ def test_work_held_back_by_an_nvr_cap_means_wait_not_drained(procs, tmp_path, db
     first = claim(url).json()
     assert claim(url).json()["status"] == "wait"
     assert api(url).json()["nvrs"] == [{"server": "nvr-a", "running": 1, "queued": 1, "max_parallel": 1,
-                                        "resting_for": 0, "last_error": None, "done": 0, "failed": 0, "bytes": 0}]
+                                        "resting_for": 0, "last_error": None, "done": 0, "failed": 0, "files": 0,
+                                        "bytes": 0}]
     api(url, "POST", f"/api/tasks/{first['task']['id']}/complete",
         json={"lease": first["lease"]["id"], "result": {"files": 2, "bytes": 5000}})
     nvr = api(url).json()["nvrs"][0]
-    assert (nvr["running"], nvr["queued"], nvr["done"], nvr["bytes"]) == (0, 1, 1, 5000)
+    assert (nvr["running"], nvr["queued"], nvr["done"], nvr["files"], nvr["bytes"]) == (0, 1, 1, 2, 5000)
     assert claim(url).json()["status"] == "task"
     assert claim(url).json()["status"] == "wait"  # the last task is leased, not done: not drained yet

@@ -158,7 +158,42 @@ def test_a_coordinator_refuses_a_database_from_a_newer_version(procs, tmp_path, 
     refused = subprocess.run([PYTHON, "-m", "taskserver", "serve", "--db", db, "--tasks", "", "--port", "0"],
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1
-    assert "was written by a newer taskserver (schema 99, this one knows 1); upgrade taskserver" in refused.stderr
+    assert "was written by a newer taskserver (schema 99, this one knows 2); upgrade taskserver" in refused.stderr
+
+
+@pytest.mark.parametrize("store", ["sqlite", "postgres"])
+def test_a_database_from_the_first_version_is_upgraded_at_start_and_keeps_its_figures(procs, tmp_path, store,
+                                                                                       request):
+    from taskserver.store.postgres import PostgresStore
+    from taskserver.store.sql import MIGRATIONS
+    from taskserver.store.sqlite import SQLiteStore
+
+    version_one = [s for s in MIGRATIONS[0].split(";") if s.strip()]
+    done_task = ("INSERT INTO tasks (key, server, username, password, state, files, bytes, created)"
+                 " VALUES ('k1', 'nvr-a', 'u', 'p', 'done', 3, 3000, 0)")
+    if store == "sqlite":
+        import sqlite3
+
+        db = str(tmp_path / "old.db")
+        with sqlite3.connect(db) as conn:
+            for statement in version_one:
+                conn.execute(statement.format(**SQLiteStore.TYPES, nulls_last=SQLiteStore.NULLS_LAST))
+            conn.execute(done_task)
+            conn.execute("INSERT INTO nvrs (server) VALUES ('nvr-a')")
+            conn.execute("PRAGMA user_version = 1")
+    else:
+        db = request.getfixturevalue("postgres")
+        with psycopg.connect(db, autocommit=True) as conn:
+            for statement in version_one:
+                conn.execute(statement.format(**PostgresStore.TYPES, nulls_last=PostgresStore.NULLS_LAST))
+            conn.execute(done_task)
+            conn.execute("INSERT INTO nvrs (server) VALUES ('nvr-a')")
+            conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+            conn.execute("INSERT INTO schema_version VALUES (1)")
+    coordinator = start_coordinator(procs, None, db)
+    shown = status(coordinator.url)
+    assert (shown["files"], shown["bytes"]) == (3, 3000)
+    assert [(n["server"], n["done"], n["files"], n["bytes"]) for n in shown["nvrs"]] == [("nvr-a", 1, 3, 3000)]
 
 
 

@@ -129,19 +129,12 @@ class SQLReads:
         now = time.time()
         self._expire_if_due(now)
         db = self._db()
-        # One pass over the tasks gives the totals and every NVR's figures.
+        # Tasks per NVR and state, from an index alone; files and bytes are the NVRs' counters.
         counts = {s.value: 0 for s in State}
-        files = 0
         per_nvr: dict[str, dict] = {}
-        for row in db.execute(
-            "SELECT server, state, count(*) AS n, CAST(coalesce(sum(files), 0) AS BIGINT) AS files,"
-            " CAST(coalesce(sum(bytes), 0) AS BIGINT) AS bytes FROM tasks GROUP BY server, state"
-        ):
+        for row in db.execute("SELECT server, state, count(*) AS n FROM tasks GROUP BY server, state"):
             counts[row["state"]] += row["n"]
-            files += row["files"]
-            nvr = per_nvr.setdefault(row["server"], {s.value: 0 for s in State} | {"bytes": 0})
-            nvr[row["state"]] += row["n"]
-            nvr["bytes"] += row["bytes"]
+            per_nvr.setdefault(row["server"], {s.value: 0 for s in State})[row["state"]] += row["n"]
         lost_after = 2 * self.policy.lease_seconds
         seen = {w["name"]: dict(w) for w in db.execute("SELECT * FROM workers")}
         for name, when in list(self._idle_seen.items()):
@@ -154,19 +147,19 @@ class SQLReads:
         ]
         nvrs = []
         for n in db.execute("SELECT * FROM nvrs ORDER BY server"):
-            tasks = per_nvr.get(n["server"], {s.value: 0 for s in State} | {"bytes": 0})
+            tasks = per_nvr.get(n["server"], {s.value: 0 for s in State})
             nvrs.append({
                 "server": n["server"], "running": tasks["leased"], "queued": tasks["queued"] + tasks["waiting"],
                 "max_parallel": n["max_parallel"] or self.policy.per_nvr,
                 "resting_for": round(n["backoff_until"] - now, 1) if n["backoff_until"] > now else 0,
                 "last_error": n["last_error"], "done": tasks["done"], "failed": tasks["failed"],
-                "bytes": tasks["bytes"],
+                "files": n["files"], "bytes": n["bytes"],
             })
         return {
             "counts": counts,
             "tasks": sum(counts.values()),
-            "files": files,
-            "bytes": sum(n["bytes"] for n in per_nvr.values()),
+            "files": sum(n["files"] for n in nvrs),
+            "bytes": sum(n["bytes"] for n in nvrs),
             "drained": not any(counts[s] for s in ACTIVE),
             "workers": workers,
             "nvrs": nvrs,

@@ -100,6 +100,14 @@ CREATE TABLE IF NOT EXISTS workers (
     failed INTEGER NOT NULL DEFAULT 0
 )
 """,
+    # 2: files and bytes per NVR, kept as counters (done tasks never change again), so that
+    # a status does not sum a million tasks.
+    """
+ALTER TABLE nvrs ADD COLUMN files {bigint} NOT NULL DEFAULT 0;
+ALTER TABLE nvrs ADD COLUMN bytes {bigint} NOT NULL DEFAULT 0;
+UPDATE nvrs SET files = (SELECT coalesce(sum(t.files), 0) FROM tasks t WHERE t.server = nvrs.server),
+                bytes = (SELECT coalesce(sum(t.bytes), 0) FROM tasks t WHERE t.server = nvrs.server)
+""",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = ("tasks", "attempts", "nvrs", "events", "settings", "workers")  # in foreign-key order
@@ -435,10 +443,11 @@ class SQLStore(SQLReads, Store):
             )
             if cur.rowcount:
                 self._end_attempt(db, lease_id, now, "done", None, done=1)
+                # The NVR answered: it is well again, and its figures grow.
                 db.execute(
-                    "UPDATE nvrs SET failures = 0, down_since = NULL, backoff_until = 0, last_error = NULL"
-                    " WHERE server = (SELECT server FROM tasks WHERE id = ?) AND (failures > 0 OR"
-                    " down_since IS NOT NULL OR last_error IS NOT NULL)", (task_id,),
+                    "UPDATE nvrs SET files = files + ?, bytes = bytes + ?, failures = 0, down_since = NULL,"
+                    " backoff_until = 0, last_error = NULL WHERE server = (SELECT server FROM tasks WHERE id = ?)",
+                    (_int(result.get("files")) or 0, _int(result.get("bytes")) or 0, task_id),
                 )
             elif db.execute(
                 "SELECT 1 FROM tasks WHERE id = ? AND lease_id = ? AND state = 'done'", (task_id, lease_id)
