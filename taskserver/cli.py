@@ -191,12 +191,11 @@ def cmd_migrate_db(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from .errors import ConfigError
-    from .store import Policy, open_store
+    from .store import Policy, open_store, sqlite_path
 
-    if "://" not in args.source or args.source.startswith("sqlite:///"):
-        path = Path(args.source.removeprefix("sqlite:///"))
-        if not path.is_file():
-            raise ConfigError(f"{path} not found: --from names the database now in use")
+    path = sqlite_path(args.source)
+    if path is not None and not Path(path).is_file():  # opening it would make an empty one
+        raise ConfigError(f"{path} not found: --from names the database now in use")
     source = open_store(args.source, Policy())
     try:
         target = open_store(args.target, Policy())

@@ -4,7 +4,8 @@ from __future__ import annotations
 from ..errors import ConfigError
 from .base import TERMINAL, TRANSITIONS, Claim, ImportResult, Policy, State, Store, TaskSpec
 
-__all__ = ["TERMINAL", "TRANSITIONS", "Claim", "ImportResult", "Policy", "State", "Store", "TaskSpec", "open_store"]
+__all__ = ["TERMINAL", "TRANSITIONS", "Claim", "ImportResult", "Policy", "State", "Store", "TaskSpec", "open_store",
+           "sqlite_path"]
 
 
 def open_store(url: str, policy: Policy, pool: int = 10) -> Store:
@@ -12,10 +13,20 @@ def open_store(url: str, policy: Policy, pool: int = 10) -> Store:
 
     `pool` caps a PostgreSQL store's connections (a SQLite store has one per thread).
     """
-    if url.startswith(("postgresql://", "postgres://")):
+    path = sqlite_path(url)
+    if path is None:
         from .postgres import PostgresStore
 
         return PostgresStore(url, policy, pool)
+    from .sqlite import SQLiteStore
+
+    return SQLiteStore(path, policy)
+
+
+def sqlite_path(url: str) -> str | None:
+    """The SQLite file a database URL names, or None for a PostgreSQL URL."""
+    if url.startswith(("postgresql://", "postgres://")):
+        return None
     if url.startswith("sqlite:///"):
         path = url[len("sqlite:///"):]
     elif "://" in url:
@@ -27,6 +38,4 @@ def open_store(url: str, policy: Policy, pool: int = 10) -> Store:
         path = url
     if not path:
         raise ConfigError("database path is empty")
-    from .sqlite import SQLiteStore
-
-    return SQLiteStore(path, policy)
+    return path

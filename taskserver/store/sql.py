@@ -112,6 +112,7 @@ UPDATE nvrs SET files = (SELECT coalesce(sum(t.files), 0) FROM tasks t WHERE t.s
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = ("tasks", "attempts", "nvrs", "events", "settings", "workers")  # in foreign-key order
 PRUNE_EVERY = 100  # write transactions between two prunings of the event feed
+IDLE_WRITE = 15.0  # seconds between two writes of an idle worker's last poll (at most half a lease)
 
 
 def retried(method):
@@ -203,7 +204,6 @@ class SQLStore(SQLReads, Store):
                     db.execute("DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
                                (self.policy.events_kept,))
         except BaseException:
-            self._local.events = []
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
@@ -357,7 +357,7 @@ class SQLStore(SQLReads, Store):
     def _idle(self, worker: str, now: float) -> None:
         """Note an idle poll: in memory always, in the database now and then."""
         self._idle_seen[worker] = now
-        if now - self._idle_written.get(worker, float("-inf")) >= min(15.0, self.policy.lease_seconds / 2):
+        if now - self._idle_written.get(worker, float("-inf")) >= min(IDLE_WRITE, self.policy.lease_seconds / 2):
             self._idle_written[worker] = now
             with self._write() as db:
                 self._seen(db, worker, now, None)
@@ -434,12 +434,13 @@ class SQLStore(SQLReads, Store):
         now = time.time()
         lost = None
         answer = None
+        files, size = _int(result.get("files")), _int(result.get("bytes"))
         with self._write() as db:
             self._expire(db, now)
             cur = db.execute(
                 "UPDATE tasks SET state = 'done', result = ?, files = ?, bytes = ?, finished = ?,"
                 " lease_expires = NULL, last_error = NULL WHERE id = ? AND lease_id = ? AND state = 'leased'",
-                (_json(result), _int(result.get("files")), _int(result.get("bytes")), now, task_id, lease_id),
+                (_json(result), files, size, now, task_id, lease_id),
             )
             if cur.rowcount:
                 self._end_attempt(db, lease_id, now, "done", None, done=1)
@@ -447,7 +448,7 @@ class SQLStore(SQLReads, Store):
                 db.execute(
                     "UPDATE nvrs SET files = files + ?, bytes = bytes + ?, failures = 0, down_since = NULL,"
                     " backoff_until = 0, last_error = NULL WHERE server = (SELECT server FROM tasks WHERE id = ?)",
-                    (_int(result.get("files")) or 0, _int(result.get("bytes")) or 0, task_id),
+                    (files or 0, size or 0, task_id),
                 )
             elif db.execute(
                 "SELECT 1 FROM tasks WHERE id = ? AND lease_id = ? AND state = 'done'", (task_id, lease_id)
