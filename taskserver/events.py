@@ -25,13 +25,18 @@ POLL_SECONDS = 0.5
 SUMMARY_SECONDS = 5.0
 
 
-def stream_slots():
-    """The semaphore that caps open streams; made on first use, sized by the config."""
-    slots = current_app.extensions.get("taskserver.streams")
-    if slots is None:
-        slots = current_app.extensions["taskserver.streams"] = threading.BoundedSemaphore(
-            current_app.config["TASKSERVER"].streams)
-    return slots
+def _app_wide(name: str, make):
+    """One object per app, shared by every stream: made on first use."""
+    value = current_app.extensions.get(name)
+    if value is None:
+        value = current_app.extensions[name] = make()
+    return value
+
+
+def stream_slots() -> threading.BoundedSemaphore:
+    """The semaphore that caps open streams, sized by the config."""
+    return _app_wide("taskserver.streams",
+                     lambda: threading.BoundedSemaphore(current_app.config["TASKSERVER"].streams))
 
 
 class Summaries:
@@ -62,10 +67,7 @@ class Summaries:
 
 
 def summaries() -> Summaries:
-    shared = current_app.extensions.get("taskserver.summaries")
-    if shared is None:
-        shared = current_app.extensions["taskserver.summaries"] = Summaries(api.store())
-    return shared
+    return _app_wide("taskserver.summaries", lambda: Summaries(api.store()))
 
 
 @bp.get("/events")
