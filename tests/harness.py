@@ -26,6 +26,10 @@ from nvrsim import Catalogue
 
 PYTHON = sys.executable
 SIM_PASSWORD = "S1m-Secret-pw"
+# The key that seals NVR passwords in the tests' databases; coordinators and commands the
+# tests start inherit it (PostgreSQL stores need one; SQLite ones would make a key file).
+TEST_KEY = "kT0M1qgR5Yy2Yt6dvl9p0mN1Qk3o4vJx5C8T2q5Zc0E="
+os.environ.setdefault("TASKSERVER_SECRET_KEY", TEST_KEY)
 T = datetime(2026, 1, 1)  # the simulated NVRs' recordings start here
 
 
@@ -60,6 +64,19 @@ def postgres_schema() -> Iterator[str]:
     finally:
         with psycopg.connect(POSTGRES, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+class FakeClock:
+    """A clock the tests move by hand: the store's time, without sleeping."""
+
+    def __init__(self, start: float = 1_800_000_000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def at(h: int, m: int = 0) -> datetime:

@@ -79,7 +79,7 @@ def test_wrong_password_fails_its_task_with_a_clear_error_and_spares_the_others(
     nvr = start_nvr(procs, channels=2, hours=2)
     rows = [
         [nvr.address, "admin", SIM_PASSWORD, 101, at(0), at(1), "good 1"],
-        [nvr.address, "admin", "not-the-password", 201, at(0), at(1), "wrong password"],
+        [nvr.address, "viewer", "not-the-password", 201, at(0), at(1), "wrong password"],
         [nvr.address, "admin", SIM_PASSWORD, 201, at(1), at(2), "good 2"],
     ]
     coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), db,
@@ -91,7 +91,7 @@ def test_wrong_password_fails_its_task_with_a_clear_error_and_spares_the_others(
     assert final["counts"] == {**final["counts"], "done": 2, "failed": 1}
     bad = api(coordinator.url, path="/api/tasks/2").json()
     assert bad["state"] == "failed" and bad["attempts"] == 3
-    assert "refused the password of user 'admin'" in bad["last_error"]
+    assert "refused the password of user 'viewer'" in bad["last_error"]
     assert [a["outcome"] for a in bad["attempt_log"]] == ["failed"] * 3
     assert not list((tmp_path / "dl").glob("000002-*/*.mp4"))
     assert "not-the-password" not in coordinator.output() + client.output() + api(coordinator.url).text
@@ -182,7 +182,7 @@ def test_after_fixing_a_wrong_password_reimport_and_requeue_finish_the_job(procs
     out = subprocess.run([*taskserver, "import", str(fixed), "--db", str(db)], capture_output=True, text=True)
     assert "0 task(s) added, 1 already in" in out.stdout and "(1 with a corrected password)" in out.stdout
     out = subprocess.run([*taskserver, "requeue", "--db", str(db)], capture_output=True, text=True)
-    assert out.stdout.strip() == "1 task(s) queued again"
+    assert out.stdout.strip() == "1 task(s) queued again: 1"
 
     assert start_client(procs, coordinator.url, tmp_path / "dl", 1).wait(60) == 0
     task = api(coordinator.url, path="/api/tasks/1").json()

@@ -88,9 +88,9 @@ def test_the_excel_report_matches_the_database_cell_by_cell_and_holds_no_passwor
     nvr = start_nvr(procs, channels=2, hours=2)
     header = [*HEADER, "chunk"]
     rows = [[nvr.address, "admin", SIM_PASSWORD, "101,201", at(0), at(2), "lobby", "1h"],
-            [nvr.address, "admin", "Wr0ng-pass", 101, at(0), at(1), "bad password", None]]
+            [nvr.address, "viewer", "Wr0ng-pass", 101, at(0), at(1), "bad password", None]]
     coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", header=header, rows=rows),
-                                    db, "--max-attempts", "1")
+                                    db, "--max-attempts", "1", "--nvr-give-up", "2")
     assert start_client(procs, coordinator.url, tmp_path / "dl", 2).wait(60) == 0
 
     export = subprocess.run([PYTHON, "-m", "taskserver", "export", str(tmp_path / "report.xlsx"), "--db",
