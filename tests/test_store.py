@@ -483,3 +483,24 @@ def test_readme_shows_the_transition_table_the_store_executes():
             documented[parts[0].strip("`")] = ({s.strip() for s in parts[1].split(",")}, parts[2], parts[3])
     assert documented == {t.name: ({s.value for s in t.sources}, t.target.value, t.meaning)
                           for t in TRANSITIONS.values()}
+
+
+def test_a_completion_keeps_its_manifest_once_and_files_are_found_by_camera_and_time(store):
+    store.add([spec(1), spec(2, "nvr-b")])
+    manifest = [
+        {"path": "nvr-a/Lobby/2026-01-01/0100-0110.mp4", "size": 100, "sha256": "a" * 64, "camera": "101",
+         "camera_name": "Lobby", "start": "2026-01-01T01:00:00", "end": "2026-01-01T01:10:00", "host": "h1"},
+        {"path": "nvr-a/Lobby/2026-01-01/0110-0120.mp4", "size": 200, "sha256": "b" * 64, "camera": "101",
+         "camera_name": "Lobby", "start": "2026-01-01T01:10:00", "end": "2026-01-01T01:20:00"},
+        {"path": 5}, "not an entry",
+    ]
+    task, lease_id = lease(store, "h2-77/w0")
+    store.complete(task["id"], lease_id, {"files": 2, "bytes": 300, "manifest": manifest})
+    assert "manifest" not in store.task(task["id"])["result"]
+    files = store.files(task_id=task["id"])
+    assert [(f["host"], f["path"], f["size"], f["server"]) for f in files] == [
+        ("h1", "nvr-a/Lobby/2026-01-01/0100-0110.mp4", 100, "nvr-a"),
+        ("h2-77", "nvr-a/Lobby/2026-01-01/0110-0120.mp4", 200, "nvr-a")]
+    hour = store.files(camera="101", nvr="nvr-a", start="2026-01-01T01:05:00", end="2026-01-01T01:10:00")
+    assert [f["sha256"] for f in hour] == ["a" * 64]
+    assert store.files(camera="101", nvr="nvr-b") == []

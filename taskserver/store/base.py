@@ -244,6 +244,11 @@ class Store(ABC):
         """Ids of done tasks above `after`, ascending: for scripts that poll for results."""
 
     @abstractmethod
+    def files(self, task_id: int | None = None, camera: str | None = None, nvr: str | None = None,
+              start: str | None = None, end: str | None = None, after: int = 0, limit: int = 1000) -> list[dict]:
+        """The manifest: files of one task, or of a camera (and NVR) overlapping [start, end), by id above `after`."""
+
+    @abstractmethod
     def all_tasks(self):
         """Every task's public view in id order, streamed (for the report)."""
 

@@ -127,6 +127,25 @@ class SQLReads:
         ]
         return view
 
+    FILE_COLUMNS = ("task_id", "host", "path", "size", "sha256", "camera", "camera_name", "start", "end", "kind",
+                    "location")
+
+    def files(self, task_id: int | None = None, camera: str | None = None, nvr: str | None = None,
+              start: str | None = None, end: str | None = None, after: int = 0, limit: int = 1000) -> list[dict]:
+        """Files in the manifest: one task's, or those of a camera (of an NVR) overlapping [start, end)."""
+        where, params = ["f.id > ?"], [after]
+        for clause, value in (("f.task_id = ?", task_id), ("f.camera = ?", camera), ("t.server = ?", nvr),
+                              ('f."end" > ?', start), ("f.start < ?", end)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        rows = self._db().execute(
+            "SELECT f.id, t.server, " + ", ".join(f'f."{c}"' for c in self.FILE_COLUMNS) +
+            f" FROM files f JOIN tasks t ON t.id = f.task_id WHERE {' AND '.join(where)} ORDER BY f.id LIMIT ?",
+            [*params, limit],
+        ).fetchall()
+        return [dict(r) for r in rows]
+
     def status(self) -> dict:
         now = self.clock()
         self._expire_if_due(now)

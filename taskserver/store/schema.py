@@ -119,6 +119,26 @@ ALTER TABLE workers ADD COLUMN detail TEXT;
 ALTER TABLE nvrs ADD COLUMN clock_offset {real};
 ALTER TABLE nvrs ADD COLUMN clock_at {real}
 """,
+    # 4: the manifest: every file a done task left, where (host and path under its downloads
+    # folder), its size and SHA-256, and what it holds.
+    """
+CREATE TABLE IF NOT EXISTS files (
+    id {id},
+    task_id {bigint} NOT NULL REFERENCES tasks (id),
+    host TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size {bigint} NOT NULL,
+    sha256 TEXT,
+    camera TEXT,
+    camera_name TEXT,
+    start TEXT,
+    "end" TEXT,
+    kind TEXT NOT NULL DEFAULT 'video',
+    location TEXT
+);
+CREATE INDEX IF NOT EXISTS files_task ON files (task_id);
+CREATE INDEX IF NOT EXISTS files_camera ON files (camera, start)
+""",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
-TABLES = ("tasks", "attempts", "nvrs", "events", "settings", "workers", "logins")  # in foreign-key order
+TABLES = ("tasks", "attempts", "nvrs", "events", "settings", "workers", "logins", "files")  # in foreign-key order

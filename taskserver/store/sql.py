@@ -424,6 +424,8 @@ class SQLStore(SQLReads, Store):
         lost = None
         answer = None
         files, size = _int(result.get("files")), _int(result.get("bytes"))
+        manifest = result.get("manifest")
+        result = {k: v for k, v in result.items() if k != "manifest"}  # kept once, in the files table
         with self._write() as db:
             self._expire(db, now)
             if self._move(db, "done", "id = ? AND lease_id = ?", (task_id, lease_id), now=now,
@@ -431,6 +433,8 @@ class SQLStore(SQLReads, Store):
                                " last_error = NULL, progress = NULL",
                           values=(_json(result), files, size, now)):
                 self._end_attempt(db, lease_id, now, "done", None, done=1)
+                if isinstance(manifest, list):
+                    self._record_files(db, task_id, lease_id, manifest)
                 # The NVR answered: it is well again, and its figures grow.
                 db.execute(
                     "UPDATE nvrs SET files = files + ?, bytes = bytes + ?, failures = 0, down_since = NULL,"
@@ -653,6 +657,19 @@ class SQLStore(SQLReads, Store):
             ((now,) if seen == "?" else ()) + (done, failed, lease_id),
         )
 
+    def _record_files(self, db, task_id: int, lease_id: str, manifest: list) -> None:
+        """Keep where each of a done task's files went (the worker checked the entries' types and paths)."""
+        worker = db.execute("SELECT worker FROM attempts WHERE lease_id = ?", (lease_id,)).fetchone()["worker"]
+        default_host = worker.rsplit("/", 1)[0]
+        db.executemany(
+            "INSERT INTO files (task_id, host, path, size, sha256, camera, camera_name, start, \"end\", kind, location)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [(task_id, _text(f.get("host")) or default_host, _text(f.get("path")), _int(f.get("size")) or 0,
+              _text(f.get("sha256")), _text(f.get("camera")), _text(f.get("camera_name")), _text(f.get("start")),
+              _text(f.get("end")), _text(f.get("kind")) or "video", _text(f.get("location")))
+             for f in manifest if isinstance(f, dict) and _text(f.get("path"))],
+        )
+
     def _event(self, now: float, kind: str, task_id: int | None = None, state: str | None = None,
                worker: str | None = None, detail: str | None = None) -> None:
         """Record a change that is not a task's transition (never a password); written at commit."""
@@ -678,6 +695,10 @@ def _json(value) -> str | None:
 
 def _int(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) and value else None
 
 
 def _number(value) -> float | None:
