@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 from flask import Flask, jsonify, request
@@ -29,6 +30,12 @@ def create_app(config: Config | None = None) -> Flask:
     store = config.open_store()
     app.extensions["taskserver.store"] = store
     load_tasks(store, config)
+    from .notify import Notifier, parse_targets
+    from .schedule import start_ticker
+
+    stop = app.extensions["taskserver.stop"] = threading.Event()  # set when the coordinator stops
+    start_ticker(store, config.schedule_every, stop)
+    Notifier(store, parse_targets(config.notify)).start(stop)
 
     from . import api, dashboard, events, files, metrics, rest
 

@@ -59,6 +59,9 @@ def parser() -> argparse.ArgumentParser:
                        help="seconds an NVR may stay busy or unreachable before its tasks fail (default 1800)")
     serve.add_argument("--events-kept", type=int,
                        help="newest task changes kept for event streams that reconnect (default 200000)")
+    serve.add_argument("--schedule-every", type=float, help="seconds between two checks for due schedules (default 30)")
+    serve.add_argument("--notify", help="webhook URL(s) for notices, comma-separated; prefix slack:, teams: or ntfy:"
+                                        " for those services (default: none)")
     sheet_options(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -139,7 +142,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = _config(args, "tasks", "db", "host", "port", "token", "read_token", "lease_seconds", "max_attempts",
                      "backoff_base", "backoff_max", "max_wait", "threads", "streams", "connections", "per_nvr",
-                     "nvr_backoff", "nvr_give_up", "chunk", "timezone", "db_pool", "events_kept")
+                     "nvr_backoff", "nvr_give_up", "chunk", "timezone", "db_pool", "events_kept",
+                     "schedule_every", "notify")
     if not config.loopback and not config.token:
         token = secrets.token_urlsafe(24)
         config = Config.from_env(**{**config.__dict__, "token": token})
@@ -156,6 +160,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         server.run()
     finally:
+        app.extensions["taskserver.stop"].set()
         server.close()
         app.extensions["taskserver.store"].close()
     return EXIT_OK

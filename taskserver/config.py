@@ -38,6 +38,8 @@ class Config:
     events_kept: int = 200_000  # newest changes the event feed keeps for reconnecting streams
     chunk: str | None = None  # split each sheet row per camera and per this much time, e.g. "1h"
     timezone: str | None = None  # the NVRs' IANA time zone, for sheet times that carry an offset
+    schedule_every: float = 30.0  # seconds between two checks for due schedules
+    notify: str | None = None  # webhook URLs for notices, comma-separated (slack:, teams:, ntfy: prefixes)
     secret_key: str | None = None  # key(s) sealing NVR passwords in the database, newest first, comma-separated
     key_file: str | None = None  # a file holding those keys, one per line (default for SQLite: <db>.key)
 
@@ -91,6 +93,8 @@ class Config:
             raise ConfigError("db_pool must be at least 1")
         if self.per_nvr < 1:
             raise ConfigError("per_nvr must be at least 1")
+        if self.schedule_every <= 0:
+            raise ConfigError("schedule_every must be positive")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is out of range")
 
