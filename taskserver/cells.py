@@ -39,13 +39,12 @@ LOCALE_HINT = ("(a language setting of the spreadsheet). Format the cameras colu
 
 
 class Cell:
-    """A plain value dressed as a read-only spreadsheet cell (CSV fields, API values)."""
+    """A value with its spreadsheet type: "s" text, "n" number, "d" date, "b" boolean, "f" formula."""
 
-    data_type = "s"
-    __slots__ = ("value",)
+    __slots__ = ("value", "data_type")
 
-    def __init__(self, value):
-        self.value = value
+    def __init__(self, value, data_type: str = "s"):
+        self.value, self.data_type = value, data_type
 
 
 def clean(field: str, cell):

@@ -16,7 +16,11 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from xml.etree.ElementTree import ParseError
+from xml.etree.ElementTree import ParseError, iterparse
+
+from openpyxl.reader.excel import ExcelReader
+from openpyxl.styles.stylesheet import apply_stylesheet
+from openpyxl.worksheet._reader import DATA_TAG, ROW_TAG, WorkSheetParser
 
 from .cells import Cell
 from .errors import SheetError, SheetProblem
@@ -25,9 +29,9 @@ MiB = 2**20
 MAX_FILE_BYTES = 64 * MiB  # an .xlsx or .csv file on disk
 MAX_ROWS = 1_048_576  # rows read from one sheet: Excel's and LibreOffice's own maximum
 MAX_PARTS = 1000  # files inside an .xlsx (a real workbook has a dozen or so)
-MAX_WORKSHEET_BYTES = 512 * MiB  # one worksheet's XML, uncompressed (streamed, never held whole)
+MAX_WORKSHEET_BYTES = 256 * MiB  # one worksheet's XML, uncompressed (streamed; 100,000 rows take about 40 MiB)
 MAX_PART_BYTES = 32 * MiB  # any other part, uncompressed (shared strings and styles are held in memory)
-MAX_TOTAL_BYTES = 640 * MiB  # all parts together, uncompressed
+MAX_TOTAL_BYTES = 384 * MiB  # all parts together, uncompressed
 MAX_RATIO = 100  # uncompressed / compressed for a part over 1 MiB; people's sheets compress 5-20 times
 MAX_CSV_LINE = 65_536  # bytes in one line of a .csv file
 
@@ -82,46 +86,119 @@ class XlsxTable:
     """One worksheet of an .xlsx file: the one named 'tasks', else the first."""
 
     def __init__(self, path: Path, name: str, size: int):
-        from openpyxl import load_workbook
         from openpyxl.utils.exceptions import InvalidFileException
 
         self.name = name
-        self.workbook = None
+        self.reader = None
         try:
             check_zip(path, name, size)
-            self.workbook = load_workbook(path, read_only=True, data_only=False)
-            self.sheet = next((ws for ws in self.workbook.worksheets if ws.title.strip().lower() == "tasks"),
-                              self.workbook.worksheets[0])
+            self.reader = _WorkbookReader(path)
+            self.reader.read()
         except SheetError:
             self.close()
             raise
         except (InvalidFileException, *DAMAGED) as exc:
             self.close()
             _refuse(name, f"not an Excel .xlsx workbook ({type(exc).__name__})")
-        self.sheet.reset_dimensions()  # the stated size may lie: read only the rows that are there
-        self.title = self.sheet.title
+        sheets = self.reader.sheets
+        if not sheets:
+            self.close()
+            _refuse(name, "the workbook holds no worksheet")
+        self.title, self.part = next(((title, part) for title, part in sheets if title.strip().lower() == "tasks"),
+                                     sheets[0])
 
     def first_row(self) -> list | None:
-        """The first row's cells, or None for an empty sheet."""
-        for _, cells in self.rows(1, None, last=1):
-            return list(cells)
-        return None
-
-    def rows(self, start: int, width: int | None, last: int | None = None) -> Iterator[tuple[int, tuple]]:
-        """(row number, cells) from row `start` on, `width` cells each; blank rows included."""
+        """Row 1's cells ([] if row 1 is blank), or None for an empty sheet."""
+        rows = self.rows(1, None)
         try:
-            rows = self.sheet.iter_rows(min_row=start, max_row=last, max_col=width)
-            for rownum, cells in enumerate(rows, start=start):
-                if rownum > MAX_ROWS:
-                    _too_many_rows(self.name, self.title)
-                yield rownum, cells
+            first = next(rows, None)
+        finally:
+            rows.close()
+        if first is None:
+            return None
+        return list(first[1]) if first[0] == 1 else []
+
+    def rows(self, start: int, width: int | None) -> Iterator[tuple[int, list]]:
+        """(row number, cells) of the rows written in the file from row `start` on, `width` cells each.
+
+        Rows missing from the file are blank and not yielded at all, so a gap of
+        millions of rows costs nothing.
+        """
+        workbook = self.reader.wb
+        try:
+            with self.reader.archive.open(self.part) as source:
+                parser = _RowParser(source, self.reader.shared_strings, data_only=False, epoch=workbook.epoch,
+                                    date_formats=workbook._date_formats,
+                                    timedelta_formats=workbook._timedelta_formats)
+                for rownum, found in parser.parse():
+                    if rownum > MAX_ROWS:
+                        _too_many_rows(self.name, self.title)
+                    if rownum < start:
+                        continue
+                    size = width or min(max((cell["column"] for cell in found), default=0), 16_384)
+                    cells = [_EMPTY] * size
+                    for cell in found:
+                        if 1 <= cell["column"] <= size:
+                            cells[cell["column"] - 1] = Cell(cell["value"], cell["data_type"])
+                    yield rownum, cells
         except DAMAGED as exc:
             _refuse(self.name, f"the workbook is damaged ({type(exc).__name__}); open it in Excel or LibreOffice"
                     " and save it again", self.title)
 
     def close(self) -> None:
-        if self.workbook is not None:
-            self.workbook.close()
+        if self.reader is not None:
+            self.reader.archive.close()
+
+
+_EMPTY = Cell(None, "n")
+
+
+class _WorkbookReader(ExcelReader):
+    """openpyxl's workbook reader, up to the list of sheets: names, shared strings, date styles.
+
+    openpyxl's read-only worksheets are not used: opening one reads the whole
+    sheet, keeping every element, whenever the sheet does not state its size at
+    the top (openpyxl's own write-only workbooks do not).
+    """
+
+    def __init__(self, path: Path):
+        super().__init__(str(path), read_only=True, data_only=False)
+
+    def read(self) -> None:
+        self.read_manifest()
+        self.read_strings()
+        self.read_workbook()
+        apply_stylesheet(self.archive, self.wb)
+        self.sheets = [(sheet.name, rel.target) for sheet, rel in self.parser.find_sheets()
+                       if rel.target in self.valid_files and "chartsheet" not in rel.Type]
+
+
+class _RowParser(WorkSheetParser):
+    """openpyxl's worksheet parser without what it keeps per row.
+
+    openpyxl's own read-only pass leaves every row it read in the XML tree and
+    keeps the attributes of formatted rows, so a sheet of millions of blank rows
+    would fill memory. Here each row leaves the tree once read, and only cells
+    are kept: memory stays that of one row whatever the sheet's length.
+    """
+
+    def parse(self):
+        data = None
+        for event, element in iterparse(self.source, events=("start", "end")):
+            if event == "start":
+                if data is None and element.tag == DATA_TAG:
+                    data = element
+            elif element.tag == ROW_TAG:
+                yield self.parse_row(element)
+                element.clear()
+                if data is not None:
+                    data.remove(element)
+
+    def parse_row(self, row):
+        number = row.get("r")
+        self.row_counter = int(number) if number is not None else self.row_counter + 1
+        self.col_counter = 0
+        return self.row_counter, [self.parse_cell(cell) for cell in row]
 
 
 def check_zip(path: Path, name: str, size: int) -> None:
@@ -149,20 +226,25 @@ def check_zip(path: Path, name: str, size: int) -> None:
         mimetype = next((part for part in parts if part.filename == "mimetype"), None)
         if mimetype and mimetype.file_size < 100 and archive.read(mimetype).startswith(b"application/vnd.oasis"):
             _refuse(name, f"this is an OpenDocument spreadsheet (.ods), whatever its name says: {SAVE_AS}")
-    total = 0
-    for part in parts:
-        limit = MAX_WORKSHEET_BYTES if part.filename.startswith("xl/worksheets/") else MAX_PART_BYTES
-        if part.file_size > limit:
-            _refuse(name, f"part {part.filename[:80]!r} would unpack to {part.file_size / MiB:,.0f} MiB, more than"
-                    f" the {limit // MiB} MiB accepted; this is not a task sheet a person made")
-        if part.file_size > MiB and part.file_size > MAX_RATIO * max(part.compress_size, 1):
-            _refuse(name, f"part {part.filename[:80]!r} unpacks {part.file_size // max(part.compress_size, 1):,}"
-                    " times larger than it is stored (a decompression bomb?); this is not a task sheet a"
-                    " person made")
-        total += part.file_size
+        total = 0
+        for part in parts:
+            _check_part(part, name)
+            total += part.file_size
     if total > MAX_TOTAL_BYTES:
         _refuse(name, f"the workbook would unpack to {total / MiB:,.0f} MiB, more than the"
                 f" {MAX_TOTAL_BYTES // MiB} MiB accepted")
+
+
+def _check_part(part: zipfile.ZipInfo, name: str) -> None:
+    sheet = part.filename.startswith("xl/worksheets/")
+    limit = MAX_WORKSHEET_BYTES if sheet else MAX_PART_BYTES
+    what = f"part {part.filename[:80]!r}"
+    if part.file_size > limit:
+        _refuse(name, f"{what} would unpack to {part.file_size / MiB:,.0f} MiB, more than the {limit // MiB} MiB"
+                " accepted; this is not a task sheet a person made")
+    if part.file_size > MiB and part.file_size > MAX_RATIO * max(part.compress_size, 1):
+        _refuse(name, f"{what} unpacks {part.file_size // max(part.compress_size, 1):,} times larger than it is"
+                " stored (a decompression bomb?); this is not a task sheet a person made")
 
 
 class CsvTable:
@@ -209,7 +291,7 @@ class CsvTable:
             yield line
             line = self._line()
 
-    def _next(self) -> list | None:
+    def _next(self, width: int | None = None) -> list | None:
         try:
             record = next(self.records, None)
         except csv.Error as exc:
@@ -219,7 +301,7 @@ class CsvTable:
         self.read += 1
         if self.read > MAX_ROWS:
             _too_many_rows(self.name, None)
-        return [Cell(field) for field in record]
+        return [Cell(field) for field in record[:width]]
 
     def first_row(self) -> list | None:
         if self.first is None and self.read == 0:
@@ -231,8 +313,8 @@ class CsvTable:
         self.first_row()
         if start == 1 and self.first is not None:
             yield 1, self.first
-        while (cells := self._next()) is not None:
-            yield self.read, cells[:width] if width else cells
+        while (cells := self._next(width)) is not None:
+            yield self.read, cells
 
     def close(self) -> None:
         self.file.close()
