@@ -80,7 +80,7 @@ def _formula(value) -> str:
 def shown(value) -> str:
     """A value for a message: short, and never a huge number spelled out."""
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 10**18:
-        return "a number with more than 18 digits"
+        return f"{float(value):.3g}" if abs(value) < 10**300 else "a number of more than 300 digits"
     if isinstance(value, float) and value.is_integer() and abs(value) >= 10**18:
         return f"{value:.3g}"
     text = repr(value)

@@ -75,8 +75,9 @@ def load_rows(rows, chunk=None, timezone=None, origin: str = "request",
     problem = _Problems(origin, None)
     accept = _Acceptor(problem, max_tasks, "request")
     for number, raw in enumerate(rows, start=1):
-        if not isinstance(raw, dict):
-            problem("each task must be an object", number)
+        if not isinstance(raw, dict) or not raw:
+            problem("each task must be an object" if not isinstance(raw, dict) else "an empty task: give at least"
+                    " server, username and password", number)
             continue
         fields: dict = {}
         for name, value in raw.items():
@@ -89,7 +90,7 @@ def load_rows(rows, chunk=None, timezone=None, origin: str = "request",
                 problem("expected text, a number or an ISO date-time", number, _label(name))
             else:
                 fields[field] = (0, Cell(value))
-        if fields:
+        if fields:  # else every field was reported
             accept(number, _row_spec(f"{origin}, task {number}", number, fields, {f: f for f in fields}, False,
                                      defaults, problem))
     if problem.found:
@@ -138,12 +139,14 @@ class _Acceptor:
                 return
         cameras = max(1, len(spec.cameras))
         chunks = math.ceil(spec.span / step.total_seconds()) if step else 1
-        self.total += cameras * chunks
+        count = cameras * chunks
+        self.total += count
         if self.total > self.max_tasks:
-            if self.total - cameras * chunks <= self.max_tasks:  # report the row that crosses the limit, once
-                self.problem(f"this row makes {cameras * chunks:,} tasks ({cameras} camera(s) x {chunks:,} chunk(s)"
-                             f" of {step or 'the whole range'}), {self.total:,} with the rows above; one {self.what}"
-                             f" may add at most {self.max_tasks:,}: use a longer chunk, or split the work", rownum)
+            if self.total - count <= self.max_tasks:  # report the row that crosses the limit, once
+                above = f", {self.total:,} with the rows above" if self.total > count else ""
+                self.problem(f"this row makes {count:,} tasks ({cameras} camera(s) x {chunks:,} chunk(s) of {step})"
+                             f"{above}; one {self.what} may add at most {self.max_tasks:,}: use a longer chunk, or"
+                             " split the work", rownum)
             return
         self.specs.extend(split(spec, step) if step else [spec])
 

@@ -135,6 +135,9 @@ class XlsxTable:
                         _too_many_rows(self.name, self.title)
                     if rownum < start:
                         continue
+                    if not found:
+                        yield rownum, []
+                        continue
                     size = width or min(max((cell["column"] for cell in found), default=0), 16_384)
                     cells = [_EMPTY] * size
                     for cell in found:
@@ -301,7 +304,7 @@ class CsvTable:
         self.read += 1
         if self.read > MAX_ROWS:
             _too_many_rows(self.name, None)
-        return [Cell(field) for field in record[:width]]
+        return [Cell(field) for field in record[:width]] if any(record) else []
 
     def first_row(self) -> list | None:
         if self.first is None and self.read == 0:
