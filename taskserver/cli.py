@@ -66,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     imp = sub.add_parser("import", help="add a sheet's rows to the database (all or nothing)")
-    imp.add_argument("sheet", help="the .xlsx file")
+    imp.add_argument("sheet", help="the .xlsx or .csv file")
     imp.add_argument("--db", help=DB_HELP)
     imp.add_argument("--create", action="store_true", help="make the database if it does not exist yet")
     imp.add_argument("--dry-run", action="store_true",
@@ -116,8 +116,8 @@ def parser() -> argparse.ArgumentParser:
 def sheet_options(p: argparse.ArgumentParser) -> None:
     """Options that shape how sheet rows become tasks."""
     p.add_argument("--chunk", help="split rows per camera and per this much time: 30m, 1h, 1d (default: no split)")
-    p.add_argument("--timezone", help="the NVRs' IANA time zone, e.g. Europe/Bucharest, for sheet times with an"
-                                      " offset (default: refuse such times)")
+    p.add_argument("--timezone", help="the NVRs' IANA time zone, e.g. Europe/Bucharest, or auto (each NVR's own),"
+                                      " for sheet times with an offset (default: refuse such times)")
 
 
 @contextmanager

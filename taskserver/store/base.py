@@ -78,7 +78,9 @@ class TaskSpec:
     username: str
     password: str | None  # None (a schedule's run): the NVR user's stored password
     cameras: tuple[str, ...]  # empty: every channel of the NVR
-    start: str | None  # NVR-local ISO time "YYYY-MM-DDTHH:MM:SS"; None with end None: all recordings
+    # ISO times: NVR-local "YYYY-MM-DDTHH:MM:SS", or UTC "...+00:00" when timezone is "auto";
+    # start and end None: every recording
+    start: str | None
     end: str | None
     name: str = ""
     priority: int = 0
@@ -86,8 +88,8 @@ class TaskSpec:
     group: str = ""  # the sheet row's key: chunks of one row share it (for roll-ups)
     takes_earlier: bool = True  # owns recordings that began before `start` (a row's first chunk)
     max_parallel: int | None = None  # the row's cap on concurrent tasks for its NVR
-    timezone: str | None = None  # "auto": start/end carry an offset; the worker converts with the device's zone
-    tls_fingerprint: str | None = None  # SHA-256 of the NVR's HTTPS certificate, lowercase hex, when pinned
+    timezone: str | None = None  # "auto": start/end are UTC instants, to convert with the zone the NVR reports
+    tls_fingerprint: str | None = None  # SHA-256 of the NVR's HTTPS certificate: 64 lowercase hex digits
     mode: str = "export"  # "export", or "list": a dry run that lists what would be exported
 
     @property
