@@ -35,7 +35,7 @@ def store() -> Store:
 # or with the read-only token. Everything else (the worker protocol, which hands out
 # credentials, and admin actions) needs the full token when one is set.
 READ_VIEWS = {"api.status", "api.task", "rest.tasks", "rest.done", "rest.result", "rest.rows", "rest.progress",
-              "rest.report", "events.events", "metrics.metrics", "files.task_files", "files.find_files"}
+              "rest.report", "events.events", "metrics.metrics", "files.task_files", "files.find_files", "rest.schedules"}
 
 
 @bp.before_request

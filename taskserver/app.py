@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 from flask import Flask, jsonify, request
@@ -11,23 +12,24 @@ from werkzeug.exceptions import HTTPException
 from .config import Config
 from .errors import ConfigError, TaskServerError
 from .sheet import load_sheet
-from .store import Store
+from .store import Clock, Store
 
 log = logging.getLogger("taskserver")
 
 
-def create_app(config: Config | None = None) -> Flask:
+def create_app(config: Config | None = None, clock: Clock | None = None) -> Flask:
     """Build the coordinator: open the store, load the configured sheet, register the views.
 
     Settings come from `TASKSERVER_*` environment variables when no config is
-    given, which is how `flask --app taskserver run` configures it.
+    given, which is how `flask --app taskserver run` configures it. `clock` (time.time
+    by default) is the one clock of leases, backoff, rests and schedules.
     """
     config = config or Config.from_env()
     app = Flask(__name__)
     app.config["TASKSERVER"] = config
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
     app.json.sort_keys = False
-    store = config.open_store()
+    store = config.open_store(clock=clock or time.time)
     app.extensions["taskserver.store"] = store
     load_tasks(store, config)
     from .notify import Notifier, parse_targets
@@ -90,5 +92,5 @@ def load_tasks(store: Store, config: Config) -> None:
             log.warning("no %s in %s; serving the tasks already in %s", path, Path.cwd(), store.url)
             return
         raise ConfigError(f"task sheet {path} not found")
-    result = store.add(load_sheet(path, chunk=config.chunk, timezone=config.timezone))
+    result = load_sheet(path, chunk=config.chunk, timezone=config.timezone, now=store.clock()).into(store)
     log.info("%s: %d task(s) added, %d already queued", path, result.added, result.existing)

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 TEXT_LIMITS = {
     "server": 255, "username": 64, "password": 128, "name": 200, "id": 128, "cameras": 4000,
     "starttime": 64, "endtime": 64, "priority": 32, "chunk": 32, "max_parallel": 32, "timezone": 64,
-    "tls_fingerprint": 128,
+    "tls_fingerprint": 128, "schedule": 64,
 }
 PRIORITY_RANGE = (-1_000_000, 1_000_000)
 MAX_PARALLEL_RANGE = (1, 1000)
@@ -303,6 +303,14 @@ def zone(value) -> ZoneInfo | str | None:
                          " NVR's own)") from None
 
 
+def schedule(value):
+    """A cadence: `daily 01:00`, `every 6h`, `hourly` (see taskserver.windows)."""
+    from .windows import parse_cadence
+
+    raw = text(value)
+    return None if raw is None else parse_cadence(raw)
+
+
 def fingerprint(value) -> str | None:
     """The SHA-256 fingerprint of an NVR's certificate: 64 hex digits, colons and spaces allowed."""
     if blank(value):
@@ -318,6 +326,7 @@ def fingerprint(value) -> str | None:
 
 PARSERS = {"server": server, "cameras": cameras, "starttime": date_time, "endtime": date_time, "priority": priority,
            "chunk": chunk, "max_parallel": max_parallel, "timezone": zone, "tls_fingerprint": fingerprint,
+           "schedule": schedule,
            "password": lambda value: text(value, secret=True)}
 
 

@@ -168,14 +168,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Validate the whole sheet, then queue its rows in one transaction."""
-    from .sheet import load_sheet
+    from .sheet import Imported, load_sheet
 
     config = _config(args, "db", "chunk", "timezone")
-    specs = load_sheet(args.sheet, chunk=config.chunk, timezone=config.timezone)
+    imported = load_sheet(args.sheet, chunk=config.chunk, timezone=config.timezone)
     if args.dry_run:
-        specs = dry_runs(specs)
+        if imported.schedules:
+            print(f"{args.sheet}: {len(imported.schedules)} row(s) on a schedule are left out of the dry run")
+        imported = Imported(dry_runs(imported))
     with _store(config, create=args.create) as store:
-        result = store.add(specs)
+        result = imported.into(store)
         updated = f" ({result.updated} with a corrected password)" if result.updated else ""
         what = "dry run(s)" if args.dry_run else "task(s)"
         print(f"{args.sheet}: {result.added} {what} added, {result.existing} already in {store.url}{updated}")

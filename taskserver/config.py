@@ -57,11 +57,14 @@ class Config:
         config.check()
         return config
 
-    def open_store(self, create: bool = True):
+    def open_store(self, create: bool = True, clock=None):
         """The store this configuration names, open (`create=False`: refuse a SQLite file that does not exist)."""
+        import time
+
         from .store import open_store
 
-        return open_store(self.db, self.policy(), self.vault(), pool=self.db_pool, create=create)
+        return open_store(self.db, self.policy(), self.vault(), pool=self.db_pool, create=create,
+                          clock=clock or time.time)
 
     def vault(self):
         """What seals NVR passwords in the database: the key variable, the key file, or one next to a SQLite file."""

@@ -60,9 +60,9 @@ def add_tasks():
     if not isinstance(body, dict) or "tasks" not in body or set(body) - {"tasks", "chunk", "timezone"}:
         raise BadRequest('expected {"tasks": [{...}, ...]} with optional "chunk" and "timezone"')
     config = current_app.config["TASKSERVER"]
-    specs = load_rows(body["tasks"], chunk=body.get("chunk") or config.chunk,
-                      timezone=body.get("timezone") or config.timezone)
-    result = api.store().add(specs)
+    imported = load_rows(body["tasks"], chunk=body.get("chunk") or config.chunk,
+                         timezone=body.get("timezone") or config.timezone, now=api.store().clock())
+    result = imported.into(api.store())
     log.info("API: %d task(s) added, %d already queued", result.added, result.existing)
     return jsonify({"added": result.added, "existing": result.existing, "updated": result.updated,
                     "ids": result.ids}), 201 if result.added else 200
@@ -168,6 +168,26 @@ def report():
     buffer.seek(0)
     return send_file(buffer, as_attachment=True, download_name="report.xlsx",
                      mimetype="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+
+
+@bp.get("/schedules")
+def schedules():
+    """Active schedules: cadence, next run, the row they repeat (no password)."""
+    return jsonify({"schedules": [
+        {"id": s["id"], "cadence": s["cadence"], "zone": s["zone"], "next_window_start": s["cursor"],
+         "next_run": s["next_fire"], "runs": s["fired"], "source": s["source"],
+         "server": s["template"]["server"], "username": s["template"]["username"],
+         "cameras": s["template"]["cameras"], "name": s["template"]["name"]}
+        for s in api.store().schedules()]})
+
+
+@bp.post("/schedules/<int:schedule_id>/cancel")
+def cancel_schedule(schedule_id: int):
+    """Stop a schedule; the tasks its runs added stay."""
+    if not api.store().cancel_schedule(schedule_id):
+        raise Conflict(f"no active schedule {schedule_id}")
+    log.info("schedule %s cancelled", schedule_id)
+    return jsonify({"ok": True})
 
 
 def _id_list(ids: list[int]) -> str:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import re
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,7 +23,8 @@ from . import cells as parse
 from .cells import AUTO, Cell
 from .errors import SheetError, SheetProblem
 from .sheetfiles import open_table
-from .store.base import TaskSpec
+from .store.base import ImportResult, Schedule, TaskSpec
+from .windows import RELATIVE, local_zone, relative_window
 
 MAX_IMPORT_TASKS = 1_000_000  # tasks one sheet import may add (after chunking)
 MAX_REQUEST_TASKS = 10_000  # tasks one POST /api/tasks may add (after chunking)
@@ -40,26 +42,48 @@ ALIASES = {
     "chunk": "chunk", "maxparallel": "max_parallel", "parallel": "max_parallel",
     "timezone": "timezone", "tz": "timezone",
     "tlsfingerprint": "tls_fingerprint", "fingerprint": "tls_fingerprint", "sha256": "tls_fingerprint",
+    "schedule": "schedule", "repeat": "schedule",
 }
 REQUIRED = ("server", "username", "password", "starttime", "endtime")
+TIMES = ("starttime", "endtime")  # not required of a sheet whose rows all run on a schedule
+
+
+class Imported(list):
+    """A sheet's tasks, and its scheduled rows in `schedules` (they become tasks run after run)."""
+
+    def __init__(self, tasks=(), schedules: list[Schedule] | None = None):
+        super().__init__(tasks)
+        self.schedules = schedules or []
+
+    def into(self, store) -> ImportResult:
+        """Add the tasks and the schedules to a store; one result counting both."""
+        result = store.add(list(self)) if self else ImportResult()
+        if self.schedules:
+            scheduled = store.add_schedules(self.schedules)
+            result.added += scheduled.added
+            result.existing += scheduled.existing
+            result.updated += scheduled.updated
+        return result
 # The header-less layout of sheets made for the original blog-post task server.
 HEADERLESS = ("username", "password", "server", "cameras", "starttime", "endtime")
 
 
-def load_sheet(path: str | Path, chunk: str | None = None, timezone: str | None = None) -> list[TaskSpec]:
+def load_sheet(path: str | Path, chunk: str | None = None, timezone: str | None = None,
+               now: float | None = None) -> Imported:
     """Read and validate a task sheet (.xlsx or .csv); raise SheetError listing every problem found.
 
     `chunk` ("1h") splits every row per camera and per that much time unless the row
-    has its own `chunk`; `timezone` is the NVRs' zone unless a row names its own.
+    has its own `chunk`; `timezone` is the NVRs' zone unless a row names its own;
+    `now` is the moment relative times ("yesterday") and schedules count from.
     """
     path = Path(path)
-    defaults = _defaults(path.name, chunk, timezone)
+    defaults = _defaults(path.name, chunk, timezone, now)
     with open_table(path) as table:
         return _read_rows(path.name, table, defaults)
 
 
 def load_rows(rows, chunk=None, timezone=None, origin: str = "request",
-              max_tasks: int = MAX_REQUEST_TASKS) -> list[TaskSpec]:
+              max_tasks: int = MAX_REQUEST_TASKS, now: float | None = None) -> Imported:
     """Validate tasks given as JSON objects (the REST API) exactly as sheet rows are validated.
 
     Field names are the sheet's column names and aliases; every value must be text,
@@ -67,7 +91,7 @@ def load_rows(rows, chunk=None, timezone=None, origin: str = "request",
     nothing is returned unless every task is valid. Any JSON at all gives either
     task specs or a SheetError.
     """
-    defaults = _defaults(origin, chunk, timezone)
+    defaults = _defaults(origin, chunk, timezone, now)
     if not isinstance(rows, list) or not rows:
         raise SheetError([SheetProblem(origin, "'tasks' must be a non-empty list of objects")])
     if len(rows) > max_tasks:
@@ -95,7 +119,7 @@ def load_rows(rows, chunk=None, timezone=None, origin: str = "request",
                                      defaults, problem))
     if problem.found:
         raise SheetError(problem.found)
-    return accept.specs
+    return Imported(accept.specs, accept.schedules)
 
 
 class _Problems:
@@ -118,14 +142,16 @@ class _Acceptor:
     def __init__(self, problem: _Problems, max_tasks: int, what: str):
         self.problem, self.max_tasks, self.what = problem, max_tasks, what
         self.specs: list[TaskSpec] = []
+        self.schedules: list[Schedule] = []
         self.seen: dict[str, int] = {}
         self.caps: dict[str, tuple[int, int]] = {}
+        self.passwords: dict[tuple[str, str], tuple[str, int]] = {}
         self.total = 0
 
-    def __call__(self, rownum: int, row: tuple[TaskSpec, timedelta | None] | None) -> None:
+    def __call__(self, rownum: int, row: tuple[TaskSpec, timedelta | None, Schedule | None] | None) -> None:
         if row is None:
             return
-        spec, step = row
+        spec, step, schedule = row
         if spec.key in self.seen:
             what = "id" if spec.key.startswith("id:") else "NVR, cameras and time range"
             self.problem(f"same {what} as row {self.seen[spec.key]}: each task must appear once", rownum)
@@ -137,6 +163,14 @@ class _Acceptor:
                 self.problem(f"max_parallel {spec.max_parallel} for {spec.server} differs from {cap} on row"
                              f" {first}", rownum)
                 return
+        password, first = self.passwords.setdefault((spec.server, spec.username), (spec.password, rownum))
+        if password != spec.password:  # never shown: say only where they differ
+            self.problem(f"the password of user {spec.username!r} on {spec.server} differs from the one on row"
+                         f" {first}: an NVR user has one password", rownum)
+            return
+        if schedule is not None:
+            self.schedules.append(schedule)
+            return
         cameras = max(1, len(spec.cameras))
         chunks = math.ceil(spec.span / step.total_seconds()) if step else 1
         count = cameras * chunks
@@ -151,8 +185,8 @@ class _Acceptor:
         self.specs.extend(split(spec, step) if step else [spec])
 
 
-def _defaults(origin: str, chunk, timezone) -> dict:
-    defaults = {}
+def _defaults(origin: str, chunk, timezone, now: float | None) -> dict:
+    defaults: dict = {"now": time.time() if now is None else now}
     try:
         if chunk:
             defaults["chunk"] = parse.parse("chunk", Cell(chunk))
@@ -172,7 +206,7 @@ def _read_rows(fname: str, table, defaults: dict) -> list[TaskSpec]:
     headerless = columns is None
     if headerless:  # the first row is data too
         columns = dict(enumerate(HEADERLESS))
-    elif any(field not in columns.values() for field in REQUIRED):
+    elif any(field not in columns.values() for field in _required(columns.values())):
         raise SheetError(problem.found)  # rows cannot be checked without their required columns
 
     accept = _Acceptor(problem, MAX_IMPORT_TASKS, "sheet")
@@ -183,11 +217,17 @@ def _read_rows(fname: str, table, defaults: dict) -> list[TaskSpec]:
         if all(parse.blank(cell.value) for _, cell in values.values()):
             continue
         accept(rownum, _row_spec(f"{source}, row {rownum}", rownum, values, where_of, headerless, defaults, problem))
-    if not accept.specs and not problem.found:
+    if not accept.specs and not accept.schedules and not problem.found:
         problem("no task rows below the header")
     if problem.found:
         raise SheetError(problem.found)
-    return accept.specs
+    return Imported(accept.specs, accept.schedules)
+
+
+def _required(fields) -> tuple[str, ...]:
+    """The columns a sheet must have: times may be left out when every row runs on a schedule."""
+    fields = set(fields)
+    return tuple(f for f in REQUIRED if f not in TIMES or "schedule" not in fields)
 
 
 def _header_key(name) -> str:
@@ -227,30 +267,44 @@ def _columns(rownum: int, header_row, problem) -> dict[int, str] | None:
     for i, text in unknown:
         problem(f"unknown column {_label(text)!r} (known: {', '.join(sorted(set(ALIASES.values())))};"
                 " start a header with # to keep a notes column)", rownum, _letter(i))
-    for field in REQUIRED:
+    for field in _required(columns.values()):
         if field not in columns.values():
             problem(f"missing column {field!r}", rownum)
     return columns
 
 
 def _row_spec(source, rownum, cells, where_of, headerless, defaults,
-              problem) -> tuple[TaskSpec, timedelta | None] | None:
+              problem) -> tuple[TaskSpec, timedelta | None, Schedule | None] | None:
     """Validate one row; report its problems and return None if it has any."""
     errors: list[tuple[str, str]] = []
     values = {}
+    relative = _relative_start(cells)
     for field, (_, cell) in cells.items():
+        if field == "starttime" and relative:
+            continue  # "yesterday", "last 6h": resolved below, with the row's zone
         try:
             values[field] = parse.parse(field, cell)
         except ValueError as exc:
             errors.append((where_of[field], str(exc)))
+    cadence = values.get("schedule")
     for field in REQUIRED if not headerless else ("server", "username", "password"):
         where = where_of.get(field, field)
-        if values.get(field) is None and not any(w == where for w, _ in errors):
+        optional = (field == "starttime" and (relative or cadence)) or (field == "endtime" and (relative or cadence))
+        if values.get(field) is None and not optional and not any(w == where for w, _ in errors):
             errors.append((where, "empty; this column is required"))
-    aware = _resolve_offsets(values, cells, where_of, values.get("timezone") or defaults.get("timezone"), errors)
+    zone = values.get("timezone") or defaults.get("timezone")
+    aware = _resolve_offsets(values, cells, where_of, zone, errors)
+    if relative:
+        _resolve_relative(relative, values, where_of, zone, defaults["now"], cadence is not None, errors)
+    if cadence is not None and values.get("endtime") is not None:
+        errors.append((where_of["endtime"], "a row on a schedule has no end time: each run exports the periods that"
+                       " ended since the last one"))
+    if cadence is not None and (aware or zone == AUTO):
+        errors.append((where_of.get("timezone", "timezone"), "a row on a schedule needs the NVR's zone by name"
+                       " (e.g. Europe/Bucharest), or none for this coordinator's own zone, not auto"))
     start, end = values.get("starttime"), values.get("endtime")
     step = values.get("chunk") or defaults.get("chunk")
-    if step and (start is None or end is None):
+    if step and cadence is None and (start is None or end is None):
         errors.append((where_of.get("chunk", "chunk"), "chunking needs a start and an end time"))
     if (start is None) != (end is None) and headerless:
         errors.append(("starttime/endtime", "give both start and end time, or neither"))
@@ -271,6 +325,8 @@ def _row_spec(source, rownum, cells, where_of, headerless, defaults,
         key = f"id:{values['id']}"
     else:  # rows that use neither new column keep the key they always had
         identity = [values["server"], values["username"], sorted(cameras, key=int), start_s, end_s]
+        if cadence is not None:  # the same row imported on another day is the same schedule
+            identity = [*identity[:3], relative or start_s, cadence.text]
         key = "row:" + hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
     spec = TaskSpec(
         key=key, server=values["server"], username=values["username"], password=values["password"],
@@ -279,7 +335,41 @@ def _row_spec(source, rownum, cells, where_of, headerless, defaults,
         max_parallel=values.get("max_parallel"), timezone=AUTO if aware else None,
         tls_fingerprint=values.get("tls_fingerprint"),
     )
-    return spec, step
+    if cadence is None:
+        return spec, step, None
+    from .schedule import make_schedule
+
+    return spec, step, make_schedule(spec, cadence.text, getattr(zone, "key", None), step, defaults["now"])
+
+
+def _relative_start(cells: dict) -> str | None:
+    """The starttime cell's text when it is relative ("yesterday", "today", "last 6h"), else None."""
+    cell = cells.get("starttime", (0, None))[1]
+    value = getattr(cell, "value", None)
+    return value.strip() if isinstance(value, str) and RELATIVE.match(value) else None
+
+
+def _resolve_relative(text: str, values: dict, where_of: dict, zone, now: float, scheduled: bool,
+                      errors: list) -> None:
+    """A relative start becomes the window it means now, in the NVR's zone (a schedule's: its first window)."""
+    where = where_of.get("starttime", "starttime")
+    if zone == AUTO:
+        errors.append((where, f"{text!r} needs the NVR's zone by name (timezone column or --timezone, e.g."
+                       " Europe/Bucharest), not auto: the coordinator works out the window before any worker"
+                       " asks the NVR"))
+        return
+    try:
+        start, end = relative_window(text, now, zone or local_zone())
+    except ValueError as exc:
+        errors.append((where, str(exc)))
+        return
+    values["starttime"] = start
+    if scheduled:
+        return
+    if values.get("endtime") is not None:
+        errors.append((where_of["endtime"], f"leave the end time empty: {text!r} says where the window ends"))
+        return
+    values["endtime"] = end
 
 
 def _resolve_offsets(values: dict, cells: dict, where_of: dict, zone, errors: list) -> bool:

@@ -220,3 +220,67 @@ def test_rows_that_use_no_new_column_keep_their_task_keys(tmp_path):
     chunked = load_sheet(write_sheet(tmp_path / "c.xlsx", rows[:1], header), chunk="1h")
     assert [s.key for s in chunked][:2] == ["row:ad06ff6df13bfd558c087788/201/20260101T000000",
                                             "row:ad06ff6df13bfd558c087788/201/20260101T010000"]
+
+
+NOW = datetime(2026, 3, 10, 14, 30).replace(tzinfo=__import__("datetime").UTC).timestamp()
+
+
+def test_relative_windows_are_the_nvrs_local_day_or_the_last_hours(tmp_path):
+    header = ["server", "username", "password", "cameras", "starttime", "endtime", "timezone", "name"]
+    rows = [["10.0.0.5", "admin", "pw", 101, "yesterday", None, "Europe/Bucharest", "y"],
+            ["10.0.0.5", "admin", "pw", 101, "today", None, "UTC", "t"],
+            ["10.0.0.5", "admin", "pw", 101, "Last 6h", None, "UTC", "6h"],
+            ["10.0.0.5", "admin", "pw", 101, "last 7d", "", "UTC", "7d"]]
+    specs = load_sheet(write_sheet(tmp_path / "r.xlsx", rows, header), now=NOW)
+    assert [(s.name, s.start, s.end) for s in specs] == [
+        ("y", "2026-03-09T00:00:00", "2026-03-10T00:00:00"),  # Bucharest is UTC+2: 16:30 on the 10th there
+        ("t", "2026-03-10T00:00:00", "2026-03-10T14:30:00"),
+        ("6h", "2026-03-10T08:30:00", "2026-03-10T14:30:00"),
+        ("7d", "2026-03-03T14:30:00", "2026-03-10T14:30:00")]
+    again = load_sheet(write_sheet(tmp_path / "r.xlsx", rows, header), now=NOW + 86400)
+    assert specs[0].key != again[0].key  # "yesterday" imported the next day is the next day's task
+
+
+def test_relative_windows_that_cannot_be_worked_out_are_refused(tmp_path):
+    header = ["server", "username", "password", "cameras", "starttime", "endtime", "timezone"]
+    rows = [["10.0.0.5", "admin", "pw", 101, "yesterday", "2026-03-10 00:00", "UTC"],
+            ["10.0.0.5", "admin", "pw", 201, "yesterday", None, "auto"],
+            ["10.0.0.5", "admin", "pw", 301, "last 0h", None, "UTC"]]
+    found = problems_of(write_sheet(tmp_path / "r.xlsx", rows, header))
+    assert "r.xlsx, sheet 'tasks', row 2, column F (endtime): leave the end time empty: 'yesterday' says where" \
+           " the window ends" in found
+    assert any("row 3, column E (starttime): 'yesterday' needs the NVR's zone by name" in p for p in found)
+    assert any(p.startswith("r.xlsx, sheet 'tasks', row 4, column E (starttime)") for p in found)
+
+
+def test_a_row_on_a_schedule_becomes_a_schedule_not_tasks(tmp_path):
+    header = ["server", "username", "password", "cameras", "starttime", "schedule", "timezone", "chunk", "name"]
+    rows = [["10.0.0.5", "admin", "pw", "101,201", "yesterday", "daily 01:00", "UTC", "6h", "lobby"],
+            ["10.0.0.6", "admin", "pw", 101, None, "every 6h", None, None, "gate"]]
+    imported = load_sheet(write_sheet(tmp_path / "s.xlsx", rows, header), now=NOW)
+    assert list(imported) == []
+    lobby, gate = imported.schedules
+    assert (lobby.cadence, lobby.zone, lobby.cursor, lobby.chunk) == ("daily 01:00", "UTC", "2026-03-09T00:00:00",
+                                                                      21600)
+    assert lobby.next_fire == NOW  # the 9th is over: its run is due at once
+    assert lobby.template.cameras == ("101", "201") and lobby.template.password is None and lobby.password == "pw"
+    assert gate.zone is None and gate.next_fire > NOW
+    same = load_sheet(write_sheet(tmp_path / "s.xlsx", rows, header), now=NOW + 86400)
+    assert [s.key for s in same.schedules] == [lobby.key, gate.key]  # imported again, the same schedules
+
+
+def test_schedules_and_passwords_that_contradict_themselves_are_refused(tmp_path):
+    header = ["server", "username", "password", "cameras", "starttime", "endtime", "schedule", "timezone"]
+    rows = [["10.0.0.5", "admin", "pw", 501, None, None, "daily", "UTC"],
+            ["10.0.0.5", "admin", "pw", 101, None, "2026-03-10 00:00", "daily", "UTC"],
+            ["10.0.0.5", "admin", "pw", 201, None, None, "weekly", "UTC"],
+            ["10.0.0.5", "admin", "pw", 301, None, None, "daily", "auto"],
+            ["10.0.0.5", "admin", "Other-Secret", 401, "2026-03-01", "2026-03-02", None, None]]
+    found = problems_of(write_sheet(tmp_path / "s.xlsx", rows, header))
+    assert any("row 3, column F (endtime): a row on a schedule has no end time" in p for p in found)
+    assert any("row 4, column G (schedule): 'weekly' is not a schedule (use e.g. daily 01:00, every 6h, hourly)"
+               in p for p in found)
+    assert any("row 5, column H (timezone): a row on a schedule needs the NVR's zone by name" in p for p in found)
+    assert "s.xlsx, sheet 'tasks', row 6: the password of user 'admin' on 10.0.0.5 differs from the one on row 2:" \
+           " an NVR user has one password" in found
+    assert not any("Other-Secret" in p for p in found)

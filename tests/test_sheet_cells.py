@@ -143,7 +143,7 @@ def test_import_and_serve_take_a_csv_file(procs, tmp_path):
     sheet = write_csv(tmp_path / "tasks.csv", "server,username,password,cameras,starttime,endtime\n"
                       "10.0.0.5,admin,pw,101;201,01.03.2026 00:00,01.03.2026 01:00\n", bom=True)
     imported = subprocess.run([PYTHON, "-m", "taskserver", "import", str(sheet), "--db", str(tmp_path / "a.db"),
-                               "--chunk", "30m"], capture_output=True, text=True, timeout=60)
+                               "--create", "--chunk", "30m"], capture_output=True, text=True, timeout=60)
     assert imported.returncode == 0 and "4 task(s) added, 0 already" in imported.stdout, imported.stderr
     coordinator = start_coordinator(procs, sheet, tmp_path / "b.db")
     assert api(coordinator.url).json()["tasks"] == 1

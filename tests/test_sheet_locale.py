@@ -20,7 +20,7 @@ from .harness import PYTHON
 
 HEADER = "server,username,password,cameras,starttime,endtime,name\n"
 GOOD = HEADER + (
-    "10.0.0.5,admin,12345,101;201,01.03.2026 00:00,01.03.2026 02:00,dotted dates\n"
+    "10.0.0.5,viewer,12345,101;201,01.03.2026 00:00,01.03.2026 02:00,dotted dates\n"
     "10.0.0.5,admin,pw,101/201,13/3/2026 0:00,14/3/2026 0:00,slashed dates with the day above 12\n"
     "10.0.0.5,admin,pw,101,2026-03-01,2026-03-02,ISO dates\n"
     "10.0.0.5,admin,pw,1201,01.03.2026,02.03.2026,dotted dates without a time\n"

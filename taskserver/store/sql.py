@@ -297,12 +297,13 @@ class SQLStore(SQLReads, Store):
             where += " AND server = ?"
             params.append(server)
         with self._write() as db:
-            db.execute(
-                "UPDATE nvrs SET failures = 0, down_since = NULL, backoff_until = 0"
-                f" WHERE server IN (SELECT server FROM tasks WHERE {where})", params,
-            )
-            rows = self._move(db, "requeued", where, tuple(params), now=now, sets=_REQUEUE)
-            return sorted(r["id"] for r in rows)
+            return sorted(r["id"] for r in self._requeue(db, where, tuple(params), now))
+
+    def _requeue(self, db, where: str, params: tuple, now: float, detail: str | None = None) -> list:
+        """Fresh attempts for the tasks matching `where`; their NVRs start with a clean slate too."""
+        db.execute("UPDATE nvrs SET failures = 0, down_since = NULL, backoff_until = 0"
+                   f" WHERE server IN (SELECT server FROM tasks WHERE {where})", params)
+        return self._move(db, "requeued", where, params, now=now, sets=_REQUEUE, detail=detail)
 
     # --- schedules -----------------------------------------------------------------
     @retried
@@ -353,10 +354,8 @@ class SQLStore(SQLReads, Store):
             ).rowcount:
                 return None
             self._add(db, specs, now, result, schedule_id)
-            again = self._move(db, "requeued", f"schedule_id = ? AND state = {F} AND requeued < ?",
-                               (schedule_id, retries), now=now,
-                               detail="a later run of its schedule tries it again", sets=_REQUEUE,
-                               values=())
+            again = self._requeue(db, f"schedule_id = ? AND state = {F} AND requeued < ?", (schedule_id, retries),
+                                  now, "a later run of its schedule tries it again")
             result.updated = len(again)
             self._event(now, "schedule fired", detail=f"schedule {schedule_id}: {result.added} task(s) added,"
                                                       f" {len(again)} failed one(s) tried again")
