@@ -7,10 +7,12 @@ from pathlib import Path
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from . import logs, security
 from .config import Config
 from .errors import ConfigError, TaskServerError
 from .sheet import load_sheet
 from .store import Store
+from .validate import TaskId
 
 log = logging.getLogger("taskserver")
 
@@ -24,19 +26,23 @@ def create_app(config: Config | None = None) -> Flask:
     config = config or Config.from_env()
     app = Flask(__name__)
     app.config["TASKSERVER"] = config
-    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body
     app.json.sort_keys = False
+    app.url_map.converters["id"] = TaskId
+    logs.install()
+    security.install(app, config)
     store = config.open_store()
     app.extensions["taskserver.store"] = store
     load_tasks(store, config)
 
-    from . import api, dashboard, events, metrics, rest
+    from . import api, dashboard, events, metrics, openapi, rest
 
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(rest.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(events.bp)
+    app.register_blueprint(openapi.bp)
 
     @app.errorhandler(TaskServerError)
     def task_server_error(exc: TaskServerError):
@@ -59,7 +65,8 @@ def create_app(config: Config | None = None) -> Flask:
     def http_error(exc: HTTPException):
         if not request.path.startswith("/api/"):
             return exc
-        return jsonify({"error": exc.name, "message": exc.description}), exc.code
+        headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]  # e.g. Allow on a 405
+        return jsonify({"error": exc.name, "message": exc.description}), exc.code, headers
 
     @app.get("/healthz")
     def healthz():

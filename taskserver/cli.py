@@ -52,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
                        help="open event streams allowed, each with a thread of its own (default 32)")
     serve.add_argument("--connections", type=int,
                        help="open connections accepted; at least the number of workers (default 1000)")
+    serve.add_argument("--header-timeout", type=float,
+                       help="seconds a connection may take to send a request's head (default 15)")
+    serve.add_argument("--max-body", type=int, help="largest request body in bytes (default 8388608, 8 MiB)")
+    serve.add_argument("--public-host",
+                       help="names this coordinator is reached by besides its addresses, comma-separated"
+                            " (e.g. coord.example.com behind a proxy)")
     serve.add_argument("--per-nvr", type=int, help="concurrent tasks per NVR (default 2)")
     serve.add_argument("--nvr-backoff", type=float,
                        help="first rest in seconds for a busy or unreachable NVR, doubling up to 300 (default 5)")
@@ -122,24 +128,20 @@ def _config(args: argparse.Namespace, *names: str) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve with waitress; print the address (and a generated token) once."""
-    import waitress
-
     from .app import create_app
+    from .server import make_server
 
     config = _config(args, "tasks", "db", "host", "port", "token", "read_token", "lease_seconds", "max_attempts",
                      "backoff_base", "backoff_max", "max_wait", "threads", "streams", "connections", "per_nvr",
-                     "nvr_backoff", "nvr_give_up", "chunk", "timezone", "db_pool", "events_kept")
+                     "nvr_backoff", "nvr_give_up", "chunk", "timezone", "db_pool", "events_kept", "header_timeout",
+                     "max_body", "public_host")
     if not config.loopback and not config.token:
         token = secrets.token_urlsafe(24)
         config = Config.from_env(**{**config.__dict__, "token": token})
         print(f"taskserver: listening beyond loopback without a token; generated one (shown once):\n"
               f"  {token}\npass it to workers with --token or TASKSERVER_TOKEN", file=sys.stderr, flush=True)
     app = create_app(config)
-    # Every worker keeps a connection alive; waitress's default limit of 100 would
-    # leave the 101st worker unanswered.
-    # Event streams each hold a thread for as long as they are open: they get their own.
-    server = waitress.create_server(app, host=config.host, port=config.port, threads=config.threads + config.streams,
-                                    connection_limit=config.connections, ident="taskserver", channel_timeout=120)
+    server = make_server(app, config)
     host = f"[{config.host}]" if ":" in config.host else config.host
     print(f"taskserver listening on http://{host}:{server.effective_port}", flush=True)
     try:

@@ -20,7 +20,7 @@ import logging
 
 from flask import Blueprint, current_app, jsonify, request, send_file
 
-from . import api
+from . import api, validate
 from .errors import BadRequest, Conflict
 from .sheet import row_label
 from .store import State
@@ -45,8 +45,9 @@ def tasks():
     if order not in api.store().ORDERS:
         raise BadRequest(f"order must be one of {', '.join(api.store().ORDERS)}")
     page, per_page = _int_arg("page", 1, 1, 10**9), _int_arg("per_page", 50, 1, 500)
-    rows, total = api.store().tasks(state=state, nvr=args.get("nvr"), worker=args.get("worker"),
-                                    text=args.get("q"), order=order, offset=(page - 1) * per_page, limit=per_page)
+    rows, total = api.store().tasks(state=state, nvr=validate.query_text("nvr"), worker=validate.query_text("worker"),
+                                    text=validate.query_text("q"), order=order, offset=(page - 1) * per_page,
+                                    limit=per_page)
     return jsonify({"tasks": rows, "total": total, "page": page, "per_page": per_page})
 
 
@@ -55,12 +56,13 @@ def add_tasks():
     """Add tasks: the sheet's fields, validation and messages; all of the batch or nothing."""
     from .sheet import load_rows
 
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict) or "tasks" not in body or set(body) - {"tasks", "chunk", "timezone"}:
+    body = validate.json_body()
+    if "tasks" not in body or set(body) - {"tasks", "chunk", "timezone"}:
         raise BadRequest('expected {"tasks": [{...}, ...]} with optional "chunk" and "timezone"')
     config = current_app.config["TASKSERVER"]
-    specs = load_rows(body["tasks"], chunk=body.get("chunk") or config.chunk,
-                      timezone=body.get("timezone") or config.timezone)
+    chunk = validate.text(body.get("chunk"), "chunk", 100, optional=True)
+    timezone = validate.text(body.get("timezone"), "timezone", 100, optional=True)
+    specs = load_rows(body["tasks"], chunk=chunk or config.chunk, timezone=timezone or config.timezone)
     result = api.store().add(specs)
     log.info("API: %d task(s) added, %d already queued", result.added, result.existing)
     return jsonify({"added": result.added, "existing": result.existing, "updated": result.updated,
@@ -70,10 +72,10 @@ def add_tasks():
 @bp.get("/tasks/done")
 def done():
     """Ids of done tasks above `after`."""
-    return jsonify({"ids": api.store().done_ids(_int_arg("after", 0, 0, 2**62))})
+    return jsonify({"ids": api.store().done_ids(_int_arg("after", 0, 0, validate.MAX_ID))})
 
 
-@bp.get("/tasks/<int:task_id>/result")
+@bp.get("/tasks/<id:task_id>/result")
 def result(task_id: int):
     """A done task's result; 404 until then."""
     task = api.store().task(task_id)
@@ -82,7 +84,7 @@ def result(task_id: int):
     return jsonify({"id": task_id, "result": task["result"]})
 
 
-@bp.post("/tasks/<int:task_id>/requeue")
+@bp.post("/tasks/<id:task_id>/requeue")
 def requeue_one(task_id: int):
     """Queue a failed or cancelled task again with fresh attempts."""
     state = api.store().task(task_id)["state"]
@@ -92,7 +94,7 @@ def requeue_one(task_id: int):
     return jsonify({"ok": True, "state": State.QUEUED.value})
 
 
-@bp.post("/tasks/<int:task_id>/cancel")
+@bp.post("/tasks/<id:task_id>/cancel")
 def cancel(task_id: int):
     """Cancel a task; a running one's worker is refused at its next heartbeat."""
     state = api.store().cancel(task_id)
@@ -103,10 +105,11 @@ def cancel(task_id: int):
 @bp.post("/requeue")
 def requeue_failed():
     """Requeue every failed task, or one NVR's."""
-    body = request.get_json(silent=True) or {}
-    if not isinstance(body, dict) or set(body) - {"nvr"}:
+    body = validate.json_body(optional=True)
+    nvr = body.get("nvr")
+    if set(body) - {"nvr"} or not (nvr is None or isinstance(nvr, str) and 0 < len(nvr) <= 300 and nvr.isprintable()):
         raise BadRequest('body must be empty or {"nvr": "host[:port]"}')
-    count = api.store().requeue(server=body.get("nvr"), states=(State.FAILED.value,))
+    count = api.store().requeue(server=nvr.lower() if nvr else None, states=(State.FAILED.value,))
     log.info("%d failed task(s) requeued", count)
     return jsonify({"ok": True, "requeued": count})
 
@@ -159,10 +162,9 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be a whole number") from None
+    if not (raw.isascii() and raw.strip().lstrip("+-").isdigit()) or len(raw) > 30:
+        raise BadRequest(f"{name} must be a whole number")
+    value = int(raw)
     if not low <= value <= high:
         raise BadRequest(f"{name} must be between {low} and {high}")
     return value
