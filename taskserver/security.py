@@ -21,13 +21,16 @@ Programs (workers, curl, scripts) send neither Origin nor Sec-Fetch-Site and pas
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 from urllib.parse import urlsplit
 
 from flask import Flask, current_app, request
 
 from .config import Config
-from .errors import Forbidden, MisdirectedRequest, UnsupportedMediaType
+from .errors import Forbidden, MisdirectedRequest, TaskServerError, UnsupportedMediaType
+
+log = logging.getLogger("taskserver")
 
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 STATE_CHANGING_GETS = frozenset({"api.claim"})  # a claim leases a task: it changes state although it is a GET
@@ -76,6 +79,14 @@ def same_origin(origin: str, host: str, names: frozenset[str]) -> bool:
 
 def check_request() -> None:
     """Refuse foreign Host names, cross-origin state changes and claims, and bodies that are not JSON."""
+    try:
+        _check()
+    except TaskServerError as exc:  # the operator should know a page or a client tried
+        log.warning("refused %s %s from %s: %s", request.method, request.path[:200], request.remote_addr, exc)
+        raise
+
+
+def _check() -> None:
     names = current_app.extensions["taskserver.served_names"]
     if request.path in OPEN_PATHS:
         return
