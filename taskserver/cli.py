@@ -219,6 +219,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     import requests
 
+    from .logs import escape
+
     token = args.token or os.environ.get("TASKSERVER_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     last = None
@@ -239,9 +241,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
                         kind = line[7:]
                     elif line.startswith("data: ") and kind == "task":
                         e = json.loads(line[6:])
-                        who = f" by {e['worker']}" if e["worker"] else ""
+                        who = f" by {escape(str(e['worker']))}" if e["worker"] else ""
                         task = f"task {e['task_id']} " if e["task_id"] else ""
-                        detail = f": {e['detail']}" if e["detail"] else ""
+                        detail = f": {escape(str(e['detail']))}" if e["detail"] else ""
                         print(f"{datetime.fromtimestamp(e['at']):%H:%M:%S} {task}{e['kind']}"
                               f"{' -> ' + e['state'] if e['state'] and e['state'] != e['kind'] else ''}{who}{detail}",
                               flush=True)
@@ -260,6 +262,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     import requests
 
+    from .logs import escape
+
     token = args.token or os.environ.get("TASKSERVER_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
@@ -268,7 +272,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"taskserver: cannot reach {args.url}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     if response.status_code != 200:
-        print(f"taskserver: {args.url} answered {response.status_code}: {response.text[:300]}", file=sys.stderr)
+        print(f"taskserver: {args.url} answered {response.status_code}: {escape(response.text[:300])}",
+              file=sys.stderr)
         return EXIT_ERROR
     status = response.json()
     if args.json:
@@ -281,5 +286,5 @@ def cmd_status(args: argparse.Namespace) -> int:
     for w in status["workers"]:
         where = f"task {w['task']}" if w["task"] else "idle"
         lost = "  LOST" if w["lost"] else ""
-        print(f"  {w['name']:<40} {where:<12} done {w['done']:<6} seen {w['last_seen_ago']}s ago{lost}")
+        print(f"  {escape(str(w['name'])):<40} {where:<12} done {w['done']:<6} seen {w['last_seen_ago']}s ago{lost}")
     return EXIT_OK

@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from .harness import HEADER, T, api, start_client, start_coordinator, wait_for, write_sheet
+from .harness import HEADER, PYTHON, T, api, start_client, start_coordinator, wait_for, write_sheet
 
 PASSWORD = "Sec-pw-4417"
 TOKEN = "Sec-token-0123456789"
@@ -167,6 +167,7 @@ def test_an_anonymous_client_cannot_make_the_coordinator_read_a_large_body(procs
 def test_untrusted_text_cannot_forge_a_line_in_the_coordinators_log(procs, tmp_path, sheet):
     coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db")
     url = coordinator.url
+    watch = procs.start("watch", [PYTHON, "-m", "taskserver", "watch", "--url", url], ready=r"(-- )queued")
     lease = claim(url)["lease"]["id"]
     forged = "2026-01-01 00:00:00,000 taskserver INFO task 1 done: 9 file(s)"
     error = f"NVR said: busy\n{forged}\r\x1b[2K\u2028{forged}"
@@ -183,6 +184,9 @@ def test_untrusted_text_cannot_forge_a_line_in_the_coordinators_log(procs, tmp_p
     assert not any(line.startswith(forged[:20]) for line in lines), log[-2000:]
     assert "NVR said: busy\\n2026-01-01" in log and "\\x1b[2K\\u2028" in log
     assert "/api/pause\\n2026-01-01" in log
+    # `taskserver watch` prints the same text to a terminal: escaped too, so it cannot move the cursor either.
+    shown = wait_for(lambda: (text := watch.output()) and "NVR said" in text and text, what="watch to show it")
+    assert "NVR said: busy\\n2026-01-01" in shown and "\x1b" not in shown
     # The task itself keeps the text as the worker sent it (the dashboard escapes it; the report cleans it).
     assert api(url, path="/api/tasks/1").json()["last_error"] == error
 
