@@ -28,10 +28,10 @@ EXAMPLES = 25  # per operation and mode: the whole run stays well under a minute
 
 
 @pytest.fixture
-def coordinator(procs, tmp_path):
+def coordinator(procs, tmp_path, db):
     rows = [[f"10.9.0.{n}", "admin", "Fuzz-pw-1", 101, T, T.replace(hour=1), f"task {n}"] for n in range(1, 6)]
     sheet = write_sheet(tmp_path / "tasks.xlsx", rows, HEADER)
-    return start_coordinator(procs, sheet, tmp_path / "ts.db", "--token", TOKEN)
+    return start_coordinator(procs, sheet, db, "--token", TOKEN)
 
 
 def test_every_route_answers_generated_requests_within_its_description(coordinator):

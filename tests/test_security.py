@@ -87,8 +87,8 @@ def test_state_changes_and_claims_from_another_origin_are_refused_with_or_withou
         assert claim(url, token)["status"] == "task"
 
 
-def test_malformed_requests_get_a_4xx_json_answer_never_a_500(procs, tmp_path, sheet):
-    url = start_coordinator(procs, sheet, tmp_path / "ts.db", "--token", TOKEN).url
+def test_malformed_requests_get_a_4xx_json_answer_never_a_500(procs, tmp_path, sheet, db):
+    url = start_coordinator(procs, sheet, db, "--token", TOKEN).url
     lease = claim(url, TOKEN)["lease"]["id"]
 
     def post(path, body):
