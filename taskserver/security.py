@@ -69,12 +69,17 @@ def host_allowed(host: str, names: frozenset[str]) -> bool:
     return True
 
 
-def same_origin(origin: str, host: str, names: frozenset[str]) -> bool:
-    """Whether a browser's Origin is this coordinator's own page (or one of its public names)."""
+def same_origin(origin: str, host: str, public: frozenset[str]) -> bool:
+    """Whether a browser's Origin is this coordinator's own page: the Host it asked for, or a public name.
+
+    A public name counts only on its scheme's default port (the proxy's): another port of the same
+    machine is another site.
+    """
     parts = urlsplit(origin)
     if parts.scheme not in ("http", "https") or not parts.netloc:
         return False  # "null" (sandboxed frames, file: pages) and anything odd
-    return parts.netloc.lower() == host.strip().lower() or host_name(parts.netloc) in names
+    netloc = parts.netloc.lower()
+    return netloc == host.strip().lower() or netloc in public
 
 
 def check_request() -> None:
@@ -101,7 +106,7 @@ def _check() -> None:
     if site is not None and site.lower() not in SAME_ORIGIN_FETCH:
         raise Forbidden(f"refused a {site[:40]} request from a web page: only the coordinator's own page may do this")
     origin = request.headers.get("Origin")
-    if origin is not None and not same_origin(origin, host, names):
+    if origin is not None and not same_origin(origin, host, current_app.config["TASKSERVER"].public_hosts):
         raise Forbidden(f"refused a request from the web page {origin[:100]!r}: only the coordinator's own page"
                         " may do this")
     if request.method not in SAFE_METHODS and _has_body() and request.mimetype != "application/json":

@@ -59,6 +59,11 @@ def test_a_foreign_host_name_is_refused_so_a_rebinding_page_reads_nothing(procs,
     for host in (f"127.0.0.1:{port}", f"localhost:{port}", "coord.example.com", f"[::1]:{port}"):
         assert requests.get(url + "/api/status", headers={"Host": host}, timeout=10).status_code == 200, host
     assert requests.get(url + "/healthz", headers={"Host": "lb-probe.internal"}, timeout=10).json() == {"ok": True}
+    # Behind a proxy that keeps its own Host, the dashboard's Origin is the public name, on its default port only.
+    for origin, expected in (("https://coord.example.com", 200), ("https://coord.example.com:8443", 403),
+                             (f"http://localhost:{port}", 403)):
+        answer = requests.post(url + "/api/resume", headers={"Origin": origin}, timeout=10)
+        assert answer.status_code == expected, origin
 
 
 def test_state_changes_and_claims_from_another_origin_are_refused_with_or_without_a_token(procs, tmp_path, sheet):
