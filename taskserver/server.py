@@ -16,18 +16,23 @@ What a flood needs no token for, and what stops it:
   request (slowloris sends headers a byte at a time). After a complete request
   it may idle up to `IDLE_SECONDS`, as workers do between polls. The sweep runs
   every few seconds.
-- **Bodies.** At most `--max-body` bytes are read for any request, before the
-  token is checked; larger ones are answered 413 without reading them.
+- **Bodies.** When the coordinator has a token, a request body is read only
+  when the request carries a token: any other request with a body is answered
+  401 from its headers alone. With the token, at most `--max-body` bytes are
+  read; larger bodies are answered 413 without reading them.
 """
 from __future__ import annotations
 
+import hmac
 import json
 import time
 
 from waitress.adjustments import Adjustments
 from waitress.channel import HTTPChannel
+from waitress.parser import HTTPRequestParser
 from waitress.server import MultiSocketServer, TcpWSGIServer
 from waitress.task import ErrorTask, ThreadedTaskDispatcher
+from waitress.utilities import Error
 
 from .config import Config
 from .errors import ConfigError
@@ -50,10 +55,37 @@ class JsonErrorTask(ErrorTask):
         self.write(body)
 
 
+class MissingToken(Error):
+    """A request with a body but without the coordinator's token: refused before its body is read."""
+
+    code = 401
+    reason = "Unauthorized"
+
+
+class TokenFirstParser(HTTPRequestParser):
+    """Reads a request's body only if its headers carry one of the coordinator's tokens (when it has any)."""
+
+    tokens: tuple[bytes, ...] = ()  # the token and the read token
+
+    def parse_header(self, header_plus: bytes) -> None:
+        super().parse_header(header_plus)
+        if self.tokens and (self.chunked or self.content_length > 0) and not self._carries_token():
+            self.error = MissingToken("missing or wrong bearer token (Authorization: Bearer <token>);"
+                                      " a request body is read only with the token")
+            self.completed = True
+            self.content_length = 0  # so that the size check after this does not answer 413 instead
+
+    def _carries_token(self) -> bool:
+        given = self.headers.get("AUTHORIZATION", "")  # as the app reads it: "Bearer <token>"
+        given = given[7:].strip().encode("latin-1", "replace") if given.startswith("Bearer ") else b""
+        return any(hmac.compare_digest(given, token) for token in self.tokens)
+
+
 class GuardedChannel(HTTPChannel):
     """A connection that must send each request head within the server's header timeout."""
 
     error_task_class = JsonErrorTask
+    parser_class = TokenFirstParser
     spoke = False  # has sent at least one byte
     head_began: float | None = None  # when the request head now arriving began; None when none is pending
 
@@ -97,9 +129,12 @@ def make_server(app, config: Config):
     dispatcher.set_thread_count(adj.threads)
     socket_map: dict = {}
     servers = []
+    tokens = tuple(t.encode() for t in (config.token, config.read_token) if t)
+    parser = type("Parser", (TokenFirstParser,), {"tokens": tokens})
+    channel = type("Channel", (GuardedChannel,), {"parser_class": parser})
     for sockinfo in adj.listen:
         server = GuardedServer(app, socket_map, dispatcher=dispatcher, adj=adj, sockinfo=sockinfo)
-        server.header_timeout = config.header_timeout
+        server.header_timeout, server.channel_class = config.header_timeout, channel
         servers.append(server)
     if len(servers) == 1:
         return servers[0]
