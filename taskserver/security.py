@@ -118,7 +118,14 @@ def _has_body() -> bool:
     return bool(request.content_length or request.headers.get("Transfer-Encoding") or request.content_type)
 
 
+def no_sniffing(response):
+    """A JSON answer stays JSON: a page cannot load /api/claim as a script or a style sheet."""
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
 def install(app: Flask, config: Config) -> None:
     """Run the checks before every request of the app."""
     app.extensions["taskserver.served_names"] = served_names(config)
     app.before_request(check_request)
+    app.after_request(no_sniffing)

@@ -22,7 +22,7 @@ PASSWORD = "Page-pw-5521"
 XSS = "<img src=x onerror=\"window.__xss=(window.__xss||[]).concat('{}')\">"
 
 ATTACK = """<!doctype html><html><body>
-<iframe name="f1"></iframe><iframe name="f2"></iframe><iframe name="f3"></iframe><iframe name="f4"></iframe>
+<iframe id="framed" src="DASHBOARD"></iframe><iframe name="f1"></iframe><iframe name="f2"></iframe><iframe name="f3"></iframe><iframe name="f4"></iframe>
 <form id="f1" method="POST" action="C/api/pause" target="f1" enctype="text/plain"><input name='{"a":"' value='"}'></form>
 <form id="f2" method="POST" action="C/api/tasks/1/cancel" target="f2"><input name="x" value="1"></form>
 <form id="f3" method="POST" action="C/api/requeue" target="f3" enctype="multipart/form-data"></form>
@@ -85,13 +85,17 @@ def test_a_hostile_page_can_neither_steer_the_run_nor_read_a_claim(procs, tmp_pa
     rows = [[f"10.8.0.{n}", "admin", PASSWORD, 101, T, T.replace(hour=1), f"task {n}"] for n in range(1, 4)]
     coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db")
     url = coordinator.url  # loopback, no token: the default a page can reach
-    site, page_url = serve_page(ATTACK.replace("C/api", f"{url}/api").replace('"C"', json.dumps(url)))
+    site, page_url = serve_page(ATTACK.replace("C/api", f"{url}/api").replace('"C"', json.dumps(url))
+                                .replace("DASHBOARD", url + "/"))
     try:
         page = browser.new_page()
         page.goto(page_url)
         results = page.evaluate("attack()")
     finally:
         site.shutdown()
+        framed = page.frame_locator("#framed")
+        # The dashboard refuses to be framed by another site (a framing page could trick clicks on Pause).
+        assert framed.locator("#pause").count() == 0
     assert len(results) == 12, results
     assert all(PASSWORD not in value for value in results.values()), results
     assert results["cors claim, read"].startswith("error: TypeError")  # the page cannot read an answer

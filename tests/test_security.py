@@ -90,6 +90,7 @@ def test_state_changes_and_claims_from_another_origin_are_refused_with_or_withou
         assert requests.post(url + "/api/pause", headers={**auth, **own}, timeout=10).json()["paused"] is True
         assert requests.post(url + "/api/resume", headers=auth, json={}, timeout=10).json()["paused"] is False
         assert claim(url, token)["status"] == "task"
+        assert api(url, token=token).headers["X-Content-Type-Options"] == "nosniff"  # never read as a script
 
 
 def test_malformed_requests_get_a_4xx_json_answer_never_a_500(procs, tmp_path, sheet, db):
