@@ -84,11 +84,11 @@ SCHEMAS = {
     "Ok": _obj({"ok": {"type": "boolean"}}, ("ok",)),
     "Progress": {"type": "object", "nullable": True, "maxProperties": validate.MAX_PROGRESS_KEYS,
                  "description": "done, total, bytes, cameras, rate: whole numbers >= 0 or null; other fields"
-                                f" (lower-case names): numbers or strings of at most {validate.MAX_TEXT} characters",
+                                f" (lower-case names): numbers, true/false or strings (cut to {validate.MAX_TEXT}"
+                                " characters)",
                  "properties": {k: {"type": "integer", "minimum": 0, "maximum": validate.MAX_BYTES, "nullable": True}
                                 for k in validate.PROGRESS_COUNTS},
-                 "additionalProperties": {"oneOf": [
-                     {"type": "string", "maxLength": validate.MAX_TEXT}, {"type": "number"}, {"type": "boolean"}]}},
+                 "additionalProperties": {"oneOf": [{"type": "string"}, {"type": "number"}, {"type": "boolean"}]}},
     "Result": _obj({"files": {"type": "integer", "minimum": 0, "maximum": validate.MAX_FILES},
                     "bytes": {"type": "integer", "minimum": 0, "maximum": validate.MAX_BYTES}},
                    description=f"files and bytes as whole numbers; any other fields, at most"

@@ -136,7 +136,7 @@ def worker(name) -> str:
 
 
 def progress(value) -> dict | None:
-    """A heartbeat's progress: counts as whole numbers, other fields short strings or numbers.
+    """A heartbeat's progress: counts as whole numbers, other fields numbers or strings (cut to MAX_TEXT).
 
     Runners may add fields of their own (lower-case names); the known counts are
     typed, because the dashboard and the worker list compute with them.
@@ -151,14 +151,14 @@ def progress(value) -> dict | None:
             raise BadRequest("'progress' field names must be lower-case words (a-z, 0-9, _), at most 40 characters")
         if key in PROGRESS_COUNTS:
             checked[key] = whole(item, f"progress.{key}", 0, MAX_BYTES, optional=True)
-        elif isinstance(item, str):
-            checked[key] = clean(text(item, f"progress.{key}", MAX_TEXT))
+        elif isinstance(item, str):  # often an NVR's text (a recording's name): cut, never refused
+            checked[key] = clean(item[:MAX_TEXT])
         elif item is None or isinstance(item, bool) or (isinstance(item, int) and abs(item) <= MAX_BYTES):
             checked[key] = item
         elif isinstance(item, float):
             checked[key] = round(item, 3)
         else:
-            raise BadRequest(f"'progress.{key}' must be a number or a string of at most {MAX_TEXT} characters")
+            raise BadRequest(f"'progress.{key}' must be a number, true/false or a string")
     return checked
 
 
