@@ -24,7 +24,7 @@ from .harness import HEADER, T, api, start_coordinator, write_sheet
 
 TOKEN = "fuzz-Token-0123456789"
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
-EXAMPLES = 25  # per operation and mode: the whole run stays well under a minute on two shared cores
+EXAMPLES = 15  # per operation and mode: the whole run stays well under a minute on two shared cores
 
 
 @pytest.fixture
