@@ -9,10 +9,12 @@ from pathlib import Path
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from . import logs, security
 from .config import Config
 from .errors import ConfigError, TaskServerError
 from .sheet import load_sheet
 from .store import Clock, Store
+from .validate import TaskId
 
 log = logging.getLogger("taskserver")
 
@@ -27,8 +29,11 @@ def create_app(config: Config | None = None, clock: Clock | None = None) -> Flas
     config = config or Config.from_env()
     app = Flask(__name__)
     app.config["TASKSERVER"] = config
-    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body
     app.json.sort_keys = False
+    app.url_map.converters["id"] = TaskId
+    logs.install()
+    security.install(app, config)
     store = config.open_store(clock=clock or time.time)
     app.extensions["taskserver.store"] = store
     load_tasks(store, config)
@@ -39,7 +44,7 @@ def create_app(config: Config | None = None, clock: Clock | None = None) -> Flas
     start_ticker(store, config.schedule_every, stop)
     Notifier(store, parse_targets(config.notify)).start(stop)
 
-    from . import api, dashboard, events, files, metrics, rest
+    from . import api, dashboard, events, files, metrics, openapi, rest
 
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(api.bp)
@@ -47,6 +52,7 @@ def create_app(config: Config | None = None, clock: Clock | None = None) -> Flas
     app.register_blueprint(metrics.bp)
     app.register_blueprint(events.bp)
     app.register_blueprint(files.bp)
+    app.register_blueprint(openapi.bp)
 
     @app.errorhandler(TaskServerError)
     def task_server_error(exc: TaskServerError):
@@ -69,7 +75,8 @@ def create_app(config: Config | None = None, clock: Clock | None = None) -> Flas
     def http_error(exc: HTTPException):
         if not request.path.startswith("/api/"):
             return exc
-        return jsonify({"error": exc.name, "message": exc.description}), exc.code
+        headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]  # e.g. Allow on a 405
+        return jsonify({"error": exc.name, "message": exc.description}), exc.code, headers
 
     @app.get("/healthz")
     def healthz():

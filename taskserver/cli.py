@@ -52,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
                        help="open event streams allowed, each with a thread of its own (default 32)")
     serve.add_argument("--connections", type=int,
                        help="open connections accepted; at least the number of workers (default 1000)")
+    serve.add_argument("--header-timeout", type=float,
+                       help="seconds a connection may take to send a request's head (default 15)")
+    serve.add_argument("--max-body", type=int, help="largest request body in bytes (default 8388608, 8 MiB)")
+    serve.add_argument("--public-host",
+                       help="names this coordinator is reached by besides its addresses, comma-separated"
+                            " (e.g. coord.example.com behind a proxy)")
     serve.add_argument("--per-nvr", type=int, help="concurrent tasks per NVR (default 2)")
     serve.add_argument("--nvr-backoff", type=float,
                        help="first rest in seconds for a busy or unreachable NVR, doubling up to 300 (default 5)")
@@ -136,25 +142,20 @@ def _config(args: argparse.Namespace, *names: str) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve with waitress; print the address (and a generated token) once."""
-    import waitress
-
     from .app import create_app
+    from .server import make_server
 
     config = _config(args, "tasks", "db", "host", "port", "token", "read_token", "lease_seconds", "max_attempts",
                      "backoff_base", "backoff_max", "max_wait", "threads", "streams", "connections", "per_nvr",
-                     "nvr_backoff", "nvr_give_up", "chunk", "timezone", "db_pool", "events_kept",
-                     "schedule_every", "notify")
+                     "nvr_backoff", "nvr_give_up", "chunk", "timezone", "db_pool", "events_kept", "header_timeout",
+                     "max_body", "public_host", "schedule_every", "notify")
     if not config.loopback and not config.token:
         token = secrets.token_urlsafe(24)
         config = Config.from_env(**{**config.__dict__, "token": token})
         print(f"taskserver: listening beyond loopback without a token; generated one (shown once):\n"
               f"  {token}\npass it to workers with --token or TASKSERVER_TOKEN", file=sys.stderr, flush=True)
     app = create_app(config)
-    # Every worker keeps a connection alive; waitress's default limit of 100 would
-    # leave the 101st worker unanswered.
-    # Event streams each hold a thread for as long as they are open: they get their own.
-    server = waitress.create_server(app, host=config.host, port=config.port, threads=config.threads + config.streams,
-                                    connection_limit=config.connections, ident="taskserver", channel_timeout=120)
+    server = make_server(app, config)
     host = f"[{config.host}]" if ":" in config.host else config.host
     print(f"taskserver listening on http://{host}:{server.effective_port}", flush=True)
     try:
@@ -264,6 +265,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     import requests
 
+    from .logs import escape
+
     token = args.token or os.environ.get("TASKSERVER_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     last = None
@@ -284,9 +287,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
                         kind = line[7:]
                     elif line.startswith("data: ") and kind == "task":
                         e = json.loads(line[6:])
-                        who = f" by {e['worker']}" if e["worker"] else ""
+                        who = f" by {escape(str(e['worker']))}" if e["worker"] else ""
                         task = f"task {e['task_id']} " if e["task_id"] else ""
-                        detail = f": {e['detail']}" if e["detail"] else ""
+                        detail = f": {escape(str(e['detail']))}" if e["detail"] else ""
                         print(f"{datetime.fromtimestamp(e['at']):%H:%M:%S} {task}{e['kind']}"
                               f"{' -> ' + e['state'] if e['state'] and e['state'] != e['kind'] else ''}{who}{detail}",
                               flush=True)
@@ -305,6 +308,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     import requests
 
+    from .logs import escape
+
     token = args.token or os.environ.get("TASKSERVER_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
@@ -313,7 +318,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"taskserver: cannot reach {args.url}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     if response.status_code != 200:
-        print(f"taskserver: {args.url} answered {response.status_code}: {response.text[:300]}", file=sys.stderr)
+        print(f"taskserver: {args.url} answered {response.status_code}: {escape(response.text[:300])}",
+              file=sys.stderr)
         return EXIT_ERROR
     status = response.json()
     if args.json:
@@ -326,5 +332,5 @@ def cmd_status(args: argparse.Namespace) -> int:
     for w in status["workers"]:
         where = f"task {w['task']}" if w["task"] else "idle"
         lost = "  LOST" if w["lost"] else ""
-        print(f"  {w['name']:<40} {where:<12} done {w['done']:<6} seen {w['last_seen_ago']}s ago{lost}")
+        print(f"  {escape(str(w['name'])):<40} {where:<12} done {w['done']:<6} seen {w['last_seen_ago']}s ago{lost}")
     return EXIT_OK
