@@ -158,6 +158,28 @@ def test_listening_beyond_loopback_without_a_token_generates_one(procs, tmp_path
     assert claim(url, token=token).json()["status"] == "task"
 
 
+def test_a_running_worker_reads_its_lease_and_learns_who_cancelled_its_task(procs, tmp_path, two_tasks, db):
+    from taskclient.client import Coordinator
+
+    url = start_coordinator(procs, two_tasks, db, "--token", "tok", "--read-token", "look").url
+    worker = Coordinator([url], "host1/w0", token="tok")
+    task = worker.claim()
+    task_id, lease = task["task"]["id"], task["lease"]["id"]
+    assert worker.lease_state(task_id, lease) == {"current": True, "state": "leased", "reason": None, "detail": None}
+    feed = api(url, path="/api/events?follow=false&after=0", token="tok").text.count("event: task")
+    assert worker.lease_state(task_id, lease)["current"]  # asking again ...
+    assert api(url, path="/api/events?follow=false&after=0", token="tok").text.count("event: task") == feed  # writes nothing
+    # The lease belongs to the worker protocol: the read-only token cannot ask.
+    assert api(url, path=f"/api/tasks/{task_id}/lease?lease={lease}", token="look").status_code == 401
+    assert api(url, path=f"/api/tasks/{task_id}/lease?lease=bad%20lease", token="tok").status_code == 400
+
+    assert api(url, "POST", f"/api/tasks/{task_id}/cancel", token="tok").json()["state"] == "cancelled"
+    assert worker.lease_state(task_id, lease) == {"current": False, "state": "cancelled", "reason": "cancelled",
+                                                  "detail": "cancelled by an admin from 127.0.0.1"}
+    log = api(url, path=f"/api/tasks/{task_id}", token="tok").json()["attempt_log"]
+    assert (log[-1]["outcome"], log[-1]["error"]) == ("cancelled", "cancelled by an admin from 127.0.0.1")
+
+
 def test_status_command_shows_progress_before_any_dashboard(procs, tmp_path, two_tasks, db):
     url = start_coordinator(procs, two_tasks, db, "--token", "tok").url
     first = claim(url, "host1/w0", token="tok").json()
