@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import secrets
+import signal
 import sys
 from contextlib import contextmanager
 
@@ -12,6 +13,7 @@ from .config import Config
 from .errors import TaskServerError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+log = logging.getLogger("taskserver")
 DB_HELP = ("SQLite file or sqlite:///path, or postgresql://user@host/database (default taskserver.db;"
            " keep a database password in TASKSERVER_DB, PGPASSWORD or ~/.pgpass, not on the command line)")
 
@@ -158,12 +160,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = make_server(app, config)
     host = f"[{config.host}]" if ":" in config.host else config.host
     print(f"taskserver listening on http://{host}:{server.effective_port}", flush=True)
+    why = {"signal": "its server loop ended"}
+
+    def interrupt(signum: int, _frame) -> None:
+        """Ctrl-C and a service manager's stop end the same way (waitress ends its loop on KeyboardInterrupt)."""
+        why["signal"] = f"{signal.Signals(signum).name} received"
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         server.run()
     finally:
+        log.info("coordinator on http://%s:%s stopping (%s); workers keep their tasks and report when one is"
+                 " back", host, server.effective_port, why["signal"])
         app.extensions["taskserver.stop"].set()
         server.close()
         app.extensions["taskserver.store"].close()
+        log.info("coordinator stopped")
     return EXIT_OK
 
 
@@ -197,10 +211,23 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     """Give failed tasks (cancelled ones too, with --cancelled) another round of attempts; list them."""
     config = _config(args, "db")
     with _store(config) as store:
-        ids = store.requeue(args.ids or None, args.nvr.lower() if args.nvr else None, cancelled=args.cancelled)
+        ids = store.requeue(args.ids or None, args.nvr.lower() if args.nvr else None, cancelled=args.cancelled,
+                            by=f"by taskserver requeue ({_who()})")
     shown = ", ".join(map(str, ids[:50])) + (f" and {len(ids) - 50} more" if len(ids) > 50 else "")
     print(f"{len(ids)} task(s) queued again{': ' + shown if ids else ''}")
     return EXIT_OK
+
+
+def _who() -> str:
+    """The user and machine a command runs as, for the change feed and the coordinator's log."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = "?"
+    return f"{user}@{socket.gethostname()}"
 
 
 def cmd_new_key(args: argparse.Namespace) -> int:
