@@ -188,12 +188,12 @@ def test_status_command_shows_progress_before_any_dashboard(procs, tmp_path, two
     shown = subprocess.run([PYTHON, "-m", "taskserver", "status", "--url", url], capture_output=True, text=True,
                            env={**os.environ, "TASKSERVER_TOKEN": "tok"}, timeout=30)
     assert shown.returncode == 0, shown.stderr
-    assert "queued 1  leased 0  waiting 0  done 1  failed 0  cancelled 0" in shown.stdout
-    assert "tasks 2  files 4  bytes 4000  running" in shown.stdout
-    assert re.search(r"host1/w0 +idle +done 1 ", shown.stdout)
+    assert "tasks 2: queued 1  leased 0  waiting 0  done 1  failed 0  cancelled 0" in shown.stdout
+    assert f"coordinator {url}: running" in shown.stdout and "files 4  4.0 kB" in shown.stdout
+    assert re.search(r"host1/w0 +idle +1 ", shown.stdout)
     refused = subprocess.run([PYTHON, "-m", "taskserver", "status", "--url", url, "--token", "bad"],
                              capture_output=True, text=True, timeout=30)
-    assert refused.returncode == 1 and "answered 401" in refused.stderr
+    assert refused.returncode == 1 and "refused the token (HTTP 401)" in refused.stderr
 
 
 @pytest.mark.parametrize("argv", [["--app", "taskserver", "run"], ["run"]])
