@@ -228,7 +228,8 @@ def test_work_held_back_by_an_nvr_cap_means_wait_not_drained(procs, tmp_path, db
     assert claim(url).json()["status"] == "wait"
     assert api(url).json()["nvrs"] == [{"server": "nvr-a", "running": 1, "queued": 1, "max_parallel": 1,
                                         "resting_for": 0, "last_error": None, "done": 0, "failed": 0, "files": 0,
-                                        "bytes": 0, "password_refused": [], "clock_offset": None}]
+                                        "bytes": 0, "password_refused": [], "clock_offset": None,
+                                        "nothing_found": 0}]
     api(url, "POST", f"/api/tasks/{first['task']['id']}/complete",
         json={"lease": first["lease"]["id"], "result": {"files": 2, "bytes": 5000}})
     nvr = api(url).json()["nvrs"][0]
