@@ -12,6 +12,8 @@ from taskserver.errors import ConfigError
 
 from .harness import PYTHON
 
+pytestmark = pytest.mark.fast  # the in-process layer: make test-fast, and first in make test
+
 README = Path(__file__).resolve().parent.parent / "README.md"
 
 

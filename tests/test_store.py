@@ -23,6 +23,8 @@ from taskserver.vault import Vault, load_vault, new_key
 
 from .harness import TEST_KEY, FakeClock, postgres_missing, postgres_schema
 
+pytestmark = pytest.mark.fast  # the in-process layer: make test-fast, and first in make test
+
 T0 = datetime(2026, 1, 1)
 POLICY = replace(Config().policy(), max_attempts=3, events_kept=1000)
 
