@@ -21,6 +21,8 @@ EMPTY = f"state = {D} AND files = 0 AND mode = 'export'"
 NOTHING_FOUND = "nothing found"  # the label, in views, the event stream, status and the report
 ETA_MIN_DONE = 3  # completions needed before a rate (and an ETA) is given
 ETA_MIN_WINDOW = 60.0  # seconds of work needed before a rate is given
+STOPPED_SHOWN = 3600.0  # seconds a worker that said it stopped stays in the list
+LOST_SHOWN = 86400.0  # seconds a worker that went silent stays in the list (marked lost)
 
 
 class SQLReads:
@@ -284,10 +286,19 @@ class SQLReads:
         }
 
     def _workers(self, db, now: float) -> list[dict]:
-        """Workers seen, with what their hosts said of themselves; a silent one is lost unless it said it stopped."""
+        """Workers seen, with what their hosts said of themselves; a silent one is lost unless it said it stopped.
+
+        A worker that stopped over an hour ago, or went silent over a day ago, is no
+        longer listed: worker hosts that come and go would otherwise fill the list.
+        """
         lost_after = 2 * self.policy.lease_seconds
-        seen = {w["name"]: dict(w) for w in db.execute("SELECT * FROM workers")}
+        seen = {w["name"]: dict(w) for w in db.execute(
+            "SELECT * FROM workers WHERE last_seen >= ? AND (state != 'stopped' OR last_seen >= ?)",
+            (now - LOST_SHOWN, now - STOPPED_SHOWN))}
         for name, when in list(self._idle_seen.items()):
+            if now - when > LOST_SHOWN:
+                del self._idle_seen[name]  # gone for a day: not listed, and not kept in memory
+                continue
             known = seen.setdefault(name, {"name": name, "task_id": None, "done": 0, "failed": 0, "last_seen": when,
                                            "state": "ok", "detail": None})
             known["last_seen"] = max(known["last_seen"], when)
