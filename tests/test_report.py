@@ -6,13 +6,15 @@ from __future__ import annotations
 import io
 import shutil
 import subprocess
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from openpyxl import load_workbook
 
+from taskserver.config import Config
 from taskserver.report import export, write_report
-from taskserver.store import Policy, TaskSpec, open_store
+from taskserver.store import TaskSpec, open_store
 from taskserver.vault import Vault
 
 from .harness import TEST_KEY, FakeClock
@@ -38,7 +40,7 @@ def clock():
 
 @pytest.fixture
 def store(db, clock):
-    opened = open_store(db, Policy(lease_seconds=600, max_attempts=3, per_nvr=10), Vault([TEST_KEY], "test"),
+    opened = open_store(db, replace(Config().policy(), lease_seconds=600, max_attempts=3, per_nvr=10), Vault([TEST_KEY], "test"),
                         clock=clock)
     yield opened
     opened.close()
@@ -75,6 +77,7 @@ def run_story(store, clock) -> None:
     store.complete(5, again.lease["id"], {"files": 3, "bytes": 3_000_000})
 
 
+@pytest.mark.fast
 def test_the_report_says_what_came_of_each_row_and_times_the_last_attempt(store, clock):
     run_story(store, clock)
     out = io.BytesIO()

@@ -3,18 +3,21 @@ who cancelled it, an honest ETA, "done, nothing found", ISO times beside epoch o
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 import pytest
 
+from taskserver.config import Config
 from taskserver.errors import TaskNotFound
-from taskserver.store import Policy, TaskSpec, open_store
+from taskserver.store import TaskSpec, open_store
 from taskserver.vault import Vault
 
 from .harness import TEST_KEY, FakeClock
 
+pytestmark = pytest.mark.fast  # the in-process layer: make test-fast, and first in make test
 T0 = datetime(2026, 1, 1)
-POLICY = Policy(lease_seconds=60, max_attempts=3, backoff_base=10, backoff_max=600, max_wait=5, per_nvr=10)
+POLICY = replace(Config().policy(), lease_seconds=60, max_attempts=3, per_nvr=10)
 
 
 @pytest.fixture
