@@ -166,9 +166,21 @@ def status_lines(url: str, status: dict) -> list[str]:
     return lines
 
 
+# Changes a worker made itself; in the others (a cancel, an expiry, a requeue...) the worker only held the task.
+WORKER_MADE = frozenset({"leased", "done", "retry", "failed", "rested", "refused", "released"})
+
+
 def event_line(event: dict) -> str:
-    """One change of the event stream: `08:00:01 task 7 cancelled: cancelled by an admin from 10.0.0.9`."""
-    who = f" by {escape(str(event['worker']))}" if event.get("worker") else ""
+    """One change of the event stream: `08:00:01 task 7 cancelled (was on host/w0): cancelled by an admin from ...`."""
+    worker = escape(str(event["worker"])) if event.get("worker") else ""
+    if not worker:
+        who = ""
+    elif event["kind"] in WORKER_MADE:
+        who = f" by {worker}"
+    elif event.get("task_id"):
+        who = f" (was on {worker})"
+    else:
+        who = f" ({worker})"
     task = f"task {event['task_id']} " if event.get("task_id") else ""
     state = event.get("state")
     moved = f" -> {state}" if state and state != event["kind"] else ""

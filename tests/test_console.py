@@ -91,8 +91,11 @@ def test_status_and_watch_say_plainly_that_no_coordinator_answers(procs, tmp_pat
     wait_for(lambda: "-- queued 2" in watch.output(), what="the first summary")
     claimed = api(url, path="/api/claim?worker=host-1/w0").json()
     api(url, "POST", "/api/tasks/1/complete", json={"lease": claimed["lease"]["id"], "result": {"files": 0}})
+    assert api(url, path="/api/claim?worker=host-1/w1").json()["task"]["id"] == 2
     api(url, "POST", "/api/tasks/2/cancel")
-    wait_for(lambda: "task 2 cancelled: cancelled by an admin from 127.0.0.1" in watch.output(), what="the cancel")
+    # The worker held the task; the admin cancelled it.
+    wait_for(lambda: "task 2 cancelled (was on host-1/w1): cancelled by an admin from 127.0.0.1" in watch.output(),
+             what="the cancel")
     lines = watch.output().splitlines()
     assert any(line.endswith("task 1 done by host-1/w0: nothing found") for line in lines)
     assert sum("no coordinator answers" in line for line in lines) == 1  # once per outage, not once per retry
