@@ -102,6 +102,7 @@ SCHEMAS = {
         "worker": NULL_STRING, "lease_expires_in": NULL_NUMBER, "progress": {"type": "object", "nullable": True},
         "result": {"type": "object", "nullable": True}, "last_error": NULL_STRING, "created": {"type": "number"},
         "started": NULL_NUMBER, "finished": NULL_NUMBER, "mode": {"type": "string", "enum": ["export", "list"]},
+        "options": {"type": "object", "description": "what the row asks of its export (window, content...)"},
         "timezone": NULL_STRING, "tls_fingerprint": NULL_STRING,
         "attempt_log": {"type": "array", "items": _obj({
             "worker": NULL_STRING, "started": NULL_NUMBER, "ended": NULL_NUMBER, "outcome": NULL_STRING,
@@ -114,7 +115,8 @@ SCHEMAS = {
                       "cameras": {"type": "array", "items": {"type": "string"}}, "start": NULL_STRING,
                       "end": NULL_STRING, "attempt": {"type": "integer"}, "max_attempts": {"type": "integer"},
                       "takes_earlier": {"type": "boolean"}, "timezone": NULL_STRING,
-                      "tls_fingerprint": NULL_STRING, "mode": {"type": "string", "enum": ["export", "list"]}},
+                      "tls_fingerprint": NULL_STRING, "mode": {"type": "string", "enum": ["export", "list"]},
+                      "options": {"type": "object"}},
                      ("id", "server", "username", "password", "cameras", "attempt")),
         "lease": _obj({"id": {"type": "string"}, "seconds": {"type": "number"}}, ("id", "seconds")),
         "retry_after": {"type": "number", "minimum": 0},

@@ -161,6 +161,10 @@ ALTER TABLE tasks ADD COLUMN schedule_id {bigint};
 ALTER TABLE tasks ADD COLUMN requeued INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS tasks_schedule ON tasks (schedule_id, state)
 """,
+    # 6: what a row asks of its export beyond the range (window mode, content, record types), as JSON.
+    """
+ALTER TABLE tasks ADD COLUMN options TEXT
+""",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = ("schedules", "tasks", "attempts", "nvrs", "events", "settings", "workers", "logins", "files")  # in foreign-key order
