@@ -131,10 +131,11 @@ class HikloadRunner:
         needed = sum(rec.size or 0 for name, rec in listing if not complete(folder, name, rec.size))
         if not needed:
             return
-        free = shutil.disk_usage(folder.parent).free
+        where = next(p for p in (folder, *folder.parents) if p.exists())
+        free = shutil.disk_usage(where).free
         if needed > free - self.min_free:
             raise HostFault(f"no space left on device for this task: it needs {needed / MB:.1f} MB, {free / MB:.1f} MB"
-                            f" free in {folder.parent} (keeping --min-free {self.min_free / MB:.0f} MB)",
+                            f" free in {where} (keeping --min-free {self.min_free / MB:.0f} MB)",
                             full=True, needed=needed)
 
 
