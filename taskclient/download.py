@@ -43,12 +43,14 @@ def download(nvr: NVR, rec: Recording, folder: Path, name: str, progress, cancel
     first = _methods.get(nvr.base, "GET")
     written = 0
     expected = None
+    chunked = False
     try:
         for method in (first, "POST" if first == "GET" else "GET"):
             try:
                 with nvr.open(method, DOWNLOAD, body, what) as response:
                     _methods[nvr.base] = method
                     expected = _framing(nvr, response, rec, name, check_video, what)
+                    chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
                     folder.mkdir(parents=True, exist_ok=True)
                     with open(part, "wb") as out:
                         for block in response.iter_content(BLOCK):
@@ -69,9 +71,11 @@ def download(nvr: NVR, rec: Recording, folder: Path, name: str, progress, cancel
             check_duration(part, rec, nvr.label, name)
         os.replace(part, final)
         return written
-    except requests.exceptions.ChunkedEncodingError as exc:
-        raise TaskFailed(f"{nvr.label}: {name}: download cut after {written} bytes (chunked encoding ended early:"
-                         f" {reason(exc)})") from None
+    except requests.exceptions.ChunkedEncodingError as exc:  # requests' name for any cut while reading the body
+        if chunked:
+            raise TaskFailed(f"{nvr.label}: {name}: download cut after {written} bytes (chunked encoding ended"
+                             f" before its last chunk: {reason(exc)})") from None
+        raise TaskFailed(f"{nvr.label}: {name}: connection lost after {written} bytes: {reason(exc)}") from None
     except requests.ConnectionError as exc:
         if written == 0:  # refused or reset before any data: the device, not this download
             raise TaskFailed(f"{nvr.label} unreachable while downloading {name}: {reason(exc)}",

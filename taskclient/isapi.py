@@ -140,6 +140,9 @@ class NVR:
                     timeout=(self.timeout, self.timeout), headers={"Content-Type": "application/xml"})
         except requests.exceptions.SSLError as exc:
             raise self._tls_error(exc) from None
+        except (requests.ConnectTimeout, requests.ReadTimeout):
+            raise TaskFailed(f"{self.label}: no answer to the {what} request within {self.timeout:.0f} s",
+                             device="unreachable") from None
         except (requests.ConnectionError, requests.Timeout) as exc:
             raise TaskFailed(f"{self.label} unreachable during {what}: {reason(exc)}", device="unreachable") from None
         except requests.RequestException as exc:
