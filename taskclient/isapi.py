@@ -93,7 +93,6 @@ class NVR:
         self.pin = self.tls.pin_for(self.host, self.port, task_pin) if self.scheme == "https" else None
         self.session = requests.Session()
         self.session.trust_env = False  # no proxies, no ~/.netrc credentials, no REQUESTS_CA_BUNDLE
-        self.session.max_redirects = 0
         self.session.auth = _BoundedDigest(username, password)
         self.session.headers["User-Agent"] = "taskclient"
         if self.pin:
@@ -231,12 +230,15 @@ def refuse_doctype(data: bytes, label: str, what: str) -> None:
 
 def status_fields(data: bytes) -> dict[str, str]:
     """statusCode, subStatusCode, statusString, lockStatus ... of a ResponseStatus or userCheck answer."""
-    try:
-        root = ET.fromstring(data)
-    except ET.ParseError:
-        return {}
     wanted = {"statusCode", "subStatusCode", "statusString", "statusValue", "lockStatus", "unlockTime",
               "retryLoginTime"}
+    try:
+        root = ET.fromstring(data)
+    except ET.ParseError:  # not well-formed (e.g. raw control characters): take the fields as text
+        found = {tag: m.group(1).decode("utf-8", "replace").strip() for tag in wanted
+                 if (m := re.search(rb"<(?:\w+:)?" + tag.encode() + rb">([^<]*)<", data))}
+        root_tag = re.search(rb"<(?:\w+:)?(ResponseStatus|userCheck)\b", data)
+        return {**found, "root": root_tag.group(1).decode() if root_tag else ""}
     fields = {}
     for element in root.iter():
         tag = element.tag.rsplit("}", 1)[-1] if isinstance(element.tag, str) else ""

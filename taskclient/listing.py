@@ -12,7 +12,7 @@ deadline. Here the search is paged by position, with hikload's XML vocabulary:
   between pages (each request has its own timeout): a device that answers `MORE`
   forever ends the attempt with a clear error and no work left running;
 - items of other tracks (firmware that ignores `trackIDList`) and non-video items are
-  dropped; a recording is known by its playback URI's `name=` (else the whole URI),
+  dropped; a recording is known by its playback URI's `name=` and `starttime=` (else the whole URI),
   so it is listed once however often pages repeat it;
 - its start is the playback URI's `starttime=` when given, else the item's timeSpan:
   firmware that clips border items to the query changes the timeSpan, not the URI,
@@ -107,7 +107,8 @@ def parse_item(item, wanted: str, label: str) -> Recording | None:
         raise TaskFailed(f"{label}: a search item of camera {wanted} ends before it starts")
     size = params.get("size")
     name = params.get("name")
-    identity = f"{wanted}/{name}" if name else f"{wanted}/{uri}"
+    # name= names the stored file; with starttime= it names this recording in it, clipped or not.
+    identity = f"{wanted}/{name}/{params.get('starttime', '')}" if name else f"{wanted}/{uri}"
     return Recording(wanted, start, end, uri, identity, int(size) if size and size.isdigit() and len(size) < 16
                      else None)
 
