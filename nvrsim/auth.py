@@ -46,11 +46,13 @@ def check(handler, method: str) -> bool:
         dev.stats.unauthorized += 1
         dev.failed_logins += 1
         limit = dev.faults.lock_after
-        if limit is not None and dev.failed_logins >= limit:
+        lock = limit is not None and dev.failed_logins >= limit
+        if lock:
             dev.locked_until = now + dev.faults.lock_for
             dev.failed_logins = 0
-            return _refuse(handler, locked=int(dev.faults.lock_for))
         left = None if limit is None else limit - dev.failed_logins
+    if lock:
+        return _refuse(handler, locked=int(dev.faults.lock_for))
     return _refuse(handler, left=left)
 
 
