@@ -268,3 +268,30 @@ def worker_processes(client: Proc) -> list:
         except psutil.NoSuchProcess:
             pass
     return found
+
+
+_features: set[str] | None = None
+
+
+def coordinator_features(procs: Processes, tmp_path: Path) -> set[str]:
+    """Which newer worker-protocol calls this checkout's coordinator accepts ("auth", "workers/state").
+
+    Asked once per test session of a throwaway coordinator, so that stories needing
+    a coordinator change skip (saying why) until that change is in this checkout.
+    """
+    global _features
+    if _features is None:
+        sheet = write_sheet(tmp_path / "probe.xlsx", [["10.0.0.9", "admin", "pw", 101, T, T.replace(hour=1)]], HEADER)
+        probe = start_coordinator(procs, sheet, tmp_path / "probe.db")
+        claim = api(probe.url, path="/api/claim?worker=probe").json()
+        found = set()
+        failed = api(probe.url, "POST", f"/api/tasks/{claim['task']['id']}/fail",
+                     json={"lease": claim["lease"]["id"], "error": "probe", "device": "auth", "locked_for": None})
+        if failed.status_code == 200:
+            found.add("auth")
+        state = api(probe.url, "POST", "/api/workers/state", json={"worker": "probe", "state": "ok", "detail": ""})
+        if state.status_code == 200:
+            found.add("workers/state")
+        probe.kill()
+        _features = found
+    return _features

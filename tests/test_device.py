@@ -14,6 +14,7 @@ from taskclient import device
 from taskclient.errors import TaskFailed
 from taskclient.posixtz import Zone, ZoneError
 from taskclient.runners import Progress
+from taskclient.runners import hikload as hikload_runner
 from taskclient.runners.hikload import HikloadRunner
 
 from .harness import SIM_PASSWORD, at, start_nvr
@@ -22,7 +23,7 @@ from .harness import SIM_PASSWORD, at, start_nvr
 def run(nvr, tmp_path, password=SIM_PASSWORD, **fields):
     task = {"id": 1, "server": nvr.address, "username": "admin", "password": password, "cameras": ["101"],
             "start": at(0).isoformat(), "end": at(1).isoformat(), "takes_earlier": True, **fields}
-    device._clocks.clear()  # a new worker process: the clock is read afresh
+    device._clocks.clear()  # as in a new worker process: the clock is read afresh
     return HikloadRunner(timeout=10).run(task, tmp_path / "dl" / "000001-t", Progress(), threading.Event())
 
 
@@ -93,6 +94,12 @@ def test_a_wrong_password_is_tried_once_and_a_lockout_says_how_long(procs, tmp_p
                                   " 1 login attempt(s) left before the device locks it")
     assert nvr.stats()["unauthorized"] == 1  # one refused login per attempt, never retried
 
+    with pytest.raises(TaskFailed) as again:  # the same worker does not try a refused login again
+        run(nvr, tmp_path, password="wrong")
+    assert again.value.device == "auth" and "not tried again" in str(again.value)
+    assert nvr.stats()["unauthorized"] == 1
+
+    hikload_runner._refused.clear()  # another worker process
     with pytest.raises(TaskFailed) as locked:
         run(nvr, tmp_path, password="wrong")
     assert locked.value.device == "auth" and locked.value.locked_for == 600

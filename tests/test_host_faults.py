@@ -10,7 +10,18 @@ from pathlib import Path
 
 import pytest
 
-from .harness import HEADER, SIM_PASSWORD, api, at, start_client, start_coordinator, start_nvr, task_files, wait_for, write_sheet
+from .harness import (
+    HEADER,
+    SIM_PASSWORD,
+    api,
+    at,
+    start_client,
+    start_coordinator,
+    start_nvr,
+    task_files,
+    wait_for,
+    write_sheet,
+)
 
 pytestmark = pytest.mark.slow
 

@@ -9,8 +9,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from taskclient.paths import confine, safe_component, task_folder
 from taskclient.errors import SetupError
+from taskclient.paths import confine, safe_component, task_folder
 
 from .harness import (
     HEADER,
