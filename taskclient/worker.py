@@ -27,6 +27,7 @@ from .client import Coordinator
 from .errors import AuthError, Cancelled, HostFault, LeaseLost, SetupError, Stopped, TaskFailed
 from .paths import task_folder
 from .runners import Progress, make_runner
+from .untrusted import clean_text
 
 log = logging.getLogger("taskclient")
 
@@ -191,6 +192,7 @@ class Worker:
         if lost.is_set():
             self.send("lost", task=task["id"])
             return None
+        error = clean_text(error, 2000)  # one line, whatever a device or a command wrote into it
         try:
             state = self.api.fail(task["id"], lease["id"], error, permanent, device, locked_for)
         except (LeaseLost, Stopped):
@@ -227,7 +229,10 @@ class Worker:
     # --- free space -----------------------------------------------------------------------
     def _space_ok(self) -> bool:
         """Enough free space to claim: above --min-free, and room for the task that was refused for space."""
-        free = shutil.disk_usage(self.downloads).free
+        try:
+            free = shutil.disk_usage(self.downloads).free
+        except OSError:
+            return True  # the folder itself is the trouble: the task's own attempt will say what it is
         if free < self.settings.min_free:
             return False
         if self.short_of is not None:
@@ -242,7 +247,10 @@ class Worker:
 
         Returns None to resume claiming, or an exit code (drained, stopped).
         """
-        free = shutil.disk_usage(self.downloads).free
+        try:
+            free = shutil.disk_usage(self.downloads).free
+        except OSError:
+            free = 0
         wanted = f"; the last task needed {self.short_of / 1e6:.1f} MB" if self.short_of else ""
         detail = (f"host {self.settings.host}: {free / 1e6:.1f} MB free in {self.downloads}"
                   f" (--min-free {self.settings.min_free / 1e6:.1f} MB){wanted}; claiming nothing until space returns")

@@ -28,6 +28,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+from hikload.hikvisionapi import HikvisionException
+
 from ..device import Clock, check_tracks, clock_warning, read_channels, read_clock
 from ..download import download
 from ..errors import Cancelled, HostFault, NotSupported, TaskFailed
@@ -36,6 +38,7 @@ from ..isapi import NVR
 from ..listing import Recording, search
 from ..paths import confine
 from ..tls import TLSChoice
+from ..untrusted import clean_text
 from . import Progress
 
 log = logging.getLogger("taskclient.hikload")
@@ -72,6 +75,11 @@ class HikloadRunner:
         try:
             with bound(nvr) as server:
                 return self._run(nvr, server, task, folder, progress, cancel)
+        except HikvisionException as exc:
+            raise TaskFailed(f"{nvr.label}: {nvr.what or 'a request'} failed: {clean_text(exc)}") from None
+        except (ValueError, TypeError, KeyError, AttributeError, SyntaxError) as exc:  # hikload meeting odd XML
+            raise TaskFailed(f"{nvr.label}: unexpected answer to the {nvr.what or 'device'} request"
+                             f" ({type(exc).__name__}); listing is unreliable") from None
         except TaskFailed as exc:
             if exc.device == "auth":
                 _refused[login] = (time.monotonic() + max(REFUSED_MEMORY, exc.locked_for or 0), exc)
