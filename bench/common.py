@@ -74,6 +74,13 @@ def _cell(value) -> str:
     return str(value)
 
 
+def store_at(db) -> object:
+    """The store of a benchmark's database, opened as the coordinator would (the tests' key seals passwords)."""
+    from taskserver.config import Config
+
+    return Config.from_env(db=str(db)).open_store()
+
+
 def run_parallel(target, args_list) -> tuple[float, list]:
     """Run `target(*args)` in one process per args tuple (clients may have pools of their own)."""
     ctx = multiprocessing.get_context("fork")

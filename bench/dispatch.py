@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 import requests
 
-from bench.common import Workspace, options, percentile, report, run_parallel
+from bench.common import Workspace, options, percentile, report, run_parallel, store_at
 from tests.harness import PYTHON, postgres_missing, postgres_schema, start_coordinator, write_sheet
 
 PROCESSES = 4  # 2 client processes x 2 workers
@@ -58,10 +58,10 @@ def _noop(row: str) -> None:
 
 
 def bench_ours(ws: Workspace, n: int, db: str | None = None, coordinators: int = 1) -> dict:
-    from taskserver.store import Policy, TaskSpec, open_store
+    from taskserver.store import TaskSpec
 
     db = db or str(ws.path / "ours.db")
-    store = open_store(db, Policy())
+    store = store_at(db)
     start = datetime(2026, 1, 1)
     store.add([TaskSpec(key=f"t{i}", server=f"nvr-{i % 20}", username="u", password="p", cameras=("101",),
                         start=start.isoformat(), end=(start + timedelta(hours=1)).isoformat()) for i in range(n)])

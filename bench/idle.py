@@ -17,7 +17,7 @@ from datetime import datetime, timedelta
 import psutil
 import requests
 
-from bench.common import Workspace, options, percentile, report, run_parallel
+from bench.common import Workspace, options, percentile, report, run_parallel, store_at
 from tests.harness import start_coordinator
 
 IDLE = 200
@@ -95,11 +95,11 @@ def measure(url: str, pid: int, seconds: float, streams: int) -> dict:
 def main() -> None:
     args = options(__doc__)
     seconds = 8 if args.quick else 30
-    from taskserver.store import Policy, TaskSpec, open_store
+    from taskserver.store import TaskSpec
 
     with Workspace() as ws:
         db = ws.path / "idle.db"
-        store = open_store(str(db), Policy())
+        store = store_at(str(db))
         t0 = datetime(2026, 1, 1)
         store.add([TaskSpec(key="held", server="nvr-1", username="u", password="p", cameras=("101",),
                             start=t0.isoformat(), end=(t0 + timedelta(hours=1)).isoformat())])

@@ -13,7 +13,7 @@ import random
 import time
 from datetime import datetime, timedelta
 
-from bench.common import Workspace, options, report, run_parallel
+from bench.common import Workspace, options, report, run_parallel, store_at
 from tests.harness import PYTHON, start_coordinator
 
 HOSTS, PER_HOST, NVRS = 3, 2, 5
@@ -54,10 +54,10 @@ def _sleep_row(row: str) -> None:
 
 
 def bench_ours(ws: Workspace, work: list[float], spans: bool) -> float:
-    from taskserver.store import Policy, TaskSpec, open_store
+    from taskserver.store import TaskSpec
 
     db = ws.path / f"ours-{spans}.db"
-    store = open_store(str(db), Policy())
+    store = store_at(str(db))
     t0 = datetime(2026, 1, 1)
     store.add([TaskSpec(key=f"t{i}", server=f"nvr-{i % NVRS}", username="u", password="p", cameras=("101",),
                         start=t0.isoformat(), end=(t0 + timedelta(hours=d if spans else 1)).isoformat(),

@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 import psutil
 import requests
 
-from bench.common import Workspace, options, percentile, report
+from bench.common import Workspace, options, percentile, report, store_at
 from tests.harness import start_coordinator
 
 T = datetime(2026, 1, 1)
@@ -42,18 +42,17 @@ def bare_pass(path) -> int:
 
 def import_sheet(path, db) -> int:
     from taskserver.sheet import load_sheet
-    from taskserver.store import Policy, open_store
 
-    store = open_store(str(db), Policy())
+    store = store_at(str(db))
     added = store.add(load_sheet(path)).added
     store.close()
     return added
 
 
 def fill(db, n: int) -> None:
-    from taskserver.store import Policy, TaskSpec, open_store
+    from taskserver.store import TaskSpec
 
-    store = open_store(str(db), Policy())
+    store = store_at(str(db))
     for first in range(0, n, 100_000):
         store.add([TaskSpec(key=f"t{i}", server=f"nvr-{i % 200}", username="u", password="p", cameras=("101",),
                             start=T.isoformat(), end=(T + timedelta(hours=1 + i % 3)).isoformat())

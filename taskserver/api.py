@@ -3,8 +3,10 @@
     GET  /api/claim?worker=W                 -> {"status": "task"|"wait"|"drained", ...}
     POST /api/tasks/<id>/heartbeat           {"lease", "progress"}
     POST /api/tasks/<id>/complete            {"lease", "result", "next": bool, "worker": W}
-    POST /api/tasks/<id>/fail                {"lease", "error", "permanent": bool, "device": "busy"|"unreachable"}
-    POST /api/tasks/<id>/release             {"lease"}
+    POST /api/tasks/<id>/fail                {"lease", "error", "permanent": bool,
+                                              "device": "busy"|"unreachable"|"auth", "locked_for": seconds}
+    POST /api/tasks/<id>/release             {"lease", "reason": text}
+    POST /api/workers/state                  {"worker", "state": "ok"|"full"|"fault"|"stopped", "detail": text}
     GET  /api/tasks/<id>                     public view of one task (no password)
     GET  /api/status                         counts per state, totals, workers
 """
@@ -33,7 +35,7 @@ def store() -> Store:
 # or with the read-only token. Everything else (the worker protocol, which hands out
 # credentials, and admin actions) needs the full token when one is set.
 READ_VIEWS = {"api.status", "api.task", "rest.tasks", "rest.done", "rest.result", "rest.rows", "rest.progress",
-              "rest.report", "events.events", "metrics.metrics"}
+              "rest.report", "events.events", "metrics.metrics", "files.task_files", "files.find_files"}
 
 
 @bp.before_request
@@ -112,18 +114,41 @@ def fail(task_id: int):
     if not isinstance(error, str) or not error.strip():
         raise BadRequest("'error' must be a non-empty string")
     device = body.get("device")
-    if device not in (None, "busy", "unreachable"):
-        raise BadRequest("'device' must be \"busy\", \"unreachable\" or absent")
-    state = store().fail(task_id, _lease(body), error[:4000], bool(body.get("permanent")), device)
+    if device not in (None, "busy", "unreachable", "auth"):
+        raise BadRequest("'device' must be \"busy\", \"unreachable\", \"auth\" or absent")
+    locked_for = body.get("locked_for")
+    if locked_for is not None and (isinstance(locked_for, bool) or not isinstance(locked_for, (int, float))
+                                   or not 0 <= locked_for <= 86400):
+        raise BadRequest("'locked_for' must be a number of seconds between 0 and 86400, or absent")
+    state = store().fail(task_id, _lease(body), error[:4000], bool(body.get("permanent")), device, locked_for)
     log.info("task %s attempt failed (%s): %s", task_id, state, error[:200])
     return jsonify({"ok": True, "state": state})
 
 
 @bp.post("/tasks/<int:task_id>/release")
 def release(task_id: int):
-    """Give a task back unrun, e.g. when a worker host shuts down."""
-    store().release(task_id, _lease(_body()))
-    log.info("task %s released", task_id)
+    """Give a task back unrun (no attempt charged): a worker host shutting down, or a fault of the host's own."""
+    body = _body()
+    reason = body.get("reason")
+    if reason is not None and not isinstance(reason, str):
+        raise BadRequest("'reason' must be text or absent")
+    store().release(task_id, _lease(body), reason[:1000] if reason else None)
+    log.info("task %s released%s", task_id, f": {reason[:200]}" if reason else "")
+    return jsonify({"ok": True})
+
+
+@bp.post("/workers/state")
+def worker_state():
+    """What a worker host says of itself: full (below its free-space floor), ok again, fault, or stopped."""
+    body = _body()
+    state, detail = body.get("state"), body.get("detail")
+    if state not in ("ok", "full", "fault", "stopped"):
+        raise BadRequest("'state' must be \"ok\", \"full\", \"fault\" or \"stopped\"")
+    if detail is not None and not isinstance(detail, str):
+        raise BadRequest("'detail' must be text or absent")
+    worker = _worker(body.get("worker"))
+    store().worker_state(worker, state, detail[:1000] if detail else None)
+    log.info("worker %s: %s%s", worker, state, f" ({detail[:200]})" if detail else "")
     return jsonify({"ok": True})
 
 

@@ -30,13 +30,14 @@ def create_app(config: Config | None = None) -> Flask:
     app.extensions["taskserver.store"] = store
     load_tasks(store, config)
 
-    from . import api, dashboard, events, metrics, rest
+    from . import api, dashboard, events, files, metrics, rest
 
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(api.bp)
     app.register_blueprint(rest.bp)
     app.register_blueprint(metrics.bp)
     app.register_blueprint(events.bp)
+    app.register_blueprint(files.bp)
 
     @app.errorhandler(TaskServerError)
     def task_server_error(exc: TaskServerError):

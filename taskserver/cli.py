@@ -65,14 +65,25 @@ def parser() -> argparse.ArgumentParser:
     imp = sub.add_parser("import", help="add a sheet's rows to the database (all or nothing)")
     imp.add_argument("sheet", help="the .xlsx file")
     imp.add_argument("--db", help=DB_HELP)
+    imp.add_argument("--create", action="store_true", help="make the database if it does not exist yet")
+    imp.add_argument("--dry-run", action="store_true",
+                     help="add the rows as dry runs: workers list what each would export, download nothing")
     sheet_options(imp)
     imp.set_defaults(func=cmd_import)
 
-    again = sub.add_parser("requeue", help="queue failed or cancelled tasks again, with fresh attempts")
-    again.add_argument("ids", nargs="*", type=int, help="task ids (default: every failed or cancelled task)")
+    again = sub.add_parser("requeue", help="queue failed tasks again, with fresh attempts")
+    again.add_argument("ids", nargs="*", type=int, help="task ids (default: every failed task)")
     again.add_argument("--nvr", help="only this NVR's tasks (host or host:port, as in the sheet)")
+    again.add_argument("--cancelled", action="store_true", help="cancelled tasks too (they were cancelled on purpose)")
     again.add_argument("--db", help=DB_HELP)
     again.set_defaults(func=cmd_requeue)
+
+    key = sub.add_parser("new-key", help="print a new key for sealing NVR passwords (TASKSERVER_SECRET_KEY)")
+    key.set_defaults(func=cmd_new_key)
+
+    rotate = sub.add_parser("rotate-key", help="seal every stored NVR password with the newest key")
+    rotate.add_argument("--db", help=DB_HELP)
+    rotate.set_defaults(func=cmd_rotate_key)
 
     report = sub.add_parser("export", help="write the Excel report (per sheet row, per NVR, per task)")
     report.add_argument("report", help="the .xlsx file to write, e.g. report.xlsx")
@@ -107,9 +118,9 @@ def sheet_options(p: argparse.ArgumentParser) -> None:
 
 
 @contextmanager
-def _store(config: Config):
-    """The database a command works on, directly (safe while a coordinator serves it)."""
-    store = config.open_store()
+def _store(config: Config, create: bool = False):
+    """The existing database a command works on, directly (safe while a coordinator serves it)."""
+    store = config.open_store(create=create)
     try:
         yield store
     finally:
@@ -117,7 +128,7 @@ def _store(config: Config):
 
 
 def _config(args: argparse.Namespace, *names: str) -> Config:
-    return Config.from_env(**{n: getattr(args, n, None) for n in names})
+    return Config.from_env(**{n: getattr(args, n, None) for n in (*names, "key_file")})
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -156,19 +167,47 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     config = _config(args, "db", "chunk", "timezone")
     specs = load_sheet(args.sheet, chunk=config.chunk, timezone=config.timezone)
-    with _store(config) as store:
+    if args.dry_run:
+        specs = dry_runs(specs)
+    with _store(config, create=args.create) as store:
         result = store.add(specs)
         updated = f" ({result.updated} with a corrected password)" if result.updated else ""
-        print(f"{args.sheet}: {result.added} task(s) added, {result.existing} already in {store.url}{updated}")
+        what = "dry run(s)" if args.dry_run else "task(s)"
+        print(f"{args.sheet}: {result.added} {what} added, {result.existing} already in {store.url}{updated}")
     return EXIT_OK
 
 
+def dry_runs(specs: list) -> list:
+    """The same rows as dry runs: their own keys, so that the real export can be imported afterwards."""
+    from dataclasses import replace
+
+    return [replace(s, key=f"list:{s.key}", group=f"list:{s.group or s.key}", mode="list",
+                    name=f"dry run: {s.name}" if s.name else "dry run") for s in specs]
+
+
 def cmd_requeue(args: argparse.Namespace) -> int:
-    """Give failed (or cancelled) tasks another round of attempts."""
+    """Give failed tasks (cancelled ones too, with --cancelled) another round of attempts; list them."""
     config = _config(args, "db")
     with _store(config) as store:
-        count = store.requeue(args.ids or None, args.nvr.lower() if args.nvr else None)
-    print(f"{count} task(s) queued again")
+        ids = store.requeue(args.ids or None, args.nvr.lower() if args.nvr else None, cancelled=args.cancelled)
+    shown = ", ".join(map(str, ids[:50])) + (f" and {len(ids) - 50} more" if len(ids) > 50 else "")
+    print(f"{len(ids)} task(s) queued again{': ' + shown if ids else ''}")
+    return EXIT_OK
+
+
+def cmd_new_key(args: argparse.Namespace) -> int:
+    """Print a new random key."""
+    from .vault import new_key
+
+    print(new_key())
+    return EXIT_OK
+
+
+def cmd_rotate_key(args: argparse.Namespace) -> int:
+    """Re-seal with the newest key: give TASKSERVER_SECRET_KEY="new,old" (or a key file, newest first)."""
+    with _store(_config(args, "db")) as store:
+        count = store.rotate_key()
+    print(f"{count} password(s) sealed with the newest key; the old key is no longer needed")
     return EXIT_OK
 
 
@@ -196,9 +235,10 @@ def cmd_migrate_db(args: argparse.Namespace) -> int:
     path = sqlite_path(args.source)
     if path is not None and not Path(path).is_file():  # opening it would make an empty one
         raise ConfigError(f"{path} not found: --from names the database now in use")
-    source = open_store(args.source, Policy())
+    vault = Config.from_env(db=args.source).vault()  # the new database needs the same key
+    source = open_store(args.source, Policy(), vault, create=False)
     try:
-        target = open_store(args.target, Policy())
+        target = open_store(args.target, Policy(), vault)
         try:
             counts = target.copy_from(source)
         finally:

@@ -38,6 +38,8 @@ class Config:
     events_kept: int = 200_000  # newest changes the event feed keeps for reconnecting streams
     chunk: str | None = None  # split each sheet row per camera and per this much time, e.g. "1h"
     timezone: str | None = None  # the NVRs' IANA time zone, for sheet times that carry an offset
+    secret_key: str | None = None  # key(s) sealing NVR passwords in the database, newest first, comma-separated
+    key_file: str | None = None  # a file holding those keys, one per line (default for SQLite: <db>.key)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Config:
@@ -53,11 +55,18 @@ class Config:
         config.check()
         return config
 
-    def open_store(self):
-        """The store this configuration names, open."""
+    def open_store(self, create: bool = True):
+        """The store this configuration names, open (`create=False`: refuse a SQLite file that does not exist)."""
         from .store import open_store
 
-        return open_store(self.db, self.policy(), pool=self.db_pool)
+        return open_store(self.db, self.policy(), self.vault(), pool=self.db_pool, create=create)
+
+    def vault(self):
+        """What seals NVR passwords in the database: the key variable, the key file, or one next to a SQLite file."""
+        from .store import sqlite_path
+        from .vault import load_vault
+
+        return load_vault(self.secret_key, self.key_file, sqlite_path(self.db))
 
     def policy(self):
         """The store's protocol parameters."""

@@ -5,7 +5,8 @@
     GET  /api/tasks/<id>/result              404 until the task is done
     POST /api/tasks/<id>/requeue             a failed or cancelled task, with fresh attempts
     POST /api/tasks/<id>/cancel              a queued, waiting or running task
-    POST /api/requeue                        every failed task ({"nvr": H} for one NVR's)
+    POST /api/requeue                        every failed task ({"nvr": H}: one NVR's; {"cancelled": true}: those too)
+    POST /api/nvrs/login                     {"nvr": H, "username": U}: try a refused password again
     POST /api/pause, /api/resume             stop or resume handing out work
     GET  /api/rows                           sheet rows with their chunks rolled up
     GET  /api/progress                       completions per minute, rate, ETA
@@ -86,7 +87,7 @@ def result(task_id: int):
 def requeue_one(task_id: int):
     """Queue a failed or cancelled task again with fresh attempts."""
     state = api.store().task(task_id)["state"]
-    if not api.store().requeue([task_id]):
+    if not api.store().requeue([task_id], cancelled=True):
         raise Conflict(f"task {task_id} is {state}; only failed or cancelled tasks can be requeued")
     log.info("task %s requeued", task_id)
     return jsonify({"ok": True, "state": State.QUEUED.value})
@@ -102,13 +103,27 @@ def cancel(task_id: int):
 
 @bp.post("/requeue")
 def requeue_failed():
-    """Requeue every failed task, or one NVR's."""
+    """Requeue every failed task (cancelled ones too when asked), or one NVR's; the answer lists them."""
     body = request.get_json(silent=True) or {}
-    if not isinstance(body, dict) or set(body) - {"nvr"}:
-        raise BadRequest('body must be empty or {"nvr": "host[:port]"}')
-    count = api.store().requeue(server=body.get("nvr"), states=(State.FAILED.value,))
-    log.info("%d failed task(s) requeued", count)
-    return jsonify({"ok": True, "requeued": count})
+    if (not isinstance(body, dict) or set(body) - {"nvr", "cancelled"}
+            or not isinstance(body.get("nvr", ""), str) or not isinstance(body.get("cancelled", False), bool)):
+        raise BadRequest('body must be empty or {"nvr": "host[:port]", "cancelled": true|false}')
+    ids = api.store().requeue(server=body.get("nvr"), cancelled=body.get("cancelled", False))
+    log.info("%d task(s) requeued: %s", len(ids), _id_list(ids))
+    return jsonify({"ok": True, "requeued": len(ids), "ids": ids})
+
+
+@bp.post("/nvrs/login")
+def retry_login():
+    """Release tasks held for a refused password without changing it (the account was unlocked on the NVR)."""
+    body = request.get_json(silent=True)
+    if (not isinstance(body, dict) or not isinstance(body.get("nvr"), str) or set(body) - {"nvr", "username"}
+            or not isinstance(body.get("username", ""), str)):
+        raise BadRequest('expected {"nvr": "host[:port]", "username": "..."} (username optional: every user)')
+    count = api.store().retry_login(body["nvr"], body.get("username"))
+    log.info("login of %s on %s retried by an admin: %d task(s) released", body.get("username") or "every user",
+             body["nvr"], count)
+    return jsonify({"ok": True, "released": count})
 
 
 @bp.post("/pause")
@@ -153,6 +168,11 @@ def report():
     buffer.seek(0)
     return send_file(buffer, as_attachment=True, download_name="report.xlsx",
                      mimetype="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+
+
+def _id_list(ids: list[int]) -> str:
+    shown = ", ".join(map(str, ids[:20]))
+    return shown + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
 
 
 def _int_arg(name: str, default: int, low: int, high: int) -> int:

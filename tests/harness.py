@@ -26,6 +26,10 @@ from nvrsim import Catalogue
 
 PYTHON = sys.executable
 SIM_PASSWORD = "S1m-Secret-pw"
+# The key that seals NVR passwords in the tests' databases; coordinators and commands the
+# tests start inherit it (PostgreSQL stores need one; SQLite ones would make a key file).
+TEST_KEY = "kT0M1qgR5Yy2Yt6dvl9p0mN1Qk3o4vJx5C8T2q5Zc0E="
+os.environ.setdefault("TASKSERVER_SECRET_KEY", TEST_KEY)
 T = datetime(2026, 1, 1)  # the simulated NVRs' recordings start here
 
 
@@ -60,6 +64,19 @@ def postgres_schema() -> Iterator[str]:
     finally:
         with psycopg.connect(POSTGRES, autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA {schema} CASCADE")
+
+
+class FakeClock:
+    """A clock the tests move by hand: the store's time, without sleeping."""
+
+    def __init__(self, start: float = 1_800_000_000.0):
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
 
 
 def at(h: int, m: int = 0) -> datetime:
@@ -269,29 +286,3 @@ def worker_processes(client: Proc) -> list:
             pass
     return found
 
-
-_features: set[str] | None = None
-
-
-def coordinator_features(procs: Processes, tmp_path: Path) -> set[str]:
-    """Which newer worker-protocol calls this checkout's coordinator accepts ("auth", "workers/state").
-
-    Asked once per test session of a throwaway coordinator, so that stories needing
-    a coordinator change skip (saying why) until that change is in this checkout.
-    """
-    global _features
-    if _features is None:
-        sheet = write_sheet(tmp_path / "probe.xlsx", [["10.0.0.9", "admin", "pw", 101, T, T.replace(hour=1)]], HEADER)
-        probe = start_coordinator(procs, sheet, tmp_path / "probe.db")
-        claim = api(probe.url, path="/api/claim?worker=probe").json()
-        found = set()
-        failed = api(probe.url, "POST", f"/api/tasks/{claim['task']['id']}/fail",
-                     json={"lease": claim["lease"]["id"], "error": "probe", "device": "auth", "locked_for": None})
-        if failed.status_code == 200:
-            found.add("auth")
-        state = api(probe.url, "POST", "/api/workers/state", json={"worker": "probe", "state": "ok", "detail": ""})
-        if state.status_code == 200:
-            found.add("workers/state")
-        probe.kill()
-        _features = found
-    return _features

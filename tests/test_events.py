@@ -57,7 +57,7 @@ def test_every_change_is_streamed_and_a_reconnect_resumes_where_it_left_off(proc
     resumed = Stream(url, last)
     wait_for(lambda: len(resumed.events) >= 2, what="the events missed while away")
     assert [(e["task_id"], e["kind"], e["state"]) for e in resumed.events] == [
-        (2, "leased", "leased"), (2, "failed", "waiting")]
+        (2, "leased", "leased"), (2, "retry", "waiting")]
     assert "Ev3nt-secret" not in "\n".join(stream.raw + resumed.raw)
 
 

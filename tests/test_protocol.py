@@ -35,8 +35,7 @@ def test_claim_hands_out_one_task_with_credentials_and_a_lease_uncached(procs, t
     assert body["task"] | {"key": None} == {
         "id": 1, "key": None, "name": "first", "server": "10.1.1.1", "username": "admin", "password": PASSWORD,
         "cameras": ["101"], "start": "2026-01-01T00:00:00", "end": "2026-01-01T01:00:00", "takes_earlier": True,
-        "attempt": 1,
-        "max_attempts": 5}
+        "timezone": None, "tls_fingerprint": None, "mode": "export", "attempt": 1, "max_attempts": 5}
     assert len(body["lease"]["id"]) == 32 and body["lease"]["seconds"] == 5
     assert claim(url).json()["task"]["cameras"] == []  # empty: every channel
     # Credentials only ever travel in a claim.
@@ -207,7 +206,7 @@ def test_work_held_back_by_an_nvr_cap_means_wait_not_drained(procs, tmp_path, db
     assert claim(url).json()["status"] == "wait"
     assert api(url).json()["nvrs"] == [{"server": "nvr-a", "running": 1, "queued": 1, "max_parallel": 1,
                                         "resting_for": 0, "last_error": None, "done": 0, "failed": 0, "files": 0,
-                                        "bytes": 0}]
+                                        "bytes": 0, "password_refused": [], "clock_offset": None}]
     api(url, "POST", f"/api/tasks/{first['task']['id']}/complete",
         json={"lease": first["lease"]["id"], "result": {"files": 2, "bytes": 5000}})
     nvr = api(url).json()["nvrs"][0]

@@ -16,7 +16,7 @@ GOOD = ["10.0.0.5", "admin", "pw", "101,201", T, T.replace(hour=2), "lobby"]
 
 
 def import_sheet(sheet, db):
-    return subprocess.run([PYTHON, "-m", "taskserver", "import", str(sheet), "--db", str(db)],
+    return subprocess.run([PYTHON, "-m", "taskserver", "import", str(sheet), "--db", str(db), "--create"],
                           capture_output=True, text=True, timeout=60)
 
 

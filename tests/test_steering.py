@@ -88,9 +88,9 @@ def test_the_excel_report_matches_the_database_cell_by_cell_and_holds_no_passwor
     nvr = start_nvr(procs, channels=2, hours=2)
     header = [*HEADER, "chunk"]
     rows = [[nvr.address, "admin", SIM_PASSWORD, "101,201", at(0), at(2), "lobby", "1h"],
-            [nvr.address, "admin", "Wr0ng-pass", 101, at(0), at(1), "bad password", None]]
+            [nvr.address, "viewer", "Wr0ng-pass", 101, at(0), at(1), "bad password", None]]
     coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", header=header, rows=rows),
-                                    db, "--max-attempts", "1")
+                                    db, "--max-attempts", "1", "--nvr-give-up", "2")
     assert start_client(procs, coordinator.url, tmp_path / "dl", 2).wait(60) == 0
 
     export = subprocess.run([PYTHON, "-m", "taskserver", "export", str(tmp_path / "report.xlsx"), "--db",
@@ -207,3 +207,23 @@ def test_the_report_opens_in_libreoffice(procs, tmp_path):
     lines = (tmp_path / "csv" / "report.csv").read_text().splitlines()  # the first sheet: Rows
     assert lines[0] == "Sheet row,NVR,Tasks,Done,Failed,Other,Files,Bytes,State"
     assert lines[1:] == [f"\"t.xlsx, sheet 'tasks', row {r}\",nvr-1,1,0,0,1,0,0,in progress" for r in (2, 3, 4)]
+
+
+def test_the_manifest_says_which_host_holds_each_file_and_scripts_find_a_camera_hour(procs, tmp_path, db):
+    rows = [["nvr-a", "admin", "pw", 101, at(0), at(2), "lobby"]]
+    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), db, "--token", "tok").url
+    claimed = api(url, path="/api/claim?worker=host1-9/w0", token="tok").json()
+    manifest = [{"path": f"nvr-a/Lobby/2026-01-01/{h:02d}00-{h + 1:02d}00.mp4", "size": 10 + h, "sha256": f"{h}" * 64,
+                 "camera": "101", "camera_name": "Lobby", "start": at(h).isoformat(), "end": at(h + 1).isoformat()}
+                for h in (0, 1)]
+    api(url, "POST", f"/api/tasks/{claimed['task']['id']}/complete", token="tok",
+        json={"lease": claimed["lease"]["id"], "result": {"files": 2, "bytes": 21, "manifest": manifest}})
+    listed = api(url, path="/api/tasks/1/files", token="tok").json()["files"]
+    assert [(f["host"], f["path"], f["size"], f["sha256"]) for f in listed] == [
+        ("host1-9", m["path"], m["size"], m["sha256"]) for m in manifest]
+    hour = api(url, path="/api/files?nvr=nvr-a&camera=101&from=2026-01-01T01:30&to=2026-01-01T01:40",
+               token="tok").json()
+    assert [f["path"] for f in hour["files"]] == [manifest[1]["path"]] and hour["next_after"] is None
+    assert api(url, path="/api/files?from=yesterday", token="tok").status_code == 400
+    assert api(url, path="/api/files?limit=0", token="tok").status_code == 400
+    assert api(url, path="/api/tasks/99/files", token="tok").status_code == 404

@@ -20,11 +20,9 @@ File names follow hikload's, `YYYYMMDDHHMMSS-<track>.mp4`, built from parsed val
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 import threading
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -43,10 +41,6 @@ from . import Progress
 
 log = logging.getLogger("taskclient.hikload")
 MB = 1_000_000
-REFUSED_MEMORY = 600.0  # seconds a refused login is not tried again by this worker process (or the lock's length)
-
-# Per worker process: logins an NVR refused, by (NVR, user, password digest) -> (until, error).
-_refused: dict[tuple[str, str, str], tuple[float, TaskFailed]] = {}
 
 
 class HikloadRunner:
@@ -65,13 +59,6 @@ class HikloadRunner:
         """List the task's recordings, then download the missing ones (or only count them: `mode: list`)."""
         nvr = NVR(task["server"], task["username"], task["password"], self.timeout, self.tls,
                   task.get("tls_fingerprint"))
-        login = (nvr.base, task["username"], hashlib.sha256(str(task["password"]).encode()).hexdigest())
-        earlier = _refused.get(login)
-        if earlier and time.monotonic() < earlier[0]:
-            # A device locks a client out after a few refused logins: never try a refused one again soon.
-            error = earlier[1]
-            raise TaskFailed(f"{error} (refused earlier; not tried again by this worker)", device="auth",
-                             locked_for=error.locked_for)
         try:
             with bound(nvr) as server:
                 return self._run(nvr, server, task, folder, progress, cancel)
@@ -80,10 +67,6 @@ class HikloadRunner:
         except (ValueError, TypeError, KeyError, AttributeError, SyntaxError) as exc:  # hikload meeting odd XML
             raise TaskFailed(f"{nvr.label}: unexpected answer to the {nvr.what or 'device'} request"
                              f" ({type(exc).__name__}); listing is unreliable") from None
-        except TaskFailed as exc:
-            if exc.device == "auth":
-                _refused[login] = (time.monotonic() + max(REFUSED_MEMORY, exc.locked_for or 0), exc)
-            raise
         finally:
             nvr.close()
 

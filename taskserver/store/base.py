@@ -1,15 +1,21 @@
-"""The store interface: task states, their transitions, and what every store provides.
+"""The store interface: task states, the transition table, and what every store provides.
 
-A store owns the protocol's rules (leases, fencing, attempts, backoff), each
-applied inside one transaction, so the HTTP views stay thin and a second store
-(PostgreSQL) implements the same behaviour behind the same methods.
+A store owns the protocol's rules (leases, fencing, attempts, backoff, NVR rests,
+refused passwords), each applied inside one transaction, so the HTTP views stay
+thin and both stores (SQLite, PostgreSQL) implement the same behaviour behind the
+same methods. Time comes from one injectable clock, so tests drive expiry and
+backoff without sleeping.
 """
 from __future__ import annotations
 
 import enum
 import random
+import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+Clock = Callable[[], float]  # seconds since the epoch, like time.time
 
 
 class State(enum.StrEnum):
@@ -17,7 +23,7 @@ class State(enum.StrEnum):
 
     QUEUED = "queued"
     LEASED = "leased"
-    WAITING = "waiting"  # failed an attempt; ready again after its backoff
+    WAITING = "waiting"  # not ready yet: backing off, its NVR resting, or its password refused
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
@@ -28,19 +34,39 @@ class State(enum.StrEnum):
 
 
 TERMINAL = frozenset({State.DONE, State.FAILED, State.CANCELLED})
+ACTIVE = frozenset(State) - TERMINAL
+Q, L, W, D, F, C = State.QUEUED, State.LEASED, State.WAITING, State.DONE, State.FAILED, State.CANCELLED
 
-# Every allowed transition, by the event that causes it. Stores implement each as
-# one guarded UPDATE; the table is the reference for README and tests.
-TRANSITIONS: dict[str, tuple[frozenset[State], tuple[State, ...]]] = {
-    "claim": (frozenset({State.QUEUED}), (State.LEASED,)),
-    "ready": (frozenset({State.WAITING}), (State.QUEUED,)),
-    "complete": (frozenset({State.LEASED}), (State.DONE,)),
-    "fail": (frozenset({State.LEASED}), (State.WAITING, State.FAILED)),
-    "expire": (frozenset({State.LEASED}), (State.QUEUED, State.FAILED)),
-    "release": (frozenset({State.LEASED}), (State.QUEUED,)),
-    "cancel": (frozenset({State.QUEUED, State.WAITING, State.LEASED}), (State.CANCELLED,)),
-    "requeue": (frozenset({State.FAILED, State.CANCELLED}), (State.QUEUED,)),
-}
+
+@dataclass(frozen=True)
+class Transition:
+    """One way a task's state may change; its name is also the change feed's event kind."""
+
+    name: str
+    sources: frozenset[State]
+    target: State
+    meaning: str
+
+
+# Every state change a task can go through. The store executes them only through this
+# table (a guarded UPDATE from the sources, one feed event per row changed); README,
+# the tests and the dashboard's state list read it too.
+TRANSITIONS: dict[str, Transition] = {t.name: t for t in (
+    Transition("leased", frozenset({Q}), L, "a worker claimed it"),
+    Transition("done", frozenset({L}), D, "its worker completed it"),
+    Transition("retry", frozenset({L}), W, "an attempt failed; it waits for its backoff"),
+    Transition("failed", frozenset({L}), F, "an attempt failed and none are left (or it cannot succeed)"),
+    Transition("rested", frozenset({L}), W, "its NVR was busy or unreachable: the NVR rests, no attempt charged"),
+    Transition("refused", frozenset({L}), W, "its NVR refused the password: held until corrected, no attempt charged"),
+    Transition("held", frozenset({Q, W}), W, "another task of its NVR and user had its password refused"),
+    Transition("gave up", frozenset({Q, W, L}), F, "its NVR stayed busy, unreachable or refused its password too long"),
+    Transition("expired", frozenset({L}), Q, "its lease ran out: the worker stopped reporting"),
+    Transition("expired, failed", frozenset({L}), F, "its lease ran out and no attempts are left"),
+    Transition("released", frozenset({L}), Q, "its worker gave it back unrun (shutdown, host fault)"),
+    Transition("ready", frozenset({W}), Q, "its backoff, NVR rest or password hold is over"),
+    Transition("cancelled", frozenset({Q, W, L}), C, "cancelled by an admin"),
+    Transition("requeued", frozenset({F, C}), Q, "given a fresh set of attempts by an admin"),
+)}
 
 
 @dataclass(frozen=True)
@@ -60,6 +86,9 @@ class TaskSpec:
     group: str = ""  # the sheet row's key: chunks of one row share it (for roll-ups)
     takes_earlier: bool = True  # owns recordings that began before `start` (a row's first chunk)
     max_parallel: int | None = None  # the row's cap on concurrent tasks for its NVR
+    timezone: str | None = None  # "auto": start/end carry an offset; the worker converts with the device's zone
+    tls_fingerprint: str | None = None  # SHA-256 of the NVR's HTTPS certificate, lowercase hex, when pinned
+    mode: str = "export"  # "export", or "list": a dry run that lists what would be exported
 
     @property
     def span(self) -> float | None:
@@ -82,7 +111,7 @@ class Policy:
     max_wait: float = 5.0
     per_nvr: int = 2  # concurrent tasks per NVR unless the sheet says otherwise
     device_backoff: float = 5.0  # first pause for a busy or unreachable NVR; doubles, capped at 300 s
-    nvr_give_up: float = 1800.0  # an NVR busy or unreachable this long fails its remaining tasks
+    nvr_give_up: float = 1800.0  # an NVR busy, unreachable or refusing a password this long fails its tasks
     events_kept: int = 200_000  # newest changes kept in the event feed; older ones are pruned
 
     def device_delay(self, failures: int) -> float:
@@ -124,7 +153,7 @@ class ImportResult:
 
     added: int = 0
     existing: int = 0
-    updated: int = 0  # existing tasks, not yet done, whose password the sheet corrected
+    updated: int = 0  # NVR users whose password the import corrected (their held tasks are released)
     ids: list[int] = field(default_factory=list)
 
 
@@ -137,17 +166,22 @@ class Store(ABC):
     # 503 so that workers retry, rather than 500.
     UNAVAILABLE: tuple[type[BaseException], ...] = ()
 
-    def __init__(self, policy: Policy):
+    def __init__(self, policy: Policy, clock: Clock = time.time):
         self.policy = policy
+        self.clock = clock
 
     @abstractmethod
     def add(self, specs: list[TaskSpec]) -> ImportResult:
-        """Queue new tasks atomically; specs whose key is already stored are counted, not added."""
+        """Queue new tasks atomically; specs whose key is already stored are counted, not added.
+
+        A password that differs from the stored one for the same NVR and user corrects
+        it, and releases that user's tasks held for a refused password.
+        """
 
     @abstractmethod
     def requeue(self, task_ids: list[int] | None = None, server: str | None = None,
-                states: tuple[str, ...] = ("failed", "cancelled")) -> int:
-        """Queue failed or cancelled tasks again with fresh attempts (all, these ids, or one NVR's)."""
+                cancelled: bool = False) -> list[int]:
+        """Give failed tasks (and cancelled ones too, when asked) fresh attempts; return their ids."""
 
     @abstractmethod
     def claim(self, worker: str) -> Claim:
@@ -170,25 +204,35 @@ class Store(ABC):
 
     @abstractmethod
     def fail(self, task_id: int, lease_id: str, error: str, permanent: bool = False,
-             device: str | None = None) -> str:
+             device: str | None = None, locked_for: float | None = None) -> str:
         """Record a failed attempt; back off and retry, or fail the task. Returns the new state.
 
-        `device` ("busy" or "unreachable") blames the NVR, not the task: the NVR rests
-        (all its tasks wait) and no attempt is charged, until `nvr_give_up` seconds of
-        such answers fail its remaining tasks.
+        `device` blames the NVR, not the task, and charges no attempt: "busy" or
+        "unreachable" rests the NVR (all its tasks wait) until `nvr_give_up` seconds of
+        such answers fail its remaining tasks; "auth" holds every task of the NVR and
+        user until a corrected password arrives (`locked_for`: seconds the device
+        stays locked, if it said).
         """
 
     @abstractmethod
-    def release(self, task_id: int, lease_id: str) -> None:
-        """Give a leased task back unrun (graceful shutdown): queued, no attempt charged."""
+    def release(self, task_id: int, lease_id: str, reason: str | None = None) -> None:
+        """Give a leased task back unrun (shutdown, host fault): queued, no attempt charged."""
 
     @abstractmethod
     def cancel(self, task_id: int) -> str:
         """Cancel a task that is not finished (a running one's worker is refused at its next report)."""
 
     @abstractmethod
+    def retry_login(self, server: str, username: str | None = None) -> int:
+        """Release tasks held for a refused password (the account was fixed on the device); return how many."""
+
+    @abstractmethod
     def set_paused(self, paused: bool) -> None:
         """Stop or resume handing out work (claims answer "wait" while paused); durable."""
+
+    @abstractmethod
+    def worker_state(self, worker: str, state: str, detail: str | None) -> None:
+        """Record what a worker host says of itself: "ok", "full", "fault" or "stopped"."""
 
     @abstractmethod
     def tasks(self, state: str | None = None, nvr: str | None = None, worker: str | None = None,
@@ -198,6 +242,11 @@ class Store(ABC):
     @abstractmethod
     def done_ids(self, after: int = 0) -> list[int]:
         """Ids of done tasks above `after`, ascending: for scripts that poll for results."""
+
+    @abstractmethod
+    def files(self, task_id: int | None = None, camera: str | None = None, nvr: str | None = None,
+              start: str | None = None, end: str | None = None, after: int = 0, limit: int = 1000) -> list[dict]:
+        """The manifest: files of one task, or of a camera (and NVR) overlapping [start, end), by id above `after`."""
 
     @abstractmethod
     def all_tasks(self):
@@ -229,7 +278,7 @@ class Store(ABC):
 
     @abstractmethod
     def status(self) -> dict:
-        """Counts per state, totals, workers seen, and whether the queue is drained."""
+        """Counts per state, totals, workers seen, NVRs, and whether the queue is drained."""
 
     def release_connection(self) -> None:
         """Give this thread's database connection back to the pool, if the store pools them.

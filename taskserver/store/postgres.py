@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 from urllib.parse import urlsplit, urlunsplit
 
 from ..errors import ConfigError, Unavailable
-from .base import Policy
-from .sql import SQLStore
+from ..vault import Vault
+from .base import Clock, Policy
+from .sql import L, Q, SQLStore
 
 FEED_LOCK = 7_414_155_301  # advisory lock keys (arbitrary, fixed)
 SCHEMA_LOCK = 7_414_155_302
@@ -91,7 +93,7 @@ class PostgresStore(SQLStore):
              "real": "DOUBLE PRECISION", "bigint": "BIGINT"}
     CANDIDATES = 8  # NVR queue heads a claim considers before it waits for a busy one
 
-    def __init__(self, url: str, policy: Policy, pool: int = 10):
+    def __init__(self, url: str, policy: Policy, vault: Vault, clock: Clock = time.time, pool: int = 10):
         try:
             import psycopg
             from psycopg_pool import ConnectionPool
@@ -99,7 +101,7 @@ class PostgresStore(SQLStore):
             raise ConfigError("a postgresql:// database needs psycopg: pip install 'taskserver[postgres]'") from None
         self.RETRY = (psycopg.errors.DeadlockDetected, psycopg.errors.SerializationFailure)
         self.UNAVAILABLE = (psycopg.OperationalError,)  # server gone, network cut, lock_timeout
-        super().__init__(policy)
+        super().__init__(policy, vault, clock)
         self.url = redact(url)
         # Keepalives notice a dead network in about a minute rather than the system's two hours.
         options = {"autocommit": True, "row_factory": _row_factory, "connect_timeout": 10,
@@ -114,13 +116,17 @@ class PostgresStore(SQLStore):
         self._pool = ConnectionPool(url, min_size=1, max_size=pool, kwargs=options, timeout=30,
                                     configure=_configure, check=ConnectionPool.check_connection,
                                     name="taskserver", open=True)
-        with self._write() as db:
-            # Coordinators starting together migrate one after the other.
-            db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
-            db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
-            row = db.execute("SELECT max(version) FROM schema_version").fetchone()
-            for version in self._migrate(db, row[0] or 0, self.url):
-                db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        try:
+            with self._write() as db:
+                # Coordinators starting together migrate one after the other.
+                db.execute("SELECT pg_advisory_xact_lock(?)", (SCHEMA_LOCK,))
+                db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+                row = db.execute("SELECT max(version) FROM schema_version").fetchone()
+                for version in self._migrate(db, row[0] or 0, self.url):
+                    db.execute("INSERT INTO schema_version (version) VALUES (?)", (version,))
+        except BaseException:
+            self.close()  # a refused database leaves no pool threads behind
+            raise
 
     def _db(self) -> _Connection:
         """This thread's connection, borrowed from the pool until `release_connection`."""
@@ -185,8 +191,8 @@ class PostgresStore(SQLStore):
         """The NVR's next queued task, whole, if it may take one more now (its row lock is held)."""
         return db.execute(
             "SELECT q.* FROM tasks q JOIN nvrs n ON n.server = q.server"
-            " WHERE q.state = 'queued' AND q.server = ? AND n.backoff_until <= ?"
-            " AND (SELECT count(*) FROM tasks l WHERE l.state = 'leased' AND l.server = q.server)"
+            f" WHERE q.state = {Q} AND q.server = ? AND n.backoff_until <= ?"
+            f" AND (SELECT count(*) FROM tasks l WHERE l.state = {L} AND l.server = q.server)"
             "     < coalesce(n.max_parallel, ?)"
             " ORDER BY q.priority DESC, q.span DESC NULLS LAST, q.id LIMIT 1 FOR UPDATE OF q SKIP LOCKED",
             (server, now, self.policy.per_nvr),

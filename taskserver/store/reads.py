@@ -1,17 +1,17 @@
 """The SQL stores' read side: task views, task lists, status, metrics.
 
 A mixin of SQLStore, split off so that the protocol's transactions in `sql.py`
-stay readable; it uses that class's connection and expiry helpers.
+stay readable; it uses that class's connection, clock and expiry helpers.
 """
 from __future__ import annotations
 
 import json
-import time
 
 from ..errors import TaskNotFound
-from .base import State
+from .base import ACTIVE, State
 
-ACTIVE = (State.QUEUED.value, State.LEASED.value, State.WAITING.value)
+Q, L, W, D, F, C = (f"'{s.value}'" for s in State)  # states as SQL literals, from the one enum
+LIVE = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE))
 
 
 class SQLReads:
@@ -20,16 +20,17 @@ class SQLReads:
     def _expire_if_due(self, now: float) -> None:
         """Reads show the truth: leases that ran out are expired first (a write only when one did)."""
         if self._db().execute(
-            "SELECT 1 FROM tasks WHERE (state = 'leased' AND lease_expires < ?) OR (state = 'waiting' AND"
-            " ready_at <= ?) LIMIT 1", (now, now),
-        ).fetchone():
+            f"SELECT EXISTS (SELECT 1 FROM tasks WHERE (state = {L} AND lease_expires < ?) OR (state = {W} AND"
+            " ready_at <= ?)) OR EXISTS (SELECT 1 FROM logins WHERE refused_at <= ?)",
+            (now, now, now - self.policy.nvr_give_up),
+        ).fetchone()[0]:
             with self._write() as db:
                 self._expire(db, now)
 
     ORDER_SQL = {"id": "id", "newest": "id DESC", "priority": "priority DESC, span DESC{nulls}, id"}
 
     def tasks(self, state=None, nvr=None, worker=None, text=None, order="id", offset=0, limit=50):
-        now = time.time()
+        now = self.clock()
         self._expire_if_due(now)
         where, params = [], []
         for column, value in (("state", state), ("server", nvr), ("worker", worker)):
@@ -51,7 +52,7 @@ class SQLReads:
         return [_public(r, now) for r in rows], total
 
     def done_ids(self, after: int = 0) -> list[int]:
-        return [r[0] for r in self._db().execute("SELECT id FROM tasks WHERE state = 'done' AND id > ? ORDER BY id",
+        return [r[0] for r in self._db().execute(f"SELECT id FROM tasks WHERE state = {D} AND id > ? ORDER BY id",
                                                  (after,))]
 
     def rows(self, offset: int = 0, limit: int = 100) -> tuple[list[dict], int]:
@@ -59,8 +60,8 @@ class SQLReads:
         total = db.execute("SELECT count(DISTINCT grp) FROM tasks").fetchone()[0]
         found = db.execute(
             "SELECT grp, min(source) AS source, min(server) AS server, count(*) AS tasks,"
-            " count(*) FILTER (WHERE state = 'done') AS done, count(*) FILTER (WHERE state = 'failed') AS failed,"
-            " count(*) FILTER (WHERE state IN ('queued', 'leased', 'waiting')) AS active,"
+            f" count(*) FILTER (WHERE state = {D}) AS done, count(*) FILTER (WHERE state = {F}) AS failed,"
+            f" count(*) FILTER (WHERE state IN ({LIVE})) AS active,"
             " CAST(coalesce(sum(files), 0) AS BIGINT) AS files, CAST(coalesce(sum(bytes), 0) AS BIGINT) AS bytes"
             " FROM tasks GROUP BY grp ORDER BY min(id) LIMIT ? OFFSET ?",
             (limit, offset),
@@ -68,7 +69,7 @@ class SQLReads:
         return [dict(r) for r in found], total
 
     def progress(self, minutes: int = 60) -> dict:
-        now = time.time()
+        now = self.clock()
         since = now - minutes * 60
         db = self._db()
         per_minute = [0] * minutes
@@ -77,7 +78,7 @@ class SQLReads:
             " WHERE outcome = 'done' AND ended >= ? GROUP BY m", (since, since),
         ):
             per_minute[min(minutes - 1, max(0, row["m"]))] += row["n"]
-        left = db.execute("SELECT count(*) FROM tasks WHERE state IN ('queued', 'leased', 'waiting')").fetchone()[0]
+        left = db.execute(f"SELECT count(*) FROM tasks WHERE state IN ({LIVE})").fetchone()[0]
         recent = sum(per_minute[-10:]) / 10  # tasks per minute over the last 10 minutes
         return {"per_minute": per_minute, "rate_per_minute": recent, "left": left,
                 "eta_seconds": round(left / recent * 60) if recent and left else None}
@@ -92,7 +93,7 @@ class SQLReads:
         return self._db().execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
 
     def metrics(self) -> dict:
-        self._expire_if_due(time.time())
+        self._expire_if_due(self.clock())
         db = self._db()
         return {
             "states": {r[0]: r[1] for r in db.execute("SELECT state, count(*) FROM tasks GROUP BY state")},
@@ -100,23 +101,24 @@ class SQLReads:
                 "SELECT coalesce(outcome, 'running'), count(*) FROM attempts GROUP BY outcome")},
             "bytes": db.execute("SELECT CAST(coalesce(sum(bytes), 0) AS BIGINT) FROM tasks").fetchone()[0],
             "nvr_running": {r[0]: r[1] for r in db.execute(
-                "SELECT server, (SELECT count(*) FROM tasks t WHERE t.state = 'leased' AND t.server = n.server)"
+                f"SELECT server, (SELECT count(*) FROM tasks t WHERE t.state = {L} AND t.server = n.server)"
                 " FROM nvrs n")},
         }
 
     def all_tasks(self):
-        now = time.time()
+        now = self.clock()
         self._expire_if_due(now)
         for row in self._db().execute("SELECT * FROM tasks ORDER BY id"):
             yield _public(row, now)
 
     def task(self, task_id: int) -> dict:
-        self._expire_if_due(time.time())
+        now = self.clock()
+        self._expire_if_due(now)
         db = self._db()
         row = db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone()
         if row is None:
             raise TaskNotFound(task_id)
-        view = _public(row, time.time())
+        view = _public(row, now)
         view["attempt_log"] = [
             dict(a) for a in db.execute(
                 "SELECT worker, started, ended, outcome, error FROM attempts WHERE task_id = ? ORDER BY id",
@@ -125,8 +127,27 @@ class SQLReads:
         ]
         return view
 
+    FILE_COLUMNS = ("task_id", "host", "path", "size", "sha256", "camera", "camera_name", "start", "end", "kind",
+                    "location")
+
+    def files(self, task_id: int | None = None, camera: str | None = None, nvr: str | None = None,
+              start: str | None = None, end: str | None = None, after: int = 0, limit: int = 1000) -> list[dict]:
+        """Files in the manifest: one task's, or those of a camera (of an NVR) overlapping [start, end)."""
+        where, params = ["f.id > ?"], [after]
+        for clause, value in (("f.task_id = ?", task_id), ("f.camera = ?", camera), ("t.server = ?", nvr),
+                              ('f."end" > ?', start), ("f.start < ?", end)):
+            if value is not None:
+                where.append(clause)
+                params.append(value)
+        rows = self._db().execute(
+            "SELECT f.id, t.server, " + ", ".join(f'f."{c}"' for c in self.FILE_COLUMNS) +
+            f" FROM files f JOIN tasks t ON t.id = f.task_id WHERE {' AND '.join(where)} ORDER BY f.id LIMIT ?",
+            [*params, limit],
+        ).fetchall()
+        return [dict(r) for r in rows]
+
     def status(self) -> dict:
-        now = time.time()
+        now = self.clock()
         self._expire_if_due(now)
         db = self._db()
         # Tasks per NVR and state, from an index alone; files and bytes are the NVRs' counters.
@@ -135,16 +156,13 @@ class SQLReads:
         for row in db.execute("SELECT server, state, count(*) AS n FROM tasks GROUP BY server, state"):
             counts[row["state"]] += row["n"]
             per_nvr.setdefault(row["server"], {s.value: 0 for s in State})[row["state"]] += row["n"]
-        lost_after = 2 * self.policy.lease_seconds
-        seen = {w["name"]: dict(w) for w in db.execute("SELECT * FROM workers")}
-        for name, when in list(self._idle_seen.items()):
-            known = seen.setdefault(name, {"name": name, "task_id": None, "done": 0, "failed": 0, "last_seen": when})
-            known["last_seen"] = max(known["last_seen"], when)
-        workers = [
-            {"name": w["name"], "task": w["task_id"], "done": w["done"], "failed": w["failed"],
-             "last_seen_ago": round(now - w["last_seen"], 1), "lost": now - w["last_seen"] > lost_after}
-            for w in sorted(seen.values(), key=lambda w: w["name"])
-        ]
+        refused: dict[str, list[dict]] = {}
+        for login in db.execute("SELECT server, username, error, locked_until FROM logins"
+                                " WHERE refused_at IS NOT NULL ORDER BY server, username"):
+            locked = login["locked_until"]
+            refused.setdefault(login["server"], []).append({
+                "username": login["username"], "error": login["error"],
+                "locked_for": round(locked - now) if locked and locked > now else 0})
         nvrs = []
         for n in db.execute("SELECT * FROM nvrs ORDER BY server"):
             tasks = per_nvr.get(n["server"], {s.value: 0 for s in State})
@@ -153,7 +171,8 @@ class SQLReads:
                 "max_parallel": n["max_parallel"] or self.policy.per_nvr,
                 "resting_for": round(n["backoff_until"] - now, 1) if n["backoff_until"] > now else 0,
                 "last_error": n["last_error"], "done": tasks["done"], "failed": tasks["failed"],
-                "files": n["files"], "bytes": n["bytes"],
+                "files": n["files"], "bytes": n["bytes"], "password_refused": refused.get(n["server"], []),
+                "clock_offset": n["clock_offset"],
             })
         return {
             "counts": counts,
@@ -161,19 +180,35 @@ class SQLReads:
             "files": sum(n["files"] for n in nvrs),
             "bytes": sum(n["bytes"] for n in nvrs),
             "drained": not any(counts[s] for s in ACTIVE),
-            "workers": workers,
+            "workers": self._workers(db, now),
             "nvrs": nvrs,
             "paused": self._paused(),
         }
 
+    def _workers(self, db, now: float) -> list[dict]:
+        """Workers seen, with what their hosts said of themselves; a silent one is lost unless it said it stopped."""
+        lost_after = 2 * self.policy.lease_seconds
+        seen = {w["name"]: dict(w) for w in db.execute("SELECT * FROM workers")}
+        for name, when in list(self._idle_seen.items()):
+            known = seen.setdefault(name, {"name": name, "task_id": None, "done": 0, "failed": 0, "last_seen": when,
+                                           "state": "ok", "detail": None})
+            known["last_seen"] = max(known["last_seen"], when)
+        return [
+            {"name": w["name"], "task": w["task_id"], "done": w["done"], "failed": w["failed"],
+             "last_seen_ago": round(now - w["last_seen"], 1), "state": w["state"], "detail": w["detail"],
+             "lost": w["state"] != "stopped" and now - w["last_seen"] > lost_after}
+            for w in sorted(seen.values(), key=lambda w: w["name"])
+        ]
+
 
 def _public(row, now: float) -> dict:
-    """A task as anyone but its worker may see it: everything except the password."""
+    """A task as anyone but its worker may see it (the password is not even in the row)."""
     return {
         "id": row["id"], "key": row["key"], "name": row["name"], "server": row["server"],
         "username": row["username"], "cameras": [c for c in row["cameras"].split(",") if c],
         "start": row["start"], "end": row["end"], "priority": row["priority"], "source": row["source"],
-        "group": row["grp"],
+        "group": row["grp"], "mode": row["mode"], "timezone": row["timezone"],
+        "tls_fingerprint": row["tls_fingerprint"],
         "state": row["state"], "attempts": row["attempts"], "worker": row["worker"],
         "lease_expires_in": round(row["lease_expires"] - now, 1) if row["lease_expires"] else None,
         "progress": json.loads(row["progress"]) if row["progress"] else None,

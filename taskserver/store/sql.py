@@ -2,8 +2,12 @@
 
 The statements here are plain SQL that both databases run unchanged (`?`
 placeholders; the PostgreSQL store translates them). What differs — connecting,
-the schema and its migrations, how a transaction starts, and how concurrent
-coordinators are kept apart — lives in `sqlite.py` and `postgres.py`.
+how a transaction starts, and how concurrent coordinators are kept apart — lives
+in `sqlite.py` and `postgres.py`; the schema is in `schema.py`.
+
+Every change of a task's state goes through `_move`, which executes one row of
+the transition table (`base.TRANSITIONS`): an UPDATE guarded by the allowed
+source states, whose changed rows each get one event in the change feed.
 """
 from __future__ import annotations
 
@@ -17,102 +21,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from ..errors import ConfigError, Conflict, LeaseLost, TaskNotFound
-from .base import Claim, ImportResult, Policy, State, Store, TaskSpec
+from ..vault import CHECK, Vault
+from .base import TRANSITIONS, Claim, Clock, ImportResult, Policy, State, Store, TaskSpec
 from .reads import SQLReads
+from .schema import MIGRATIONS, SCHEMA_VERSION, TABLES
 
-# The schema, one entry per version: a store at version N runs entries N+1... on
-# start, in one transaction. `{id}`, `{real}`... are the dialect's types (TYPES).
-MIGRATIONS = [
-    """
-CREATE TABLE IF NOT EXISTS tasks (
-    id {id},
-    key TEXT NOT NULL UNIQUE,
-    name TEXT NOT NULL DEFAULT '',
-    server TEXT NOT NULL,
-    username TEXT NOT NULL,
-    password TEXT NOT NULL,
-    cameras TEXT NOT NULL DEFAULT '',
-    start TEXT,
-    "end" TEXT,
-    priority INTEGER NOT NULL DEFAULT 0,
-    source TEXT NOT NULL DEFAULT '',
-    grp TEXT NOT NULL DEFAULT '',
-    span {real},
-    takes_earlier INTEGER NOT NULL DEFAULT 1,
-    state TEXT NOT NULL DEFAULT 'queued',
-    attempts INTEGER NOT NULL DEFAULT 0,
-    ready_at {real} NOT NULL DEFAULT 0,
-    lease_id TEXT,
-    lease_expires {real},
-    worker TEXT,
-    progress TEXT,
-    result TEXT,
-    files {bigint},
-    bytes {bigint},
-    last_error TEXT,
-    created {real} NOT NULL,
-    started {real},
-    finished {real}
-);
--- Each NVR's queue in hand-out order: priority, then longest range first.
-CREATE INDEX IF NOT EXISTS tasks_next ON tasks (state, server, priority DESC, span DESC{nulls_last}, id);
-CREATE INDEX IF NOT EXISTS tasks_leases ON tasks (state, lease_expires);
-CREATE INDEX IF NOT EXISTS tasks_ready ON tasks (state, ready_at);
-CREATE TABLE IF NOT EXISTS attempts (
-    id {id},
-    task_id {bigint} NOT NULL REFERENCES tasks (id),
-    lease_id TEXT NOT NULL UNIQUE,
-    worker TEXT NOT NULL,
-    started {real} NOT NULL,
-    ended {real},
-    outcome TEXT,
-    error TEXT
-);
-CREATE INDEX IF NOT EXISTS attempts_task ON attempts (task_id);
-CREATE TABLE IF NOT EXISTS nvrs (
-    server TEXT PRIMARY KEY,
-    max_parallel INTEGER,
-    backoff_until {real} NOT NULL DEFAULT 0,
-    failures INTEGER NOT NULL DEFAULT 0,
-    down_since {real},
-    last_error TEXT
-);
--- The change feed behind /api/events: written at the end of each change's transaction.
-CREATE TABLE IF NOT EXISTS events (
-    id {serial},
-    at {real} NOT NULL,
-    kind TEXT NOT NULL,
-    task_id {bigint},
-    state TEXT,
-    worker TEXT,
-    detail TEXT
-);
-CREATE TABLE IF NOT EXISTS settings (
-    name TEXT PRIMARY KEY,
-    value TEXT
-);
-CREATE TABLE IF NOT EXISTS workers (
-    name TEXT PRIMARY KEY,
-    first_seen {real} NOT NULL,
-    last_seen {real} NOT NULL,
-    task_id {bigint},
-    done INTEGER NOT NULL DEFAULT 0,
-    failed INTEGER NOT NULL DEFAULT 0
-)
-""",
-    # 2: files and bytes per NVR, kept as counters (done tasks never change again), so that
-    # a status does not sum a million tasks.
-    """
-ALTER TABLE nvrs ADD COLUMN files {bigint} NOT NULL DEFAULT 0;
-ALTER TABLE nvrs ADD COLUMN bytes {bigint} NOT NULL DEFAULT 0;
-UPDATE nvrs SET files = (SELECT coalesce(sum(t.files), 0) FROM tasks t WHERE t.server = nvrs.server),
-                bytes = (SELECT coalesce(sum(t.bytes), 0) FROM tasks t WHERE t.server = nvrs.server)
-""",
-]
-SCHEMA_VERSION = len(MIGRATIONS)
-TABLES = ("tasks", "attempts", "nvrs", "events", "settings", "workers")  # in foreign-key order
 PRUNE_EVERY = 100  # write transactions between two prunings of the event feed
 IDLE_WRITE = 15.0  # seconds between two writes of an idle worker's last poll (at most half a lease)
+HELD = 1e18  # ready_at of a task held for a refused password: never ready until released
+Q, L, W, D, F, C = (f"'{s.value}'" for s in State)  # states as SQL literals, from the one enum
 
 
 def retried(method):
@@ -140,10 +57,11 @@ class SQLStore(SQLReads, Store):
     LOCK_ROWS = ""  # appended to SELECTs of rows a transaction is about to change
     NULLS_LAST = ""  # SQLite sorts NULLs last in DESC order already; PostgreSQL must be told
     TRUNC = "CAST({} AS INTEGER)"  # a number's integer part (PostgreSQL's CAST rounds)
-    TYPES: dict[str, str] = {}  # the schema's types in this dialect (see MIGRATIONS)
+    TYPES: dict[str, str] = {}  # the schema's types in this dialect (see schema.MIGRATIONS)
 
-    def __init__(self, policy: Policy):
-        super().__init__(policy)
+    def __init__(self, policy: Policy, vault: Vault, clock: Clock = time.time):
+        super().__init__(policy, clock)
+        self.vault = vault
         self._local = threading.local()
         # When idle workers were last seen, in memory: an idle poll costs a read, and a
         # write only every IDLE_WRITE seconds per worker, so that other coordinators
@@ -151,6 +69,7 @@ class SQLStore(SQLReads, Store):
         self._idle_seen: dict[str, float] = {}
         self._idle_written: dict[str, float] = {}
         self._feed_writes = 0  # transactions that wrote events, for pruning now and then
+        self._passwords: dict[str, str] = {}  # sealed -> plain, so that a claim opens each password once
 
     # --- connections and transactions (the dialect's part) --------------------------
     def _begin(self, db) -> None:
@@ -177,6 +96,35 @@ class SQLStore(SQLReads, Store):
                 if statement.strip():
                     db.execute(statement)
             yield number
+        self._check_vault(db)
+
+    def _check_vault(self, db) -> None:
+        """Refuse a key that cannot open this database's passwords; seal any plaintext left by an older version."""
+        row = db.execute("SELECT value FROM settings WHERE name = 'vault'").fetchone()
+        if row is None:
+            db.execute("INSERT INTO settings (name, value) VALUES ('vault', ?)", (self.vault.seal(CHECK),))
+        else:
+            try:
+                opened = self.vault.open(row["value"]) == CHECK
+            except ConfigError:
+                opened = False
+            if not opened:
+                raise ConfigError(f"the key from {self.vault.origin} does not open this database's passwords"
+                                  " (they were sealed with another key: give the key this database was made with)")
+        for login in db.execute("SELECT server, username, password FROM logins").fetchall():
+            if not self.vault.sealed(login["password"]):
+                db.execute("UPDATE logins SET password = ? WHERE server = ? AND username = ?",
+                           (self.vault.seal(login["password"]), login["server"], login["username"]))
+
+    def rotate_key(self) -> int:
+        """Seal every password (and the key check) with the vault's newest key; return how many."""
+        with self._write() as db:
+            logins = db.execute("SELECT server, username, password FROM logins").fetchall()
+            for login in logins:
+                db.execute("UPDATE logins SET password = ? WHERE server = ? AND username = ?",
+                           (self.vault.reseal(login["password"]), login["server"], login["username"]))
+            db.execute("UPDATE settings SET value = ? WHERE name = 'vault'", (self.vault.seal(CHECK),))
+        return len(logins)
 
     def _db(self):
         """This thread's connection: in autocommit mode, its rows answer to row[0] and row["name"]."""
@@ -208,6 +156,25 @@ class SQLStore(SQLReads, Store):
             raise
         db.execute("COMMIT")
 
+    def _move(self, db, name: str, where: str, params: tuple = (), sets: str = "", values: tuple = (),
+              now: float | None = None, detail: str | None = None) -> list:
+        """Apply transition `name` to the tasks matching `where`; return the rows changed (id, worker, lease_id).
+
+        The UPDATE changes only rows in one of the transition's source states, so a
+        task never moves along a path the table does not allow, and each row it
+        changed gets one event in the feed.
+        """
+        move = TRANSITIONS[name]
+        sources = sorted(s.value for s in move.sources)
+        rows = db.execute(
+            f"UPDATE tasks SET state = ?{', ' + sets if sets else ''} WHERE ({where})"
+            f" AND state IN ({','.join('?' * len(sources))}) RETURNING id, worker, lease_id",
+            (move.target.value, *values, *params, *sources),
+        ).fetchall()
+        at = self.clock() if now is None else now
+        self._local.events.extend((at, name, r["id"], move.target.value, r["worker"], detail) for r in rows)
+        return rows
+
     def _begin_snapshot(self, db) -> None:
         """Start a read-only transaction that sees one instant of the database throughout."""
         db.execute("BEGIN")
@@ -221,6 +188,7 @@ class SQLStore(SQLReads, Store):
         This store must hold no tasks. The source is read as of one instant, so a
         coordinator may still be running on it; stop it before the copy for a clean
         cut-over, or its later changes stay behind. Returns rows copied per table.
+        Sealed passwords are copied as they are: the new database needs the same key.
         """
         counts = {}
         src = source._db()
@@ -251,41 +219,66 @@ class SQLStore(SQLReads, Store):
     @retried
     def add(self, specs: list[TaskSpec]) -> ImportResult:
         result = ImportResult()
-        now = time.time()
+        now = self.clock()
         caps: dict[str, int | None] = {}  # per NVR, the last cap the rows give; None keeps the stored one
+        passwords: dict[tuple[str, str], str] = {}  # per NVR and user, the last password the rows give
         for spec in specs:
             if spec.max_parallel is not None or spec.server not in caps:
                 caps[spec.server] = spec.max_parallel
+            passwords[spec.server, spec.username] = spec.password
         with self._write() as db:
             db.executemany("INSERT INTO nvrs (server, max_parallel) VALUES (?, ?) ON CONFLICT (server) DO UPDATE"
                            " SET max_parallel = coalesce(excluded.max_parallel, nvrs.max_parallel)", list(caps.items()))
+            refused = self._store_passwords(db, passwords, now, result)
             ids = self._insert_many(
                 db,
-                "INSERT INTO tasks (key, name, server, username, password, cameras, start, \"end\", priority,"
-                " source, grp, span, takes_earlier, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+                "INSERT INTO tasks (key, name, server, username, cameras, start, \"end\", priority, source, grp,"
+                " span, takes_earlier, timezone, tls_fingerprint, mode, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
                 " ON CONFLICT (key) DO NOTHING",
-                [(spec.key, spec.name, spec.server, spec.username, spec.password, ",".join(spec.cameras),
-                  spec.start, spec.end, spec.priority, spec.source, spec.group or spec.key, spec.span,
-                  int(spec.takes_earlier), now) for spec in specs],
+                [(spec.key, spec.name, spec.server, spec.username, ",".join(spec.cameras), spec.start, spec.end,
+                  spec.priority, spec.source, spec.group or spec.key, spec.span, int(spec.takes_earlier),
+                  spec.timezone, spec.tls_fingerprint, spec.mode, now) for spec in specs],
             )
             result.ids = [i for i in ids if i is not None]
             result.added = len(result.ids)
-            existing = [spec for spec, new_id in zip(specs, ids, strict=True) if new_id is None]
-            result.existing = len(existing)
-            if existing:
-                # A corrected password reaches tasks not yet done (e.g. after "wrong password").
-                result.updated = db.executemany(
-                    "UPDATE tasks SET password = ? WHERE key = ? AND password != ? AND state != 'done'",
-                    [(spec.password, spec.key, spec.password) for spec in existing],
-                ).rowcount
+            result.existing = len(specs) - result.added
+            for server, username in refused:  # new tasks of a user whose password is still refused wait with it
+                self._hold(db, server, username, now)
             if result.added:
-                self._event(db, now, "imported", detail=f"{result.added} task(s) added")
+                self._event(now, "imported", detail=f"{result.added} task(s) added")
         return result
+
+    def _store_passwords(self, db, passwords: dict[tuple[str, str], str], now: float,
+                         result: ImportResult) -> list[tuple[str, str]]:
+        """Store each NVR user's password; a changed one is a correction. Return the users still refused."""
+        stored = {(r["server"], r["username"]): r for r in db.execute("SELECT * FROM logins").fetchall()}
+        refused = []
+        for (server, username), password in passwords.items():
+            login = stored.get((server, username))
+            if login is None:
+                db.execute("INSERT INTO logins (server, username, password) VALUES (?, ?, ?)",
+                           (server, username, self.vault.seal(password)))
+            elif self._open(login["password"]) != password:
+                db.execute("UPDATE logins SET password = ? WHERE server = ? AND username = ?",
+                           (self.vault.seal(password), server, username))
+                result.updated += 1
+                if login["refused_at"] is not None:
+                    self._let_go(db, server, username, now, "password corrected")
+            elif login["refused_at"] is not None:
+                refused.append((server, username))
+        return refused
+
+    def _open(self, sealed: str) -> str:
+        password = self._passwords.get(sealed)
+        if password is None:
+            password = self._passwords[sealed] = self.vault.open(sealed)
+        return password
 
     @retried
     def requeue(self, task_ids: list[int] | None = None, server: str | None = None,
-                states: tuple[str, ...] = ("failed", "cancelled")) -> int:
-        where, params = f"state IN ({','.join('?' * len(states))})", list(states)
+                cancelled: bool = False) -> list[int]:
+        now = self.clock()
+        where, params = f"state IN ({F}{', ' + C if cancelled else ''})", []
         if task_ids is not None:
             where += f" AND id IN ({','.join('?' * len(task_ids))})"
             params += task_ids
@@ -297,19 +290,14 @@ class SQLStore(SQLReads, Store):
                 "UPDATE nvrs SET failures = 0, down_since = NULL, backoff_until = 0"
                 f" WHERE server IN (SELECT server FROM tasks WHERE {where})", params,
             )
-            count = db.execute(
-                "UPDATE tasks SET state = 'queued', attempts = 0, ready_at = 0, lease_id = NULL, finished = NULL"
-                f" WHERE {where}", params,
-            ).rowcount
-            if count:
-                self._event(db, time.time(), "requeued", task_id=task_ids[0] if task_ids and count == 1 else None,
-                            state=State.QUEUED.value, detail=f"{count} task(s) requeued")
-            return count
+            rows = self._move(db, "requeued", where, tuple(params), now=now,
+                              sets="attempts = 0, ready_at = 0, lease_id = NULL, finished = NULL")
+            return sorted(r["id"] for r in rows)
 
     # --- the worker protocol -------------------------------------------------------
     @retried
     def claim(self, worker: str) -> Claim:
-        now = time.time()
+        now = self.clock()
         if self._paused():
             self._idle(worker, now)
             return Claim("wait", retry_after=self.policy.max_wait)
@@ -331,24 +319,25 @@ class SQLStore(SQLReads, Store):
             return self._nothing_ready(db, now)
         lease_id = secrets.token_hex(16)
         attempt = task["attempts"] + 1
-        db.execute(
-            "UPDATE tasks SET state = 'leased', lease_id = ?, lease_expires = ?, worker = ?,"
-            " attempts = ?, started = coalesce(started, ?) WHERE id = ? AND state = 'queued'",
-            (lease_id, now + self.policy.lease_seconds, worker, attempt, now, task["id"]),
-        )
-        db.execute(
-            "INSERT INTO attempts (task_id, lease_id, worker, started) VALUES (?,?,?,?)",
-            (task["id"], lease_id, worker, now),
-        )
+        moved = self._move(db, "leased", "id = ?", (task["id"],), now=now, detail=f"attempt {attempt}",
+                           sets="lease_id = ?, lease_expires = ?, worker = ?, attempts = ?,"
+                                " started = coalesce(started, ?), progress = NULL",
+                           values=(lease_id, now + self.policy.lease_seconds, worker, attempt, now))
+        if len(moved) != 1:  # the row is locked by this transaction: this cannot happen
+            raise RuntimeError(f"task {task['id']} could not be leased")
+        db.execute("INSERT INTO attempts (task_id, lease_id, worker, started) VALUES (?,?,?,?)",
+                   (task["id"], lease_id, worker, now))
         self._seen(db, worker, now, task["id"])
-        self._event(db, now, "leased", task["id"], State.LEASED.value, worker, f"attempt {attempt}")
+        login = db.execute("SELECT password FROM logins WHERE server = ? AND username = ?",
+                           (task["server"], task["username"])).fetchone()
         return Claim(
             "task",
             task={
                 "id": task["id"], "key": task["key"], "name": task["name"], "server": task["server"],
-                "username": task["username"], "password": task["password"],
+                "username": task["username"], "password": self._open(login["password"]) if login else "",
                 "cameras": [c for c in task["cameras"].split(",") if c],
                 "start": task["start"], "end": task["end"], "takes_earlier": bool(task["takes_earlier"]),
+                "timezone": task["timezone"], "tls_fingerprint": task["tls_fingerprint"], "mode": task["mode"],
                 "attempt": attempt, "max_attempts": self.policy.max_attempts,
             },
             lease={"id": lease_id, "seconds": self.policy.lease_seconds},
@@ -363,11 +352,12 @@ class SQLStore(SQLReads, Store):
                 self._seen(db, worker, now, None)
 
     def _anything_ready(self, now: float) -> bool:
-        """A read-only look: is there queued work, an expired lease or a retry due?"""
+        """A read-only look: is there queued work, an expired lease, a retry or a give-up due?"""
         return bool(self._db().execute(
-            "SELECT EXISTS (SELECT 1 FROM tasks WHERE state = 'queued')"
-            " OR EXISTS (SELECT 1 FROM tasks WHERE state = 'leased' AND lease_expires < ?)"
-            " OR EXISTS (SELECT 1 FROM tasks WHERE state = 'waiting' AND ready_at <= ?)", (now, now),
+            f"SELECT EXISTS (SELECT 1 FROM tasks WHERE state = {Q})"
+            f" OR EXISTS (SELECT 1 FROM tasks WHERE state = {L} AND lease_expires < ?)"
+            f" OR EXISTS (SELECT 1 FROM tasks WHERE state = {W} AND ready_at <= ?)"
+            " OR EXISTS (SELECT 1 FROM logins WHERE refused_at <= ?)", (now, now, now - self.policy.nvr_give_up),
         ).fetchone()[0])
 
     def _next(self, db, now: float):
@@ -385,8 +375,8 @@ class SQLStore(SQLReads, Store):
         """NVR queue heads that may be handed out now, best first (see `_next`)."""
         return db.execute(
             "SELECT t.* FROM (SELECT n.server, n.max_parallel,"
-            "   (SELECT count(*) FROM tasks l WHERE l.state = 'leased' AND l.server = n.server) AS running,"
-            "   (SELECT q.id FROM tasks q WHERE q.state = 'queued' AND q.server = n.server"
+            f"   (SELECT count(*) FROM tasks l WHERE l.state = {L} AND l.server = n.server) AS running,"
+            f"   (SELECT q.id FROM tasks q WHERE q.state = {Q} AND q.server = n.server"
             f"    ORDER BY q.priority DESC, q.span DESC{self.NULLS_LAST}, q.id LIMIT 1) AS head"
             "  FROM nvrs n WHERE n.backoff_until <= ?) AS c"
             " JOIN tasks t ON t.id = c.head"
@@ -397,9 +387,9 @@ class SQLStore(SQLReads, Store):
 
     def _nothing_ready(self, db, now: float) -> Claim:
         row = db.execute(
-            "SELECT (SELECT min(ready_at) FROM tasks WHERE state = 'waiting') AS ready,"
-            " (SELECT min(lease_expires) FROM tasks WHERE state = 'leased') AS expires,"
-            " EXISTS (SELECT 1 FROM tasks WHERE state = 'queued') AS held,"
+            f"SELECT (SELECT min(ready_at) FROM tasks WHERE state = {W}) AS ready,"
+            f" (SELECT min(lease_expires) FROM tasks WHERE state = {L}) AS expires,"
+            f" EXISTS (SELECT 1 FROM tasks WHERE state = {Q}) AS held,"
             " (SELECT min(backoff_until) FROM nvrs WHERE backoff_until > ?) AS rested",
             (now,),
         ).fetchone()
@@ -413,14 +403,13 @@ class SQLStore(SQLReads, Store):
 
     @retried
     def heartbeat(self, task_id: int, lease_id: str, progress: dict | None) -> float:
-        now = time.time()
-        expires = now + self.policy.lease_seconds
+        now = self.clock()
         with self._write() as db:
             self._expire(db, now)
             cur = db.execute(
                 "UPDATE tasks SET lease_expires = ?, progress = coalesce(?, progress)"
-                " WHERE id = ? AND lease_id = ? AND state = 'leased'",
-                (expires, _json(progress), task_id, lease_id),
+                f" WHERE id = ? AND lease_id = ? AND state = {L}",
+                (now + self.policy.lease_seconds, _json(progress), task_id, lease_id),
             )
             lost = None if cur.rowcount else self._current_state(db, task_id)
             if lost is None:
@@ -431,27 +420,34 @@ class SQLStore(SQLReads, Store):
 
     @retried
     def complete(self, task_id: int, lease_id: str, result: dict, next_for: str | None = None) -> Claim | None:
-        now = time.time()
+        now = self.clock()
         lost = None
         answer = None
         files, size = _int(result.get("files")), _int(result.get("bytes"))
+        manifest = result.get("manifest")
+        result = {k: v for k, v in result.items() if k != "manifest"}  # kept once, in the files table
         with self._write() as db:
             self._expire(db, now)
-            cur = db.execute(
-                "UPDATE tasks SET state = 'done', result = ?, files = ?, bytes = ?, finished = ?,"
-                " lease_expires = NULL, last_error = NULL WHERE id = ? AND lease_id = ? AND state = 'leased'",
-                (_json(result), files, size, now, task_id, lease_id),
-            )
-            if cur.rowcount:
+            if self._move(db, "done", "id = ? AND lease_id = ?", (task_id, lease_id), now=now,
+                          sets="result = ?, files = ?, bytes = ?, finished = ?, lease_expires = NULL,"
+                               " last_error = NULL, progress = NULL",
+                          values=(_json(result), files, size, now)):
                 self._end_attempt(db, lease_id, now, "done", None, done=1)
+                if isinstance(manifest, list):
+                    self._record_files(db, task_id, lease_id, manifest)
                 # The NVR answered: it is well again, and its figures grow.
                 db.execute(
                     "UPDATE nvrs SET files = files + ?, bytes = bytes + ?, failures = 0, down_since = NULL,"
                     " backoff_until = 0, last_error = NULL WHERE server = (SELECT server FROM tasks WHERE id = ?)",
                     (files or 0, size or 0, task_id),
                 )
+                offset = _number((result.get("device") or {}).get("clock_offset")
+                                 if isinstance(result.get("device"), dict) else None)
+                if offset is not None:
+                    db.execute("UPDATE nvrs SET clock_offset = ?, clock_at = ? WHERE server ="
+                               " (SELECT server FROM tasks WHERE id = ?)", (offset, now, task_id))
             elif db.execute(
-                "SELECT 1 FROM tasks WHERE id = ? AND lease_id = ? AND state = 'done'", (task_id, lease_id)
+                f"SELECT 1 FROM tasks WHERE id = ? AND lease_id = ? AND state = {D}", (task_id, lease_id)
             ).fetchone() is None:
                 lost = LeaseLost(task_id, self._current_state(db, task_id))
             if next_for and lost is None:
@@ -463,30 +459,33 @@ class SQLStore(SQLReads, Store):
 
     @retried
     def fail(self, task_id: int, lease_id: str, error: str, permanent: bool = False,
-             device: str | None = None) -> str:
-        now = time.time()
+             device: str | None = None, locked_for: float | None = None) -> str:
+        now = self.clock()
         with self._write() as db:
             self._expire(db, now)
             row = db.execute(
-                "SELECT attempts, server FROM tasks WHERE id = ? AND lease_id = ? AND state = 'leased'",
+                f"SELECT attempts, server, username FROM tasks WHERE id = ? AND lease_id = ? AND state = {L}",
                 (task_id, lease_id),
             ).fetchone()
+            if row is not None and device == "auth":
+                return self._refuse(db, now, task_id, lease_id, row["server"], row["username"], error, locked_for)
             if row is not None and device and not permanent:
                 return self._rest_nvr(db, now, task_id, lease_id, row["server"], error, device)
             if row is not None:
                 give_up = permanent or row["attempts"] >= self.policy.max_attempts
-                state = State.FAILED if give_up else State.WAITING
-                ready = now if give_up else now + self.policy.backoff(row["attempts"])
-                db.execute(
-                    "UPDATE tasks SET state = ?, last_error = ?, ready_at = ?, lease_expires = NULL,"
-                    " finished = CASE WHEN ? THEN ? ELSE finished END WHERE id = ? AND lease_id = ?",
-                    (state.value, error, ready, give_up, now, task_id, lease_id),
-                )
+                if give_up:
+                    self._move(db, "failed", "id = ? AND lease_id = ?", (task_id, lease_id), now=now, detail=error,
+                               sets="last_error = ?, ready_at = ?, lease_expires = NULL, finished = ?",
+                               values=(error, now, now))
+                else:
+                    self._move(db, "retry", "id = ? AND lease_id = ?", (task_id, lease_id), now=now, detail=error,
+                               sets="last_error = ?, ready_at = ?, lease_expires = NULL",
+                               values=(error, now + self.policy.backoff(row["attempts"])))
                 self._end_attempt(db, lease_id, now, "failed", error, failed=1)
-                return state.value
+                return State.FAILED.value if give_up else State.WAITING.value
             current = self._current_state(db, task_id)
             repeat = db.execute(
-                "SELECT state FROM tasks WHERE id = ? AND lease_id = ? AND state IN ('waiting', 'failed')",
+                f"SELECT state FROM tasks WHERE id = ? AND lease_id = ? AND state IN ({W}, {F})",
                 (task_id, lease_id),
             ).fetchone()
         if repeat is None:
@@ -494,16 +493,12 @@ class SQLStore(SQLReads, Store):
         return repeat["state"]
 
     @retried
-    def release(self, task_id: int, lease_id: str) -> None:
-        now = time.time()
+    def release(self, task_id: int, lease_id: str, reason: str | None = None) -> None:
+        now = self.clock()
         with self._write() as db:
-            cur = db.execute(
-                "UPDATE tasks SET state = 'queued', attempts = attempts - 1, lease_id = NULL,"
-                " lease_expires = NULL, worker = NULL WHERE id = ? AND lease_id = ? AND state = 'leased'",
-                (task_id, lease_id),
-            )
-            if cur.rowcount:
-                self._end_attempt(db, lease_id, now, "released", None)
+            if self._move(db, "released", "id = ? AND lease_id = ?", (task_id, lease_id), now=now, detail=reason,
+                          sets="attempts = attempts - 1, lease_id = NULL, lease_expires = NULL"):
+                self._end_attempt(db, lease_id, now, "released", reason)
                 return
             state = self._current_state(db, task_id)
         raise LeaseLost(task_id, state)
@@ -518,70 +513,135 @@ class SQLStore(SQLReads, Store):
         if now - nvr["down_since"] >= self.policy.nvr_give_up:
             final = (f"NVR {server} {device} for {now - nvr['down_since']:.0f} s (limit"
                      f" {self.policy.nvr_give_up:.0f} s); last error: {error}")
-            db.execute(
-                "UPDATE tasks SET state = 'failed', last_error = ?, finished = ?, lease_expires = NULL"
-                " WHERE (id = ? AND lease_id = ?) OR (server = ? AND state IN ('queued', 'waiting'))",
-                (final, now, task_id, lease_id, server),
-            )
+            self._move(db, "gave up", f"(id = ? AND lease_id = ?) OR (server = ? AND state IN ({Q}, {W}))",
+                       (task_id, lease_id, server), now=now, detail=final,
+                       sets="last_error = ?, finished = ?, lease_expires = NULL", values=(final, now))
             self._end_attempt(db, lease_id, now, "failed", error, failed=1)
             return State.FAILED.value
         until = now + self.policy.device_delay(nvr["failures"])
         db.execute("UPDATE nvrs SET backoff_until = CASE WHEN backoff_until > ? THEN backoff_until ELSE ? END"
                    " WHERE server = ?", (until, until, server))
-        db.execute(
-            "UPDATE tasks SET state = 'waiting', attempts = attempts - 1, last_error = ?, ready_at = ?,"
-            " lease_expires = NULL WHERE id = ? AND lease_id = ?",
-            (error, until, task_id, lease_id),
-        )
+        self._move(db, "rested", "id = ? AND lease_id = ?", (task_id, lease_id), now=now, detail=error,
+                   sets="attempts = attempts - 1, last_error = ?, ready_at = ?, lease_expires = NULL",
+                   values=(error, until))
         self._end_attempt(db, lease_id, now, f"nvr {device}", error)
         return State.WAITING.value
+
+    def _refuse(self, db, now: float, task_id: int, lease_id: str, server: str, username: str, error: str,
+                locked_for: float | None) -> str:
+        """The NVR refused this user's password: hold every task of the NVR and user until it is corrected.
+
+        No attempt is charged, and no other task of the pair is handed out, so a wrong
+        password costs the NVR one or two failed logins (tasks already running may
+        fail too), not attempts x tasks, which would lock the site out.
+        """
+        locked_until = now + locked_for if locked_for else None
+        db.execute("UPDATE logins SET refused_at = ?, locked_until = ?, error = ? WHERE server = ? AND username = ?",
+                   (now, locked_until, error, server, username))
+        db.execute("UPDATE nvrs SET last_error = ? WHERE server = ?", (error, server))
+        self._move(db, "refused", "id = ? AND lease_id = ?", (task_id, lease_id), now=now, detail=error,
+                   sets="attempts = attempts - 1, last_error = ?, ready_at = ?, lease_expires = NULL",
+                   values=(error, HELD))
+        self._end_attempt(db, lease_id, now, "password refused", error)
+        self._hold(db, server, username, now)
+        return State.WAITING.value
+
+    def _hold(self, db, server: str, username: str, now: float) -> None:
+        """Hold the tasks of an NVR user whose password was refused (those not held already)."""
+        self._move(db, "held", "server = ? AND username = ? AND ready_at < ?", (server, username, HELD), now=now,
+                   sets="ready_at = ?, last_error = ?",
+                   values=(HELD, f"held: NVR {server} refused the password of user {username!r}"))
+
+    def _let_go(self, db, server: str, username: str, now: float, why: str) -> int:
+        """Release an NVR user's held tasks: ready when the device's lock-out, if any, is over."""
+        login = db.execute("SELECT locked_until FROM logins WHERE server = ? AND username = ?",
+                           (server, username)).fetchone()
+        ready = max(now, (login["locked_until"] or 0) if login else 0)
+        db.execute("UPDATE logins SET refused_at = NULL, error = NULL WHERE server = ? AND username = ?",
+                   (server, username))
+        db.execute("UPDATE nvrs SET last_error = NULL WHERE server = ?", (server,))
+        count = db.execute(
+            f"UPDATE tasks SET ready_at = ? WHERE server = ? AND username = ? AND state = {W} AND ready_at = ?",
+            (ready, server, username, HELD)).rowcount
+        self._event(now, "login retried", detail=f"{why}: user {username!r} on NVR {server}, {count} task(s) released")
+        return count
 
     # --- steering ------------------------------------------------------------------
     @retried
     def cancel(self, task_id: int) -> str:
-        now = time.time()
+        now = self.clock()
         with self._write() as db:
-            lease = db.execute("SELECT lease_id FROM tasks WHERE id = ? AND state = 'leased'", (task_id,)).fetchone()
-            cur = db.execute(
-                "UPDATE tasks SET state = 'cancelled', lease_id = NULL, lease_expires = NULL, finished = ?"
-                " WHERE id = ? AND state IN ('queued', 'waiting', 'leased')", (now, task_id),
-            )
-            if lease is not None and lease["lease_id"]:
-                self._end_attempt(db, lease["lease_id"], now, "cancelled", None)
-            elif cur.rowcount:
-                self._event(db, now, "cancelled", task_id, State.CANCELLED.value)
+            moved = self._move(db, "cancelled", "id = ?", (task_id,), now=now,
+                               sets="lease_id = NULL, lease_expires = NULL, finished = ?", values=(now,))
+            if moved:  # a running task: end its attempt (RETURNING gives the new, empty lease)
+                lease = db.execute("SELECT lease_id FROM attempts WHERE task_id = ? AND ended IS NULL",
+                                   (task_id,)).fetchone()
+                if lease is not None:
+                    self._end_attempt(db, lease["lease_id"], now, "cancelled", None)
             state = self._current_state(db, task_id)
-        if not cur.rowcount and state != State.CANCELLED:
+        if not moved and state != State.CANCELLED:
             raise Conflict(f"task {task_id} is {state}; only queued, waiting or running tasks can be cancelled")
         return state
+
+    @retried
+    def retry_login(self, server: str, username: str | None = None) -> int:
+        now = self.clock()
+        with self._write() as db:
+            users = [r["username"] for r in db.execute(
+                "SELECT username FROM logins WHERE server = ? AND refused_at IS NOT NULL", (server,)).fetchall()
+                if username is None or r["username"] == username]
+            return sum(self._let_go(db, server, user, now, "login retried by an admin") for user in users)
 
     @retried
     def set_paused(self, paused: bool) -> None:
         with self._write() as db:
             db.execute("INSERT INTO settings (name, value) VALUES ('paused', ?) ON CONFLICT (name) DO UPDATE"
                        " SET value = excluded.value", ("1" if paused else "0",))
+            self._event(self.clock(), "paused" if paused else "resumed")
 
     def _paused(self) -> bool:
         row = self._db().execute("SELECT value FROM settings WHERE name = 'paused'").fetchone()
         return row is not None and row["value"] == "1"
 
+    @retried
+    def worker_state(self, worker: str, state: str, detail: str | None) -> None:
+        now = self.clock()
+        with self._write() as db:
+            db.execute(
+                "INSERT INTO workers (name, first_seen, last_seen, state, detail) VALUES (?,?,?,?,?)"
+                " ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen, state = excluded.state,"
+                " detail = excluded.detail", (worker, now, now, state, detail),
+            )
+            self._event(now, f"worker {state}", worker=worker, detail=detail)
+        self._idle_seen.pop(worker, None)
+
     # --- helpers inside a transaction ----------------------------------------------
     def _expire(self, db, now: float) -> None:
-        """Re-queue (or fail) tasks whose lease ran out; make backed-off tasks ready."""
+        """Re-queue (or fail) tasks whose lease ran out; make waiting tasks ready; give up on refused users."""
         for row in db.execute(
-            "SELECT id, attempts, worker, lease_id FROM tasks WHERE state = 'leased' AND lease_expires < ?"
+            f"SELECT id, attempts, worker, lease_id FROM tasks WHERE state = {L} AND lease_expires < ?"
             + self.LOCK_ROWS, (now,)
         ).fetchall():
             error = f"lease expired: worker {row['worker']} stopped reporting"
             give_up = row["attempts"] >= self.policy.max_attempts
-            if db.execute(
-                "UPDATE tasks SET state = ?, last_error = ?, lease_id = NULL, lease_expires = NULL, worker = NULL,"
-                " finished = CASE WHEN ? THEN ? ELSE finished END WHERE id = ? AND lease_id = ? AND state = 'leased'",
-                (State.FAILED.value if give_up else State.QUEUED.value, error, give_up, now, row["id"],
-                 row["lease_id"]),
-            ).rowcount:
+            if self._move(db, "expired, failed" if give_up else "expired", "id = ? AND lease_id = ?",
+                          (row["id"], row["lease_id"]), now=now, detail=error,
+                          sets="last_error = ?, lease_id = NULL, lease_expires = NULL,"
+                               " finished = CASE WHEN ? THEN ? ELSE finished END",
+                          values=(error, give_up, now)):
                 self._end_attempt(db, row["lease_id"], now, "expired", error)
-        db.execute("UPDATE tasks SET state = 'queued' WHERE state = 'waiting' AND ready_at <= ?", (now,))
+        self._move(db, "ready", "ready_at <= ?", (now,), now=now)
+        for login in db.execute("SELECT server, username, error FROM logins WHERE refused_at <= ?",
+                                (now - self.policy.nvr_give_up,)).fetchall():
+            # Not corrected in time: the held tasks fail (so that a run drains) and the refusal is
+            # forgotten, so that tasks imported later try the password once more.
+            final = (f"{login['error']}; not corrected within {self.policy.nvr_give_up:.0f} s: fix the password,"
+                     " import the sheet again and requeue")
+            self._move(db, "gave up", "server = ? AND username = ? AND ready_at = ?",
+                       (login["server"], login["username"], HELD), now=now, detail=final,
+                       sets="last_error = ?, finished = ?", values=(final, now))
+            db.execute("UPDATE logins SET refused_at = NULL WHERE server = ? AND username = ?",
+                       (login["server"], login["username"]))
 
     def _end_attempt(self, db, lease_id: str, now: float, outcome: str, error: str | None,
                      done: int = 0, failed: int = 0) -> None:
@@ -589,19 +649,30 @@ class SQLStore(SQLReads, Store):
             "UPDATE attempts SET ended = ?, outcome = ?, error = ? WHERE lease_id = ?",
             (now, outcome, error, lease_id),
         )
-        row = db.execute("SELECT a.task_id, t.state, a.worker FROM attempts a JOIN tasks t ON t.id = a.task_id"
-                         " WHERE a.lease_id = ?", (lease_id,)).fetchone()
-        if row is not None:
-            self._event(db, now, outcome, row["task_id"], row["state"], row["worker"], error)
+        # The worker reported this end, unless its lease ran out or an admin cancelled its task.
+        seen = "last_seen" if outcome in ("expired", "cancelled") else "?"
         db.execute(
-            "UPDATE workers SET last_seen = ?, task_id = NULL, done = done + ?, failed = failed + ?"
+            f"UPDATE workers SET last_seen = {seen}, task_id = NULL, done = done + ?, failed = failed + ?"
             " WHERE name = (SELECT worker FROM attempts WHERE lease_id = ?)",
-            (now, done, failed, lease_id),
+            ((now,) if seen == "?" else ()) + (done, failed, lease_id),
         )
 
-    def _event(self, db, now: float, kind: str, task_id: int | None = None, state: str | None = None,
+    def _record_files(self, db, task_id: int, lease_id: str, manifest: list) -> None:
+        """Keep where each of a done task's files went (the worker checked the entries' types and paths)."""
+        worker = db.execute("SELECT worker FROM attempts WHERE lease_id = ?", (lease_id,)).fetchone()["worker"]
+        default_host = worker.rsplit("/", 1)[0]
+        db.executemany(
+            "INSERT INTO files (task_id, host, path, size, sha256, camera, camera_name, start, \"end\", kind, location)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+            [(task_id, _text(f.get("host")) or default_host, _text(f.get("path")), _int(f.get("size")) or 0,
+              _text(f.get("sha256")), _text(f.get("camera")), _text(f.get("camera_name")), _text(f.get("start")),
+              _text(f.get("end")), _text(f.get("kind")) or "video", _text(f.get("location")))
+             for f in manifest if isinstance(f, dict) and _text(f.get("path"))],
+        )
+
+    def _event(self, now: float, kind: str, task_id: int | None = None, state: str | None = None,
                worker: str | None = None, detail: str | None = None) -> None:
-        """Record a change in the feed that /api/events streams (never a password), at commit."""
+        """Record a change that is not a task's transition (never a password); written at commit."""
         self._local.events.append((now, kind, task_id, state, worker, detail))
 
     def _seen(self, db, worker: str, now: float, task_id: int | None) -> None:
@@ -624,3 +695,11 @@ def _json(value) -> str | None:
 
 def _int(value) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None

@@ -7,12 +7,15 @@ before the method returns. The transactions themselves are in `sql.py`.
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
+import time
 from pathlib import Path
 
 from ..errors import ConfigError
-from .base import Policy
+from ..vault import Vault
+from .base import Clock, Policy
 from .sql import SQLStore
 
 
@@ -21,17 +24,27 @@ class SQLiteStore(SQLStore):
 
     UNAVAILABLE = (sqlite3.OperationalError,)  # "database is locked" after the 30 s busy timeout
 
-    def __init__(self, path: str | Path, policy: Policy):
-        super().__init__(policy)
+    def __init__(self, path: str | Path, policy: Policy, vault: Vault, clock: Clock = time.time,
+                 create: bool = True):
+        super().__init__(policy, vault, clock)
         self._all: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
         self.path = str(path)
         self.url = f"sqlite:///{self.path}"
-        with self._write() as db:
-            # The schema's version is the file's user_version.
-            current = db.execute("PRAGMA user_version").fetchone()[0]
-            for version in self._migrate(db, current, self.path):
-                db.execute(f"PRAGMA user_version = {version}")
+        if not Path(self.path).exists():
+            if not create:
+                raise ConfigError(f"no database at {Path(self.path).resolve()}: run this where the coordinator's"
+                                  " database is, or name it with --db")
+            _create_private(self.path)
+        try:
+            with self._write() as db:
+                # The schema's version is the file's user_version.
+                current = db.execute("PRAGMA user_version").fetchone()[0]
+                for version in self._migrate(db, current, self.path):
+                    db.execute(f"PRAGMA user_version = {version}")
+        except BaseException:
+            self.close()
+            raise
 
     def _db(self) -> sqlite3.Connection:
         """This thread's connection: each thread keeps its own (SQLite connections are cheap)."""
@@ -75,3 +88,14 @@ class SQLiteStore(SQLStore):
             cur = db.execute(sql, row)
             ids.append(cur.lastrowid if cur.rowcount else None)
         return ids
+
+
+def _create_private(path: str) -> None:
+    """Create the database file readable by its owner only (SQLite gives its journal files the same mode)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass  # another process made it a moment ago
+    except OSError as exc:
+        raise ConfigError(f"cannot create database {path}: {exc.strerror}") from None
