@@ -4,6 +4,8 @@ The hikload runner runs in this process against a real nvrsim, as a worker proce
 """
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
@@ -16,7 +18,18 @@ from taskclient.posixtz import Zone, ZoneError
 from taskclient.runners import Progress
 from taskclient.runners.hikload import HikloadRunner
 
-from .harness import SIM_PASSWORD, at, start_nvr
+from .harness import (
+    HEADER,
+    SIM_PASSWORD,
+    api,
+    at,
+    start_client,
+    start_coordinator,
+    start_nvr,
+    status,
+    task_files,
+    write_sheet,
+)
 
 
 def run(nvr, tmp_path, password=SIM_PASSWORD, **fields):
@@ -101,3 +114,31 @@ def test_a_wrong_password_is_tried_once_and_a_lockout_says_how_long(procs, tmp_p
     assert still.value.device == "auth" and 590 <= still.value.locked_for <= 600
     assert "has locked the login of user 'admin' for" in str(still.value)
     assert nvr.stats()["unauthorized"] == 2
+
+
+@pytest.mark.slow
+def test_a_dry_run_sizes_the_export_before_it_runs_and_the_nvr_row_shows_the_device_clock(procs, tmp_path):
+    nvr = start_nvr(procs, channels=2, hours=2, extra=("--clock-offset", "300"))
+    sheet = write_sheet(tmp_path / "t.xlsx", [[nvr.address, "admin", SIM_PASSWORD, "101,201", at(0), at(1), "yard"]],
+                        HEADER)
+    db = tmp_path / "ts.db"
+    coordinator = start_coordinator(procs, None, db)
+    taskserver = [sys.executable, "-m", "taskserver", "import", str(sheet), "--db", str(db)]
+    subprocess.run([*taskserver, "--dry-run"], check=True, capture_output=True)
+    assert start_client(procs, coordinator.url, tmp_path / "dl", 1).wait(60) == 0
+
+    dry = api(coordinator.url, path="/api/tasks/1").json()
+    per = {t: nvr.catalogue.recordings(t, at(0), at(1)) for t in (101, 201)}
+    assert dry["state"] == "done" and dry["result"]["files"] == 0
+    assert dry["result"]["listing"] == {
+        "recordings": 12, "bytes": sum(r.size for rs in per.values() for r in rs),
+        "cameras": {str(t): {"recordings": len(rs), "bytes": sum(r.size for r in rs)} for t, rs in per.items()}}
+    assert dry["result"]["warnings"] == [f"NVR {nvr.address} clock is {dry['result']['device']['clock_offset']} s"
+                                         " ahead of this worker's"]
+    assert nvr.stats()["downloads_started"] == 0 and task_files(tmp_path / "dl") == {}
+    (row,) = status(coordinator.url)["nvrs"]
+    assert abs(row["clock_offset"] - 300) <= 3
+
+    subprocess.run(taskserver, check=True, capture_output=True)  # now the real export of the same sheet
+    assert start_client(procs, coordinator.url, tmp_path / "dl", 1).wait(60) == 0
+    assert task_files(tmp_path / "dl") == {**nvr.expected(101, at(0), at(1)), **nvr.expected(201, at(0), at(1))}

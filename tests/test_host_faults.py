@@ -18,6 +18,7 @@ from .harness import (
     start_client,
     start_coordinator,
     start_nvr,
+    status,
     task_files,
     wait_for,
     write_sheet,
@@ -57,7 +58,10 @@ def test_a_host_too_small_for_a_task_charges_no_attempt_says_it_is_full_and_anot
     task = api(coordinator.url, path="/api/tasks/1").json()
     assert task["state"] == "queued" and task["attempts"] == 0
     assert [a["outcome"] for a in task["attempt_log"]] == ["released"]
+    assert task["attempt_log"][0]["error"].startswith("host small-host: no space left on device for this task")
     assert list(small_disk.iterdir()) == []  # nothing half-written, no empty folder
+    (shown,) = [w for w in status(coordinator.url)["workers"] if w["name"].startswith("small-host")]
+    assert shown["state"] == "full" and "claiming nothing until space returns" in shown["detail"]
 
     big = start_client(procs, coordinator.url, tmp_path / "dl", 1, "--min-free", "1M")
     assert big.wait(120) == 0
@@ -66,6 +70,8 @@ def test_a_host_too_small_for_a_task_charges_no_attempt_says_it_is_full_and_anot
     assert task_files(tmp_path / "dl") == nvr.expected(101, at(0), at(1))
     assert small.wait(30) == 0  # the full host saw the queue drain while it waited for space
     assert list(small_disk.iterdir()) == []
+    (shown,) = [w for w in status(coordinator.url)["workers"] if w["name"].startswith("small-host")]
+    assert shown["state"] == "stopped"
 
 
 def test_a_disk_that_fills_up_mid_task_releases_it_and_three_faults_in_a_row_stop_the_host(
@@ -79,4 +85,6 @@ def test_a_disk_that_fills_up_mid_task_releases_it_and_three_faults_in_a_row_sto
     task = api(coordinator.url, path="/api/tasks/1").json()
     assert task["state"] == "queued" and task["attempts"] == 0
     assert [a["outcome"] for a in task["attempt_log"]] == ["released"] * 3
+    (shown,) = [w for w in status(coordinator.url)["workers"] if w["name"].startswith("small-host")]
+    assert shown["state"] == "fault" and "no space left on device" in shown["detail"]
     assert not [p for p in Path(small_disk).rglob("*.part")]
