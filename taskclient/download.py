@@ -13,6 +13,7 @@ Error answers (XML, HTML, non-200) are never written; the device's text is clean
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import threading
@@ -32,8 +33,8 @@ _methods: dict[str, str] = {}  # per worker process: the method each device acce
 
 
 def download(nvr: NVR, rec: Recording, folder: Path, name: str, progress, cancel: threading.Event,
-             check_video: bool = False) -> int:
-    """Download `rec` to `folder/name`; return the bytes written. TaskFailed/Cancelled/HostFault on failure."""
+             check_video: bool = False) -> str:
+    """Download `rec` to `folder/name`; return its SHA-256 (hex). TaskFailed/Cancelled/HostFault on failure."""
     final = confine(folder, name)
     part = confine(folder, f".{name}.part")
     body = ('<?xml version="1.0" encoding="UTF-8"?><downloadRequest version="1.0" '
@@ -52,11 +53,13 @@ def download(nvr: NVR, rec: Recording, folder: Path, name: str, progress, cancel
                     expected = _framing(nvr, response, rec, name, check_video, what)
                     chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
                     folder.mkdir(parents=True, exist_ok=True)
+                    digest = hashlib.sha256()
                     with open(part, "wb") as out:
                         for block in response.iter_content(BLOCK):
                             if cancel.is_set():
                                 raise Cancelled("cancelled")
                             out.write(block)
+                            digest.update(block)
                             written += len(block)
                             progress.add_bytes(len(block))
                         out.flush()
@@ -70,7 +73,7 @@ def download(nvr: NVR, rec: Recording, folder: Path, name: str, progress, cancel
         if check_video:
             check_duration(part, rec, nvr.label, name)
         os.replace(part, final)
-        return written
+        return digest.hexdigest()
     except requests.exceptions.ChunkedEncodingError as exc:  # requests' name for any cut while reading the body
         if chunked:
             raise TaskFailed(f"{nvr.label}: {name}: download cut after {written} bytes (chunked encoding ended"
@@ -131,3 +134,12 @@ def check_duration(path: Path, rec: Recording, label: str, name: str) -> None:
     if abs(lasts - span) > max(2.0, 0.05 * span):
         raise TaskFailed(f"{label}: {name}: the video lasts {lasts:.1f} s but the recording spans {span:.0f} s"
                          " (ffprobe)")
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file already on disk (a recording completed by an earlier attempt), read block by block."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(BLOCK):
+            digest.update(block)
+    return digest.hexdigest()

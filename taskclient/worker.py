@@ -176,6 +176,9 @@ class Worker:
         if lost.is_set():
             self.send("lost", task=task["id"])
             return None
+        for entry in result.get("manifest") or []:  # which host holds each file
+            if isinstance(entry, dict):
+                entry.setdefault("host", self.settings.host)
         try:
             answer = self.api.complete(task["id"], lease["id"], result, claim_next=not self.events.stop.is_set())
         except LeaseLost:

@@ -5,6 +5,7 @@ the worker must export every recording exactly once, byte for byte, whatever it 
 """
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import threading
@@ -70,6 +71,18 @@ def test_listings_and_downloads_hold_across_firmwares(procs, tmp_path):
         assert got == expected, task["name"]
         assert nvr.stats()["downloads_completed"] == len(expected), f"{task['name']}: a recording came twice"
     assert leftovers(tmp_path / "dl") == []
+
+    # The manifest says where each file of the hybrid DVR went, what it holds, and its digest.
+    (folder,) = (tmp_path / "dl").glob(f"{len(expectations):06d}-*")
+    files = api(coordinator.url, path=f"/api/tasks/{len(expectations)}/files").json()["files"]
+    recordings = {r.name: r for t in (101, 201, 301) for r in hybrid.catalogue.recordings(t, at(0), at(1))}
+    assert sorted(f["path"] for f in files) == sorted(f"{folder.name}/{name}" for name in recordings)
+    for f in files:
+        rec = recordings[f["path"].split("/")[1]]
+        assert (f["size"], f["sha256"], f["camera"], f["start"], f["end"], f["kind"], f["host"]) == (
+            rec.size, rec.sha256(), str(rec.track), rec.start.isoformat(), rec.end.isoformat(), "video",
+            socket.gethostname())
+        assert f["camera_name"] == {101: "Analog 01", 201: "Camera 02", 301: "Camera 03"}[rec.track]
 
 
 def test_border_recordings_clipped_by_the_firmware_are_exported_once_across_chunks(procs, tmp_path):

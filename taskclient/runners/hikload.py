@@ -29,7 +29,7 @@ from pathlib import Path
 from hikload.hikvisionapi import HikvisionException
 
 from ..device import Clock, check_tracks, clock_warning, read_channels, read_clock
-from ..download import download
+from ..download import download, file_sha256
 from ..errors import Cancelled, HostFault, NotSupported, TaskFailed
 from ..hikwire import bound
 from ..isapi import NVR
@@ -80,7 +80,7 @@ class HikloadRunner:
             warnings.append(warning)
             log.warning("task %s: %s", task["id"], warning)
         start, end = task_range(task, clock, nvr.label)
-        cameras = self._cameras(nvr, server, task, warnings)
+        cameras, names = self._cameras(nvr, server, task, warnings)
         listing = self._listing(nvr, server, task, cameras, start, end, cancel)
         progress.update(total=len(listing), done=0, cameras=len(cameras))
         result = {"cameras": list(cameras), "device": clock.report(), "warnings": warnings}
@@ -88,25 +88,32 @@ class HikloadRunner:
             return {"files": 0, "bytes": 0, "listing": summary(listing, cameras), **result}
         self._check_space(folder, listing)
         downloaded = 0
+        digests = {}
         for done, (name, rec) in enumerate(listing):
             if cancel.is_set():
                 raise Cancelled("cancelled")
             progress.update(current=name)
             if not complete(folder, name, rec.size):
-                download(nvr, rec, folder, name, progress, cancel, self.check_video)
+                digests[name] = download(nvr, rec, folder, name, progress, cancel, self.check_video)
                 downloaded += 1
             progress.update(done=done + 1)
         missing = [name for name, rec in listing if not complete(folder, name, rec.size)]
         if missing:
             raise TaskFailed(f"{nvr.label}: {len(missing)} recording(s) incomplete after download: {', '.join(missing[:5])}")
-        total = sum(confine(folder, name).stat().st_size for name, _ in listing)
-        result.update(files=len(listing), bytes=total, downloaded=downloaded, skipped=len(listing) - downloaded)
+        manifest = [{"path": f"{folder.name}/{name}", "size": confine(folder, name).stat().st_size,
+                     "sha256": digests.get(name) or file_sha256(confine(folder, name)), "camera": rec.track,
+                     "camera_name": names.get(rec.track), "start": rec.start.isoformat(), "end": rec.end.isoformat(),
+                     "kind": "video", "location": None}
+                    for name, rec in listing]
+        result.update(files=len(listing), bytes=sum(f["size"] for f in manifest), downloaded=downloaded,
+                      skipped=len(listing) - downloaded, manifest=manifest)
         if not listing:
             result["note"] = "the NVR lists no recordings for these cameras in this time range"
         return result
 
-    def _cameras(self, nvr: NVR, server, task: dict, warnings: list[str]) -> list[str]:
-        """The task's cameras, each checked against the device's channels; all main streams when none given."""
+    def _cameras(self, nvr: NVR, server, task: dict, warnings: list[str]) -> tuple[list[str], dict[str, str]]:
+        """The task's cameras, each checked against the device's channels (all main streams when none
+        are given), and the channel names the device gives them."""
         cameras = [str(c) for c in task.get("cameras") or []]
         try:
             with nvr.doing("channel list"):
@@ -115,9 +122,11 @@ class HikloadRunner:
             if not cameras:
                 raise TaskFailed(f"{exc}; name the cameras in the sheet", permanent=True) from None
             warnings.append(f"{nvr.label} lists no channels; cameras not checked")
-            return cameras
+            return cameras, {}
         check_tracks(channels, cameras, nvr.label)
-        return cameras or channels.main_tracks()
+        cameras = cameras or channels.main_tracks()
+        names = {c: channels.numbers.get(int(c) // 100) or None for c in cameras}
+        return cameras, {c: n for c, n in names.items() if n}
 
     def _listing(self, nvr: NVR, server, task: dict, cameras: list[str], start: datetime | None,
                  end: datetime | None, cancel: threading.Event) -> list[tuple[str, Recording]]:
