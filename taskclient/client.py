@@ -38,6 +38,10 @@ class Coordinator:
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "taskclient"
         if token:
+            if not (token.isascii() and token.isprintable() and " " not in token):
+                # Coordinators take printable ASCII tokens only, so this one can never be accepted.
+                raise AuthError("--token / TASKSERVER_TOKEN must be printable ASCII without spaces;"
+                                " the coordinator would refuse this one")
             self.session.headers["Authorization"] = f"Bearer {token}"
         if ca_file:
             self.session.verify = ca_file

@@ -52,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
                        help="open event streams allowed, each with a thread of its own (default 32)")
     serve.add_argument("--connections", type=int,
                        help="open connections accepted; at least the number of workers (default 1000)")
+    serve.add_argument("--header-timeout", type=float,
+                       help="seconds a connection may take to send a request's head (default 15)")
+    serve.add_argument("--max-body", type=int, help="largest request body in bytes (default 8388608, 8 MiB)")
+    serve.add_argument("--public-host",
+                       help="names this coordinator is reached by besides its addresses, comma-separated"
+                            " (e.g. coord.example.com behind a proxy)")
     serve.add_argument("--per-nvr", type=int, help="concurrent tasks per NVR (default 2)")
     serve.add_argument("--nvr-backoff", type=float,
                        help="first rest in seconds for a busy or unreachable NVR, doubling up to 300 (default 5)")
@@ -59,11 +65,14 @@ def parser() -> argparse.ArgumentParser:
                        help="seconds an NVR may stay busy or unreachable before its tasks fail (default 1800)")
     serve.add_argument("--events-kept", type=int,
                        help="newest task changes kept for event streams that reconnect (default 200000)")
+    serve.add_argument("--schedule-every", type=float, help="seconds between two checks for due schedules (default 30)")
+    serve.add_argument("--notify", help="webhook URL(s) for notices, comma-separated; prefix slack:, teams: or ntfy:"
+                                        " for those services (default: none)")
     sheet_options(serve)
     serve.set_defaults(func=cmd_serve)
 
     imp = sub.add_parser("import", help="add a sheet's rows to the database (all or nothing)")
-    imp.add_argument("sheet", help="the .xlsx file")
+    imp.add_argument("sheet", help="the .xlsx or .csv file")
     imp.add_argument("--db", help=DB_HELP)
     imp.add_argument("--create", action="store_true", help="make the database if it does not exist yet")
     imp.add_argument("--dry-run", action="store_true",
@@ -113,8 +122,8 @@ def parser() -> argparse.ArgumentParser:
 def sheet_options(p: argparse.ArgumentParser) -> None:
     """Options that shape how sheet rows become tasks."""
     p.add_argument("--chunk", help="split rows per camera and per this much time: 30m, 1h, 1d (default: no split)")
-    p.add_argument("--timezone", help="the NVRs' IANA time zone, e.g. Europe/Bucharest, for sheet times with an"
-                                      " offset (default: refuse such times)")
+    p.add_argument("--timezone", help="the NVRs' IANA time zone, e.g. Europe/Bucharest, or auto (each NVR's own),"
+                                      " for sheet times with an offset (default: refuse such times)")
 
 
 @contextmanager
@@ -133,29 +142,26 @@ def _config(args: argparse.Namespace, *names: str) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Serve with waitress; print the address (and a generated token) once."""
-    import waitress
-
     from .app import create_app
+    from .server import make_server
 
     config = _config(args, "tasks", "db", "host", "port", "token", "read_token", "lease_seconds", "max_attempts",
                      "backoff_base", "backoff_max", "max_wait", "threads", "streams", "connections", "per_nvr",
-                     "nvr_backoff", "nvr_give_up", "chunk", "timezone", "db_pool", "events_kept")
+                     "nvr_backoff", "nvr_give_up", "chunk", "timezone", "db_pool", "events_kept", "header_timeout",
+                     "max_body", "public_host", "schedule_every", "notify")
     if not config.loopback and not config.token:
         token = secrets.token_urlsafe(24)
         config = Config.from_env(**{**config.__dict__, "token": token})
         print(f"taskserver: listening beyond loopback without a token; generated one (shown once):\n"
               f"  {token}\npass it to workers with --token or TASKSERVER_TOKEN", file=sys.stderr, flush=True)
     app = create_app(config)
-    # Every worker keeps a connection alive; waitress's default limit of 100 would
-    # leave the 101st worker unanswered.
-    # Event streams each hold a thread for as long as they are open: they get their own.
-    server = waitress.create_server(app, host=config.host, port=config.port, threads=config.threads + config.streams,
-                                    connection_limit=config.connections, ident="taskserver", channel_timeout=120)
+    server = make_server(app, config)
     host = f"[{config.host}]" if ":" in config.host else config.host
     print(f"taskserver listening on http://{host}:{server.effective_port}", flush=True)
     try:
         server.run()
     finally:
+        app.extensions["taskserver.stop"].set()
         server.close()
         app.extensions["taskserver.store"].close()
     return EXIT_OK
@@ -163,14 +169,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Validate the whole sheet, then queue its rows in one transaction."""
-    from .sheet import load_sheet
+    from .sheet import Imported, load_sheet
 
     config = _config(args, "db", "chunk", "timezone")
-    specs = load_sheet(args.sheet, chunk=config.chunk, timezone=config.timezone)
+    imported = load_sheet(args.sheet, chunk=config.chunk, timezone=config.timezone)
     if args.dry_run:
-        specs = dry_runs(specs)
+        if imported.schedules:
+            print(f"{args.sheet}: {len(imported.schedules)} row(s) on a schedule are left out of the dry run")
+        imported = Imported(dry_runs(imported))
     with _store(config, create=args.create) as store:
-        result = store.add(specs)
+        result = imported.into(store)
         updated = f" ({result.updated} with a corrected password)" if result.updated else ""
         what = "dry run(s)" if args.dry_run else "task(s)"
         print(f"{args.sheet}: {result.added} {what} added, {result.existing} already in {store.url}{updated}")
@@ -257,6 +265,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
     import requests
 
+    from .logs import escape
+
     token = args.token or os.environ.get("TASKSERVER_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     last = None
@@ -277,9 +287,9 @@ def cmd_watch(args: argparse.Namespace) -> int:
                         kind = line[7:]
                     elif line.startswith("data: ") and kind == "task":
                         e = json.loads(line[6:])
-                        who = f" by {e['worker']}" if e["worker"] else ""
+                        who = f" by {escape(str(e['worker']))}" if e["worker"] else ""
                         task = f"task {e['task_id']} " if e["task_id"] else ""
-                        detail = f": {e['detail']}" if e["detail"] else ""
+                        detail = f": {escape(str(e['detail']))}" if e["detail"] else ""
                         print(f"{datetime.fromtimestamp(e['at']):%H:%M:%S} {task}{e['kind']}"
                               f"{' -> ' + e['state'] if e['state'] and e['state'] != e['kind'] else ''}{who}{detail}",
                               flush=True)
@@ -298,6 +308,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     import requests
 
+    from .logs import escape
+
     token = args.token or os.environ.get("TASKSERVER_TOKEN")
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
@@ -306,7 +318,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"taskserver: cannot reach {args.url}: {exc}", file=sys.stderr)
         return EXIT_ERROR
     if response.status_code != 200:
-        print(f"taskserver: {args.url} answered {response.status_code}: {response.text[:300]}", file=sys.stderr)
+        print(f"taskserver: {args.url} answered {response.status_code}: {escape(response.text[:300])}",
+              file=sys.stderr)
         return EXIT_ERROR
     status = response.json()
     if args.json:
@@ -319,5 +332,5 @@ def cmd_status(args: argparse.Namespace) -> int:
     for w in status["workers"]:
         where = f"task {w['task']}" if w["task"] else "idle"
         lost = "  LOST" if w["lost"] else ""
-        print(f"  {w['name']:<40} {where:<12} done {w['done']:<6} seen {w['last_seen_ago']}s ago{lost}")
+        print(f"  {escape(str(w['name'])):<40} {where:<12} done {w['done']:<6} seen {w['last_seen_ago']}s ago{lost}")
     return EXIT_OK

@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
 
 from .errors import ConfigError
+
+TOKEN = re.compile(r"[\x21-\x7e]+")  # what an HTTP header carries unchanged
+PUBLIC_HOST = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
 
 
 @dataclass(frozen=True)
@@ -32,12 +36,17 @@ class Config:
     threads: int = 8  # waitress worker threads
     streams: int = 32  # open event streams (dashboards, `taskserver watch`); each has its own thread
     connections: int = 1000  # open connections waitress accepts (each worker keeps one alive)
+    header_timeout: float = 15.0  # seconds a connection may take to send a request's head (slowloris)
+    max_body: int = 8 * 1024 * 1024  # largest request body read, in bytes, before any token check
+    public_host: str | None = None  # comma-separated names the coordinator answers to (behind a proxy)
     per_nvr: int = 2  # concurrent tasks per NVR (a sheet's max_parallel column overrides per NVR)
     nvr_backoff: float = 5.0  # first rest for a busy or unreachable NVR; doubles up to 300 s
     nvr_give_up: float = 1800.0  # seconds an NVR may stay busy/unreachable before its tasks fail
     events_kept: int = 200_000  # newest changes the event feed keeps for reconnecting streams
     chunk: str | None = None  # split each sheet row per camera and per this much time, e.g. "1h"
     timezone: str | None = None  # the NVRs' IANA time zone, for sheet times that carry an offset
+    schedule_every: float = 30.0  # seconds between two checks for due schedules
+    notify: str | None = None  # webhook URLs for notices, comma-separated (slack:, teams:, ntfy: prefixes)
     secret_key: str | None = None  # key(s) sealing NVR passwords in the database, newest first, comma-separated
     key_file: str | None = None  # a file holding those keys, one per line (default for SQLite: <db>.key)
 
@@ -55,11 +64,14 @@ class Config:
         config.check()
         return config
 
-    def open_store(self, create: bool = True):
+    def open_store(self, create: bool = True, clock=None):
         """The store this configuration names, open (`create=False`: refuse a SQLite file that does not exist)."""
+        import time
+
         from .store import open_store
 
-        return open_store(self.db, self.policy(), self.vault(), pool=self.db_pool, create=create)
+        return open_store(self.db, self.policy(), self.vault(), pool=self.db_pool, create=create,
+                          clock=clock or time.time)
 
     def vault(self):
         """What seals NVR passwords in the database: the key variable, the key file, or one next to a SQLite file."""
@@ -91,8 +103,26 @@ class Config:
             raise ConfigError("db_pool must be at least 1")
         if self.per_nvr < 1:
             raise ConfigError("per_nvr must be at least 1")
+        if self.schedule_every <= 0:
+            raise ConfigError("schedule_every must be positive")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is out of range")
+        if self.connections < 1 or self.header_timeout <= 0:
+            raise ConfigError("connections must be at least 1 and header_timeout positive")
+        if self.max_body < 64 * 1024:
+            raise ConfigError("max_body must be at least 65536 bytes")
+        for name in ("token", "read_token"):
+            value = getattr(self, name)
+            if value and not TOKEN.fullmatch(value):
+                raise ConfigError(f"{name} must be 1 or more printable ASCII characters without spaces")
+        for host in self.public_hosts:
+            if not PUBLIC_HOST.fullmatch(host):
+                raise ConfigError(f"public_host {host!r} is not a host name (give names like coord.example.com)")
+
+    @property
+    def public_hosts(self) -> frozenset[str]:
+        """The names from `public_host`, lower case."""
+        return frozenset(h.strip().lower().rstrip(".") for h in (self.public_host or "").split(",") if h.strip())
 
     @property
     def loopback(self) -> bool:

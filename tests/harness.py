@@ -79,6 +79,42 @@ class FakeClock:
         self.now += seconds
 
 
+class OffsetClock:
+    """The real clock moved to another moment: time flows as usual, and the test jumps it ahead."""
+
+    def __init__(self, start: datetime):
+        self.offset = 0.0
+        self.jump_to(start)
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def jump_to(self, moment: datetime) -> None:
+        self.offset = moment.timestamp() - time.time()
+
+
+@contextmanager
+def coordinator_in_process(db, clock, **settings) -> Iterator[str]:
+    """The coordinator under waitress in this process, on `clock` (for stories that span days); yields its URL."""
+    import threading
+
+    import waitress
+
+    from taskserver.app import create_app
+    from taskserver.config import Config
+
+    config = Config.from_env(db=str(db), tasks="", host="127.0.0.1", port=0, **settings)
+    app = create_app(config, clock=clock)
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=8)
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        app.extensions["taskserver.stop"].set()
+        server.close()
+        app.extensions["taskserver.store"].close()
+
+
 def at(h: int, m: int = 0) -> datetime:
     """A time on the simulated NVRs' first day."""
     return T.replace(hour=h, minute=m)

@@ -9,22 +9,7 @@ import pytest
 from .harness import HEADER, SIM_PASSWORD, api, at, start_client, start_coordinator, start_nvr, wait_for, write_sheet
 
 pytestmark = pytest.mark.slow
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-
-
-@pytest.fixture
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium); the browser test needs it")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-            "--disable-background-networking", "--disable-component-update"])
-        yield launched
-        launched.close()
 
 
 def test_dashboard_shows_live_progress_and_requeues_a_failed_task(procs, tmp_path, browser):

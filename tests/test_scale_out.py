@@ -9,8 +9,6 @@ from datetime import timedelta
 import psycopg
 import pytest
 
-from taskserver.store.schema import SCHEMA_VERSION
-
 from .harness import (
     HEADER,
     LISTENING,
@@ -160,6 +158,8 @@ def test_a_coordinator_refuses_a_database_from_a_newer_version(procs, tmp_path, 
     refused = subprocess.run([PYTHON, "-m", "taskserver", "serve", "--db", db, "--tasks", "", "--port", "0"],
                              capture_output=True, text=True, timeout=60)
     assert refused.returncode == 1
+    from taskserver.store.schema import SCHEMA_VERSION
+
     assert (f"was written by a newer taskserver (schema 99, this one knows {SCHEMA_VERSION}); upgrade taskserver"
             in refused.stderr)
 

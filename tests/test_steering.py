@@ -6,7 +6,6 @@ import subprocess
 import zipfile
 
 import pytest
-import requests
 from openpyxl import load_workbook
 
 from .harness import (
@@ -154,14 +153,14 @@ def test_tasks_posted_through_the_api_are_checked_like_sheet_rows_and_added_all_
     url = start_coordinator(procs, None, db).url
     good = {"server": "10.0.0.5", "user": "admin", "password": "Api-secret", "cameras": "101,201",
             "start": "2026-01-01 00:00", "end": "2026-01-01T02:00:00", "name": "lobby"}
-    bad = {**good, "starttime": "yesterday", "colour": "red"}
+    bad = {**good, "starttime": "someday", "colour": "red"}
     bad.pop("start")
     refused = api(url, "POST", "/api/tasks", json={"tasks": [good, bad, "x"]})
     assert refused.status_code == 400
     assert refused.json()["message"].splitlines()[1:] == [
         "request, row 2, column colour: unknown field (known: cameras, chunk, endtime, id, max_parallel, name,"
-        " password, priority, server, starttime, timezone, username)",
-        "request, row 2, column starttime: 'yesterday' is not a date-time (use e.g. 2026-01-31 08:00)",
+        " password, priority, schedule, server, starttime, timezone, tls_fingerprint, username)",
+        "request, row 2, column starttime: 'someday' is not a date-time (use e.g. 2026-01-31 08:00)",
         "request, row 3: each task must be an object",
     ]
     assert api(url).json()["tasks"] == 0  # nothing of the batch was added
@@ -186,9 +185,6 @@ def test_bad_task_batches_are_refused_with_a_clear_message(procs, tmp_path, body
     answer = api(url, "POST", "/api/tasks", json=body)
     assert answer.status_code == status and message in answer.json()["message"]
     assert api(url).json()["tasks"] == 0
-    huge = requests.post(f"{url}/api/tasks", data=b"x" * (2 * 1024 * 1024), timeout=30,
-                         headers={"Content-Type": "application/json"})
-    assert huge.status_code == 413 and huge.json()["error"] == "Request Entity Too Large"
     assert api(url, path="/api/tasks/abc").status_code == 404
 
 

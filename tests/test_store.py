@@ -8,7 +8,7 @@ processes.
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -504,3 +504,52 @@ def test_a_completion_keeps_its_manifest_once_and_files_are_found_by_camera_and_
     hour = store.files(camera="101", nvr="nvr-a", start="2026-01-01T01:05:00", end="2026-01-01T01:10:00")
     assert [f["sha256"] for f in hour] == ["a" * 64]
     assert store.files(camera="101", nvr="nvr-b") == []
+
+
+# --- schedules ------------------------------------------------------------------------------
+def test_a_daily_schedule_exports_each_day_once_across_runs_failures_and_coordinators(make_store, clock):
+    from taskserver.schedule import fire_due, make_schedule
+
+    first, second = make_store(), make_store()  # two coordinators on one database
+    clock.now = datetime(2026, 1, 1, 14, 0).replace(tzinfo=UTC).timestamp()
+    row = TaskSpec(key="id:lobby", server="nvr-a", username="admin", password="pw", cameras=("101", "201"),
+                   start="2025-12-31T00:00:00", end=None, name="lobby", source="t.xlsx, sheet 'tasks', row 2")
+    first.add_schedules([make_schedule(row, "daily 01:00", "UTC", timedelta(hours=12), clock())])
+    assert fire_due(first) == 1 and fire_due(second) == 0  # due at once: 31 Dec; fired by one of them
+    windows = {}
+
+    def run_day(fail: bool = False):
+        while (answer := first.claim("w")).status == "task":
+            if fail:
+                first.fail(answer.task["id"], answer.lease["id"], "NVR offline", permanent=True)
+            else:
+                assert answer.task["password"] == "pw"  # the NVR user's stored password, as for any task
+                first.complete(answer.task["id"], answer.lease["id"], {})
+                windows.setdefault(answer.task["cameras"][0], []).append((answer.task["start"], answer.task["end"]))
+
+    run_day()
+    clock.now = datetime(2026, 1, 2, 0, 59).replace(tzinfo=UTC).timestamp()
+    assert fire_due(second) == 0  # 1 January is not over until 01:00 the next day
+    clock.now = datetime(2026, 1, 2, 1, 0).replace(tzinfo=UTC).timestamp()
+    assert fire_due(second) == 1
+    run_day(fail=True)  # the NVR was offline all night: the run failed
+    for day in (3, 4):
+        clock.now = datetime(2026, 1, day, 1, 0, 5).replace(tzinfo=UTC).timestamp()
+        assert fire_due(first) + fire_due(second) == 1
+        run_day()  # the next run tries the failed day again, with its own
+    for camera in ("101", "201"):
+        spans = sorted(windows[camera])
+        assert spans[0][0] == "2025-12-31T00:00:00" and spans[-1][1] == "2026-01-04T00:00:00"
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False)), spans  # no gap, no overlap
+        assert len(spans) == 8  # four days, two 12-hour chunks each, each once
+    assert {t["state"] for t in first.tasks(limit=100)[0]} == {"done"}
+    assert first.tasks(limit=100)[1] == 16
+    assert lease_password(first) is None  # nothing left
+    first.cancel_schedule(first.schedules()[0]["id"])
+    clock.now = datetime(2026, 1, 9, 2, 0).replace(tzinfo=UTC).timestamp()
+    assert fire_due(first) == 0
+
+
+def lease_password(store):
+    answer = store.claim("w")
+    return answer.task["password"] if answer.status == "task" else None

@@ -183,6 +183,7 @@ class SQLReads:
             "workers": self._workers(db, now),
             "nvrs": nvrs,
             "paused": self._paused(),
+            "last_drain": json.loads(last) if (last := self.setting("notify:last_drain")) else None,
         }
 
     def _workers(self, db, now: float) -> list[dict]:
