@@ -142,3 +142,21 @@ def test_a_dry_run_sizes_the_export_before_it_runs_and_the_nvr_row_shows_the_dev
     subprocess.run(taskserver, check=True, capture_output=True)  # now the real export of the same sheet
     assert start_client(procs, coordinator.url, tmp_path / "dl", 1).wait(60) == 0
     assert task_files(tmp_path / "dl") == {**nvr.expected(101, at(0), at(1)), **nvr.expected(201, at(0), at(1))}
+
+
+@pytest.mark.slow
+def test_a_sheet_with_timezone_auto_exports_the_hour_a_utc_report_names_on_each_nvrs_own_clock(procs, tmp_path):
+    # The same UTC hour is 01:00 on a device at UTC+8 and 03:00 on one at UTC+10 (its own POSIX rule).
+    shanghai = start_nvr(procs, channels=1, hours=4, extra=("--zone", "CST-8:00:00"))
+    sydney = start_nvr(procs, channels=1, hours=4, extra=("--zone", "AEST-10"))
+    rows = [[nvr.address, "admin", SIM_PASSWORD, "101", "2025-12-31T17:00:00Z", "2025-12-31T18:00:00Z", name, "auto"]
+            for nvr, name in ((shanghai, "shanghai"), (sydney, "sydney"))]
+    sheet = write_sheet(tmp_path / "t.xlsx", rows, [*HEADER, "timezone"])
+    coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db")
+    assert start_client(procs, coordinator.url, tmp_path / "dl", 2).wait(60) == 0
+    for task_id, (nvr, hour) in enumerate(((shanghai, 1), (sydney, 3)), start=1):
+        task = api(coordinator.url, path=f"/api/tasks/{task_id}").json()
+        assert task["state"] == "done", task["last_error"]
+        (folder,) = (tmp_path / "dl").glob(f"{task_id:06d}-*")
+        assert {p.name: p.read_bytes() for p in folder.iterdir()} == nvr.expected(101, at(hour), at(hour + 1))
+        assert task["result"]["device"]["zone"] == ("CST-8:00:00" if hour == 1 else "AEST-10")

@@ -167,3 +167,18 @@ def test_a_camera_the_nvr_does_not_have_fails_for_good_naming_the_cameras_it_has
     assert task["last_error"] == f"NVR {nvr.address} has no camera 101201; it has 101, 201, 301, 401"
     assert nvr.stats()["searches"] == 0
     assert not (tmp_path / "dl").exists() or not list((tmp_path / "dl").iterdir())
+
+
+def test_a_certificate_pinned_in_the_sheet_is_accepted_and_any_other_is_refused(procs, tmp_path):
+    good, other = (start_nvr(procs, channels=1, hours=1, extra=("--https",)) for _ in range(2))
+    rows = [[good.address, "admin", SIM_PASSWORD, 101, at(0), at(1), "pinned", pretty(good.fingerprint)],
+            [other.address, "admin", SIM_PASSWORD, 101, at(0), at(1), "swapped", good.fingerprint]]
+    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, [*HEADER, "tls_fingerprint"]),
+                                    tmp_path / "ts.db")
+    assert start_client(procs, coordinator.url, tmp_path / "dl", 2).wait(60) == 0
+    assert api(coordinator.url, path="/api/tasks/1").json()["state"] == "done"
+    assert task_files(tmp_path / "dl") == good.expected(101, at(0), at(1))
+    swapped = api(coordinator.url, path="/api/tasks/2").json()
+    assert swapped["state"] == "failed" and swapped["attempts"] == 1
+    assert "not the pinned one (fingerprint mismatch)" in swapped["last_error"]
+    assert pretty(other.fingerprint) in swapped["last_error"]
