@@ -131,6 +131,8 @@ class NVR:
         """A streamed answer with HTTP 200 (anything else raises), closed afterwards."""
         if not path.startswith("/ISAPI/"):
             raise SetupError(f"refused request to {path!r}: only ISAPI paths of the task's NVR")
+        if isinstance(body, str):
+            body = body.encode()  # XML is UTF-8; requests would send a str as Latin-1
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # --nvr-insecure is documented; no warning per request

@@ -36,7 +36,7 @@ DRAINED, STOPPED, AUTH, SETUP, HOST_FAULT = 0, 10, 11, 12, 13
 MAX_HOST_FAULTS = 3  # consecutive host faults before the host stops
 SPACE_POLL = 5.0  # seconds between free-space checks while the host is full
 FULL_RETRY = 300.0  # a host short of space for one task claims again after this, to try smaller ones
-_FULL_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}  # no EDQUOT on Windows
 
 
 @dataclass
