@@ -77,6 +77,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     faults.add_argument("--download-error", type=int, help="answer every download with this HTTP status")
     faults.add_argument("--refuse-for", type=float, default=0.0, help="reset connections for S seconds (a reboot)")
     faults.add_argument("--delay", type=float, default=d.delay, help="pause per 64 KiB block sent")
+    faults.add_argument("--drip", type=float, default=d.drip,
+                        help="send XML answers one byte every this many seconds (a device alive but never done)")
     firmware = p.add_argument_group("firmware differences")
     firmware.add_argument("--page-cap", type=int, help="at most K items per search page, MORE on every full page")
     firmware.add_argument("--position-field", default=d.position_field,
@@ -110,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     faults = Faults(
         busy_above=args.busy_above, drop_after=args.drop_after, drop_count=args.drop_count, drop_skip=args.drop_skip,
-        drop_mode=args.drop_mode, refuse_until=time.time() + args.refuse_for, delay=args.delay,
+        drop_mode=args.drop_mode, refuse_until=time.time() + args.refuse_for, delay=args.delay, drip=args.drip,
         framing=args.framing, chunk_end=not args.no_chunk_end, no_size=args.no_size,
         download_error=args.download_error, page_cap=args.page_cap, position_field=args.position_field,
         total_matches=args.total_matches, ignore_track=args.ignore_track, clip=args.clip,

@@ -29,6 +29,7 @@ class Faults:
     refuse_until: float = 0.0  # reset every connection until this time (a reboot)
     delay: float = 0.0  # seconds to pause per block sent (a slow link)
     stall: bool = False  # accept requests and never answer (a hung device)
+    drip: float = 0.0  # send ISAPI XML answers one byte every this many seconds (alive, but never done)
     xml_busy: list[str] = field(default_factory=list)  # areas answering statusCode 2 deviceBusy (HTTP 200)
     error_text: str | None = None  # statusString of every error answer (e.g. with newlines: log forging)
     redirect_to: str | None = None  # answer every ISAPI request with a 302 to this URL + path

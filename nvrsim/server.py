@@ -112,6 +112,13 @@ class Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
+        drip = self.device.faults.drip
+        if drip and code == 200 and self.path.startswith("/ISAPI/"):
+            for at in range(len(data)):
+                self.wfile.write(data[at:at + 1])
+                self.wfile.flush()
+                time.sleep(drip)
+            return
         self.wfile.write(data)
 
     def _status(self, http: int, text: str, sub: str, code: int | None = None) -> None:

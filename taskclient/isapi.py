@@ -22,12 +22,12 @@ import re
 import socket
 import threading
 import time
-import warnings
 import xml.etree.ElementTree as ET
 from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 from requests.auth import HTTPDigestAuth
 
 from .errors import NotSupported, SetupError, TaskFailed
@@ -100,6 +100,7 @@ class NVR:
             self.session.mount("https://", PinnedAdapter(self.pin))
         elif self.tls.insecure:
             self.session.verify = False
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)  # chosen and documented
         elif self.tls.ca_file:
             self.session.verify = self.tls.ca_file
 
@@ -134,11 +135,9 @@ class NVR:
         if isinstance(body, str):
             body = body.encode()  # XML is UTF-8; requests would send a str as Latin-1
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # --nvr-insecure is documented; no warning per request
-                response = self.session.request(
-                    method, self.base + path, data=body, stream=True, allow_redirects=False,
-                    timeout=(self.timeout, self.timeout), headers={"Content-Type": "application/xml"})
+            response = self.session.request(
+                method, self.base + path, data=body, stream=True, allow_redirects=False,
+                timeout=(self.timeout, self.timeout), headers={"Content-Type": "application/xml"})
         except requests.exceptions.SSLError as exc:
             raise self._tls_error(exc) from None
         except (requests.ConnectTimeout, requests.ReadTimeout):

@@ -152,6 +152,20 @@ def test_a_search_that_answers_more_forever_stops_at_the_page_limit(procs, tmp_p
     assert nvr.stats()["searches"] == searches
 
 
+@pytest.mark.slow
+def test_an_answer_that_drips_forever_is_cut_at_its_deadline(procs, tmp_path):
+    nvr = start_nvr(procs, channels=1, hours=1)
+    nvr.faults(drip=0.05)  # a byte every 50 ms: every read succeeds, the answer never ends
+    sheet = write_sheet(tmp_path / "t.xlsx", [[nvr.address, "admin", SIM_PASSWORD, 101, at(0), at(1)]], HEADER)
+    coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db", "--nvr-give-up", "2")
+    client = start_client(procs, coordinator.url, tmp_path / "dl", 1, "--nvr-timeout", "1")
+    assert client.wait(60) == 0
+    task = api(coordinator.url, path="/api/tasks/1").json()
+    assert task["state"] == "failed"
+    assert task["last_error"].endswith(f"NVR {nvr.address}: the answer to device info took longer than 2 s")
+    assert task["attempt_log"][0]["outcome"] == "nvr unreachable"  # the device, not the task: no attempt spent
+
+
 # --- downloads whose end cannot be trusted ------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("switches, outcome", [
