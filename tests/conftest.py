@@ -57,3 +57,8 @@ def browser():
             "--disable-background-networking", "--disable-component-update"])
         yield launched
         launched.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fast in-process layer runs first: a broken rule shows in seconds, before the long stories."""
+    items.sort(key=lambda item: item.get_closest_marker("fast") is None)

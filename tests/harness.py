@@ -103,7 +103,7 @@ def coordinator_in_process(db, clock, **settings) -> Iterator[str]:
     from taskserver.app import create_app
     from taskserver.config import Config
 
-    config = Config.from_env(db=str(db), tasks="", host="127.0.0.1", port=0, **settings)
+    config = Config.from_env(**{"db": str(db), "tasks": "", "host": "127.0.0.1", "port": 0, **settings})
     app = create_app(config, clock=clock)
     server = waitress.create_server(app, host="127.0.0.1", port=0, threads=8)
     threading.Thread(target=server.run, daemon=True).start()

@@ -20,11 +20,16 @@ ERRORS = ["=1+1", "+1+1", "-1+1", "@SUM(1,1)", "\x1b[31mexport failed\x1b[0m: di
 
 
 def test_hostile_texts_and_figures_reach_the_report_as_inert_text(procs, tmp_path):
-    rows = [[f"10.5.0.{n}", "admin", "Rep-pw-1", 101, T, T.replace(hour=1), name] for n, name in enumerate(NAMES)]
+    # The sheet refuses formula-like names; these stand for what an older version, or a write past the
+    # checks, left in the database: they are put there directly once the tasks are queued.
+    rows = [[f"10.5.0.{n}", "admin", "Rep-pw-1", 101, T, T.replace(hour=1), f"name {n}"] for n in range(len(NAMES))]
     rows += [[f"10.5.1.{n}", "admin", "Rep-pw-1", 101, T, T.replace(hour=1), f"fails {n}"] for n in range(len(ERRORS))]
     db = tmp_path / "ts.db"
     coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), db, "--max-attempts", "1")
     url = coordinator.url
+    with sqlite3.connect(db) as conn:
+        for n, name in enumerate(NAMES):
+            conn.execute("UPDATE tasks SET name = ? WHERE id = ?", (name, n + 1))
     for n in range(len(NAMES) + len(ERRORS)):
         answer = api(url, path="/api/claim?worker=w1").json()
         task_id, lease = answer["task"]["id"], answer["lease"]["id"]
@@ -67,7 +72,7 @@ def test_hostile_texts_and_figures_reach_the_report_as_inert_text(procs, tmp_pat
     with open(tmp_path / "csv" / "report-Tasks.csv", newline="", encoding="utf-8") as handle:
         table = list(csv.DictReader(handle))
     by_id = {int(row["Task"]): row for row in table}
-    assert [by_id[n]["Name"] for n in (1, 2)] == [NAMES[0].strip(), NAMES[1].strip()]  # the sheet trims names
+    assert [by_id[n]["Name"] for n in (1, 2)] == [NAMES[0], NAMES[1]]  # kept as text, as they were stored
     assert by_id[3]["Name"] == "plain" and by_id[3]["Files"] == "" and by_id[3]["Bytes"] == ""
     assert [by_id[n]["Last error"] for n in range(4, 8)] == ERRORS[:4]
     assert by_id[8]["Last error"] == "export failed: disk\ufffd full"  # the NUL was replaced on arrival

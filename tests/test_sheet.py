@@ -13,6 +13,8 @@ from taskserver.sheet import load_sheet
 
 from .harness import HEADER, PYTHON, T, write_sheet
 
+pytestmark = pytest.mark.fast  # the in-process layer: make test-fast, and first in make test
+
 GOOD = ["10.0.0.5", "admin", "pw", "101,201", T, T.replace(hour=2), "lobby"]
 
 

@@ -11,6 +11,8 @@ from taskserver.sheet import load_sheet
 
 from .harness import HEADER, PYTHON, T, api, start_coordinator, write_sheet
 
+pytestmark = pytest.mark.fast  # the in-process layer: make test-fast, and first in make test
+
 GOOD = ["10.0.0.5", "admin", "pw", "101", T, T.replace(hour=2), "lobby"]
 WHERE = {"server": "A (server)", "username": "B (username)", "password": "C (password)", "cameras": "D (cameras)",
          "starttime": "E (starttime)", "endtime": "F (endtime)", "name": "G (name)"}

@@ -8,10 +8,12 @@ processes.
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from taskserver.config import Config
 from taskserver.errors import ConfigError, Conflict, LeaseLost, TaskNotFound
 from taskserver.store import TRANSITIONS, Policy, State, TaskSpec
 from taskserver.store.postgres import PostgresStore
@@ -21,9 +23,14 @@ from taskserver.vault import Vault, load_vault, new_key
 
 from .harness import TEST_KEY, FakeClock, postgres_missing, postgres_schema
 
+pytestmark = pytest.mark.fast  # the in-process layer: make test-fast, and first in make test
+
 T0 = datetime(2026, 1, 1)
-POLICY = Policy(lease_seconds=60, max_attempts=3, backoff_base=10, backoff_max=600, max_wait=5, per_nvr=2,
-                device_backoff=5, nvr_give_up=1800, events_kept=1000)
+POLICY = replace(Config().policy(), max_attempts=3, events_kept=1000)
+
+
+def policy(**changes) -> Policy:
+    return replace(POLICY, **changes)
 
 
 @pytest.fixture
@@ -157,14 +164,14 @@ def test_commands_refuse_a_database_that_does_not_exist(tmp_path, clock):
 
 # --- claims --------------------------------------------------------------------------
 def test_claims_follow_priority_then_longest_range_then_spread_over_nvrs(make_store):
-    store = make_store(Policy(per_nvr=10))
+    store = make_store(policy(per_nvr=10))
     store.add([spec(1, "nvr-a", 1), spec(2, "nvr-a", 3), spec(3, "nvr-b", 2), spec(4, "nvr-b", 2),
                spec(5, "nvr-c", 0.5, priority=1)])
     assert [lease(store)[0]["name"] for _ in range(5)] == ["task 5", "task 2", "task 3", "task 4", "task 1"]
 
 
 def test_a_per_nvr_cap_holds_work_back_without_draining(make_store):
-    store = make_store(Policy(per_nvr=1))
+    store = make_store(policy(per_nvr=1))
     store.add([spec(1), spec(2), spec(3, "nvr-b", max_parallel=2), spec(4, "nvr-b")])
     names = {lease(store)[0]["name"] for _ in range(3)}
     assert names == {"task 3", "task 4"} | ({"task 1"} if "task 1" in names else {"task 2"})
@@ -209,7 +216,7 @@ def test_a_lease_that_runs_out_requeues_the_task_and_counts_the_attempt(store, c
 
 
 def test_a_lease_that_runs_out_on_the_last_attempt_fails_the_task(make_store, clock):
-    store = make_store(Policy(lease_seconds=60, max_attempts=1))
+    store = make_store(policy(lease_seconds=60, max_attempts=1))
     store.add([spec(1)])
     lease(store)
     clock.advance(61)
@@ -440,7 +447,7 @@ def take(store, task_id: int, worker: str = "w"):
 
 def test_every_transition_of_the_table_is_taken_and_recorded(make_store, clock):
     """One scenario that walks each transition of the table; each changed row leaves its event."""
-    store = make_store(Policy(per_nvr=20, max_attempts=2, lease_seconds=60, backoff_base=5, nvr_give_up=1800))
+    store = make_store(policy(per_nvr=20, max_attempts=2, lease_seconds=60, backoff_base=5, nvr_give_up=1800))
     store.add([spec(n) for n in range(1, 8)] + [spec(8, "nvr-b"), spec(9, "nvr-b")])
     store.complete(1, take(store, 1)[1], {})
     store.fail(2, take(store, 2)[1], "broken")

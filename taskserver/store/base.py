@@ -129,17 +129,17 @@ class Schedule:
 
 @dataclass(frozen=True)
 class Policy:
-    """The store's protocol parameters, taken from Config."""
+    """The store's protocol parameters: made from the settings (`Config.policy()`), where their defaults live."""
 
-    lease_seconds: float = 60.0
-    max_attempts: int = 5
-    backoff_base: float = 10.0
-    backoff_max: float = 600.0
-    max_wait: float = 5.0
-    per_nvr: int = 2  # concurrent tasks per NVR unless the sheet says otherwise
-    device_backoff: float = 5.0  # first pause for a busy or unreachable NVR; doubles, capped at 300 s
-    nvr_give_up: float = 1800.0  # an NVR busy, unreachable or refusing a password this long fails its tasks
-    events_kept: int = 200_000  # newest changes kept in the event feed; older ones are pruned
+    lease_seconds: float
+    max_attempts: int
+    backoff_base: float
+    backoff_max: float
+    max_wait: float
+    per_nvr: int  # concurrent tasks per NVR unless the sheet says otherwise
+    device_backoff: float  # first pause for a busy or unreachable NVR; doubles, capped at 300 s
+    nvr_give_up: float  # an NVR busy, unreachable or refusing a password this long fails its tasks
+    events_kept: int  # newest changes kept in the event feed; older ones are pruned
 
     def device_delay(self, failures: int) -> float:
         """How long an NVR rests after `failures` busy/unreachable answers in a row, with jitter."""
