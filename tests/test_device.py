@@ -39,6 +39,7 @@ def run(nvr, tmp_path, password=SIM_PASSWORD, **fields):
     return HikloadRunner(timeout=10).run(task, tmp_path / "dl" / "000001-t", Progress(), threading.Event())
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("text, iana", [
     ("CST-8:00:00", "Asia/Shanghai"),
     ("EET-2EEST,M3.5.0/3,M10.5.0/4", "Europe/Bucharest"),
@@ -55,6 +56,7 @@ def test_posix_zones_convert_utc_as_the_iana_database_does(text, iana):
         moment += timedelta(minutes=97)
 
 
+@pytest.mark.fast
 @pytest.mark.parametrize("text", ["", "CST", "+8:00", "CST-8:99", "X" * 200, "CET-1CEST,M13.1.0,M10.5.0"])
 def test_text_that_is_no_posix_zone_is_refused(text):
     with pytest.raises(ZoneError):
@@ -84,6 +86,14 @@ def test_timezone_auto_converts_utc_times_with_the_device_zone(procs, tmp_path):
     # Without "auto" the times are the NVR's own (today's behaviour).
     result = run(nvr, tmp_path / "b", start=at(2).isoformat(), end=at(3).isoformat())
     assert {p.name for p in (tmp_path / "b" / "dl" / "000001-t").iterdir()} == set(nvr.expected(101, at(2), at(3)))
+
+
+def test_a_camera_the_device_lacks_is_named_with_the_ones_it_has(procs, tmp_path):
+    nvr = start_nvr(procs, channels=4, hours=1)
+    with pytest.raises(TaskFailed) as missing:
+        run(nvr, tmp_path, cameras=["101201", "201"])
+    assert str(missing.value) == f"NVR {nvr.address} has no camera 101201; it has 101, 201, 301, 401"
+    assert missing.value.permanent and nvr.stats()["searches"] == 0
 
 
 def test_a_dry_run_lists_counts_and_sizes_and_downloads_nothing(procs, tmp_path):

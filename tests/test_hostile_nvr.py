@@ -36,6 +36,7 @@ def export(procs, tmp_path, nvr, *extra_client, password=SIM_PASSWORD, name="hos
 
 
 # --- paths -------------------------------------------------------------------------------
+@pytest.mark.fast
 def test_folder_names_keep_letters_and_stay_confined_on_windows_and_posix(tmp_path):
     assert safe_component("Entrée, hall") == "Entrée_hall"
     assert safe_component("Вход/../../etc") == "Вход_.._.._etc"
