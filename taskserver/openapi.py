@@ -224,6 +224,10 @@ def _paths() -> dict:
             "stop a schedule (its tasks stay)", {200: ok}, (*WRITE, 404, 409),
             [{"name": "schedule_id", "in": "path", "required": True,
               "schema": {"type": "integer", "minimum": 0, "maximum": validate.MAX_ID}}])},
+        "/api/workers/forget": {"post": _op(
+            "drop a worker, or a host's workers, from the list",
+            {200: _json(_obj({"ok": {"type": "boolean"}, "forgotten": {"type": "integer"}}, ("ok",)), "forgotten")},
+            WRITE, body=_obj({"worker": WORKER}, ("worker",), extra=False), tag="workers")},
         "/api/nvrs/login": {"post": _op(
             "try a refused NVR password again (the account was unlocked on the device)",
             {200: _json(_obj({"ok": {"type": "boolean"}, "released": {"type": "integer"}}, ("ok",)), "released")},

@@ -174,6 +174,18 @@ def report():
                      mimetype="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
 
 
+@bp.post("/workers/forget")
+def forget_workers():
+    """Drop a worker, or a host's workers, from the list (a host retired for good)."""
+    body = validate.json_body()
+    name = validate.text(body.get("worker"), "worker", 200)
+    if set(body) - {"worker"} or not name or not validate.WORKER_NAME.fullmatch(name):
+        raise BadRequest('expected {"worker": "<worker name or host name>"}')
+    count = api.store().forget_workers(name)
+    log.info("%d worker(s) of %s forgotten", count, name)
+    return jsonify({"ok": True, "forgotten": count})
+
+
 @bp.get("/schedules")
 def schedules():
     """Active schedules: cadence, next run, the row they repeat (no password)."""

@@ -560,3 +560,17 @@ def test_a_daily_schedule_exports_each_day_once_across_runs_failures_and_coordin
 def lease_password(store):
     answer = store.claim("w")
     return answer.task["password"] if answer.status == "task" else None
+
+
+def test_worker_hosts_that_left_long_ago_drop_off_the_list_and_can_be_forgotten(store, clock):
+    store.add([spec(1)])
+    for name in ("old-1/w0", "old-1/w1", "gone-2/w0", "busy-3/w0"):
+        store.claim(name)
+    store.worker_state("old-1/w0", "stopped", None)
+    clock.advance(3601)
+    store.claim("busy-3/w0")
+    assert {w["name"] for w in store.status()["workers"]} == {"old-1/w1", "gone-2/w0", "busy-3/w0"}
+    clock.advance(86400)
+    store.claim("busy-3/w0")
+    assert {w["name"] for w in store.status()["workers"]} == {"busy-3/w0"}
+    assert store.forget_workers("busy-3") == 1 and store.status()["workers"] == []

@@ -279,6 +279,10 @@ class Store(ABC):
         """Record what a worker host says of itself: "ok", "full", "fault" or "stopped"."""
 
     @abstractmethod
+    def forget_workers(self, prefix: str) -> int:
+        """Drop a worker, or every worker of a host, from the list; return how many."""
+
+    @abstractmethod
     def tasks(self, state: str | None = None, nvr: str | None = None, worker: str | None = None,
               text: str | None = None, order: str = "id", offset: int = 0, limit: int = 50) -> tuple[list[dict], int]:
         """A page of public task views matching the filters, and how many match in all."""

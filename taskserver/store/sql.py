@@ -732,6 +732,17 @@ class SQLStore(SQLReads, Store):
             self._event(now, f"worker {state}", worker=worker, detail=detail)
         self._idle_seen.pop(worker, None)
 
+    @retried
+    def forget_workers(self, prefix: str) -> int:
+        """Drop workers whose name is `prefix` or starts with `prefix/` or `prefix-` (a host's workers)."""
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        with self._write() as db:
+            count = db.execute("DELETE FROM workers WHERE name = ? OR name LIKE ? ESCAPE '\\' OR name LIKE ?"
+                               " ESCAPE '\\'", (prefix, pattern + "/%", pattern + "-%")).rowcount
+        for name in [n for n in self._idle_seen if n == prefix or n.startswith((prefix + "/", prefix + "-"))]:
+            del self._idle_seen[name]
+        return count
+
     # --- helpers inside a transaction ----------------------------------------------
     def _expire(self, db, now: float) -> None:
         """Re-queue (or fail) tasks whose lease ran out; make waiting tasks ready; give up on refused users."""
