@@ -105,6 +105,7 @@ SCHEMAS = {
         "started": NULL_NUMBER, "finished": NULL_NUMBER, "mode": {"type": "string", "enum": ["export", "list"]},
         "created_iso": ISO, "started_iso": ISO, "finished_iso": ISO,
         "nothing_found": {"type": "boolean", "description": "done, but the export found no recording at all"},
+        "options": {"type": "object", "description": "what the row asks of its export (window, content...)"},
         "timezone": NULL_STRING, "tls_fingerprint": NULL_STRING,
         "attempt_log": {"type": "array", "items": _obj({
             "worker": NULL_STRING, "started": NULL_NUMBER, "ended": NULL_NUMBER, "outcome": NULL_STRING,
@@ -118,7 +119,8 @@ SCHEMAS = {
                       "cameras": {"type": "array", "items": {"type": "string"}}, "start": NULL_STRING,
                       "end": NULL_STRING, "attempt": {"type": "integer"}, "max_attempts": {"type": "integer"},
                       "takes_earlier": {"type": "boolean"}, "timezone": NULL_STRING,
-                      "tls_fingerprint": NULL_STRING, "mode": {"type": "string", "enum": ["export", "list"]}},
+                      "tls_fingerprint": NULL_STRING, "mode": {"type": "string", "enum": ["export", "list"]},
+                      "options": {"type": "object"}},
                      ("id", "server", "username", "password", "cameras", "attempt")),
         "lease": _obj({"id": {"type": "string"}, "seconds": {"type": "number"}}, ("id", "seconds")),
         "retry_after": {"type": "number", "minimum": 0},

@@ -65,7 +65,8 @@ def run_specs(schedule: dict, start: datetime, end: datetime) -> list[TaskSpec]:
     template = dict(schedule["template"])
     chunk, first, name, source = (template.pop(k) for k in ("chunk", "first", "name", "source"))
     key = f"{schedule['key']}@{start:%Y%m%dT%H%M%S}"
-    spec = TaskSpec(**{**template, "cameras": tuple(template["cameras"])}, key=key, password=None,
+    spec = TaskSpec(**{**template, "cameras": tuple(template["cameras"]),
+                       "options": tuple(tuple(pair) for pair in template.get("options", ()))}, key=key, password=None,
                     start=_iso(start), end=_iso(end), group=key, source=f"{source}, run {start:%Y-%m-%d %H:%M}",
                     name=f"{name or template['server']} {start:%Y-%m-%d %H:%M}")
     # Only the very first window takes a recording that began before it; later ones leave it

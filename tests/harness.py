@@ -211,13 +211,16 @@ class NVR:
         self.catalogue = catalogue
         self.password = password
         self.url = proc.url
-        self.address = proc.url.removeprefix("http://")
+        self.address = proc.url.removeprefix("http://")  # the sheet's server column; https:// stays
+        self.hostport = proc.url.split("://", 1)[1]
+        found = re.search(r"certificate SHA-256 ([0-9a-f]{64})", proc.output())
+        self.fingerprint = found.group(1) if found else None
 
     def stats(self) -> dict:
-        return requests.get(f"{self.url}/sim/stats", timeout=5).json()
+        return requests.get(f"{self.url}/sim/stats", timeout=5, verify=False).json()
 
     def faults(self, **changes) -> dict:
-        response = requests.post(f"{self.url}/sim/faults", json=changes, timeout=5)
+        response = requests.post(f"{self.url}/sim/faults", json=changes, timeout=5, verify=False)
         response.raise_for_status()
         return response.json()
 
@@ -235,7 +238,7 @@ def start_nvr(procs: Processes, channels: int = 2, hours: int = 4, interval: int
     proc = procs.start("nvrsim", [
         PYTHON, "-m", "nvrsim", "--port", "0", "--user", "admin", "--channels", str(channels),
         "--start", start.isoformat(), "--end", end.isoformat(), "--interval", str(interval), "--size", str(size),
-        *extra], ready=r"listening on (http://\S+)", env={"NVRSIM_PASSWORD": password})
+        *extra], ready=r"listening on (https?://\S+)", env={"NVRSIM_PASSWORD": password})
     return NVR(proc, catalogue, password)
 
 
@@ -318,3 +321,4 @@ def worker_processes(client: Proc) -> list:
         except psutil.NoSuchProcess:
             pass
     return found
+

@@ -17,8 +17,9 @@ def test_dashboard_shows_live_progress_and_requeues_a_failed_task(procs, tmp_pat
     nvr = start_nvr(procs, channels=1, hours=4, size=200_000, extra=("--delay", "0.05"))
     rows = [[nvr.address, "admin", SIM_PASSWORD, 101, at(h), at(h + 1), f"hour {h}"] for h in range(4)]
     rows.append([nvr.address, "viewer", "Bad-pass-9", 101, at(0), at(1), "wrong password"])
+    # The refused password holds its task until --nvr-give-up, then it fails (a short one here).
     coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
-                                    "--max-attempts", "1")
+                                    "--max-attempts", "1", "--nvr-give-up", "3")
     page = browser.new_page()
     page.goto(coordinator.url)
     page.wait_for_selector("[data-state=done]")

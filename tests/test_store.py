@@ -429,9 +429,11 @@ def test_a_completion_records_files_bytes_and_the_device_clock_on_its_nvr(store)
 
 
 def test_dry_runs_time_zones_and_pinned_certificates_reach_the_worker(store):
-    store.add([spec(1, server="https://nvr-a:443", mode="list", timezone="auto", tls_fingerprint="ab" * 32)])
+    store.add([spec(1, server="https://nvr-a:443", mode="list", timezone="auto", tls_fingerprint="ab" * 32,
+                    options=(("window", "exact"), ("content", "both")))])
     task = lease(store)[0]
     assert (task["mode"], task["timezone"], task["tls_fingerprint"]) == ("list", "auto", "ab" * 32)
+    assert task["options"] == {"window": "exact", "content": "both"} == store.task(1)["options"]
 
 
 # --- the transition table ----------------------------------------------------------------

@@ -91,6 +91,7 @@ class TaskSpec:
     timezone: str | None = None  # "auto": start/end are UTC instants, to convert with the zone the NVR reports
     tls_fingerprint: str | None = None  # SHA-256 of the NVR's HTTPS certificate: 64 lowercase hex digits
     mode: str = "export"  # "export", or "list": a dry run that lists what would be exported
+    options: tuple[tuple[str, str], ...] = ()  # what the row asks of the export (window, content...), for the runner
 
     @property
     def span(self) -> float | None:

@@ -359,6 +359,7 @@ def _public(row, now: float) -> dict:
         "username": row["username"], "cameras": [c for c in row["cameras"].split(",") if c],
         "start": row["start"], "end": row["end"], "priority": row["priority"], "source": row["source"],
         "group": row["grp"], "mode": row["mode"], "timezone": row["timezone"],
+        "options": json.loads(row["options"]) if row["options"] else {},
         "tls_fingerprint": row["tls_fingerprint"],
         "state": row["state"], "attempts": row["attempts"], "worker": row["worker"],
         "lease_expires_in": round(row["lease_expires"] - now, 1) if row["lease_expires"] else None,

@@ -161,7 +161,11 @@ ALTER TABLE tasks ADD COLUMN schedule_id {bigint};
 ALTER TABLE tasks ADD COLUMN requeued INTEGER NOT NULL DEFAULT 0;
 CREATE INDEX IF NOT EXISTS tasks_schedule ON tasks (schedule_id, state)
 """,
-    # 6: exports done with no file at all ("done, nothing found"), counted per NVR for every status
+    # 6: what a row asks of its export beyond the range (window mode, content, record types), as JSON.
+    """
+ALTER TABLE tasks ADD COLUMN options TEXT
+""",
+    # 7: exports done with no file at all ("done, nothing found"), counted per NVR for every status
     # from this small index rather than from every done task.
     """
 CREATE INDEX IF NOT EXISTS tasks_empty ON tasks (server) WHERE state = 'done' AND files = 0 AND mode = 'export'

@@ -244,11 +244,12 @@ class SQLStore(SQLReads, Store):
         ids = self._insert_many(
             db,
             "INSERT INTO tasks (key, name, server, username, cameras, start, \"end\", priority, source, grp,"
-            " span, takes_earlier, timezone, tls_fingerprint, mode, schedule_id, created)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (key) DO NOTHING",
+            " span, takes_earlier, timezone, tls_fingerprint, mode, options, schedule_id, created)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (key) DO NOTHING",
             [(spec.key, spec.name, spec.server, spec.username, ",".join(spec.cameras), spec.start, spec.end,
               spec.priority, spec.source, spec.group or spec.key, spec.span, int(spec.takes_earlier),
-              spec.timezone, spec.tls_fingerprint, spec.mode, schedule_id, now) for spec in specs],
+              spec.timezone, spec.tls_fingerprint, spec.mode, _json(dict(spec.options)) if spec.options else None,
+              schedule_id, now) for spec in specs],
         )
         new_ids = [i for i in ids if i is not None]
         result.ids += new_ids
@@ -417,6 +418,7 @@ class SQLStore(SQLReads, Store):
                 "cameras": [c for c in task["cameras"].split(",") if c],
                 "start": task["start"], "end": task["end"], "takes_earlier": bool(task["takes_earlier"]),
                 "timezone": task["timezone"], "tls_fingerprint": task["tls_fingerprint"], "mode": task["mode"],
+                "options": json.loads(task["options"]) if task["options"] else {},
                 "attempt": attempt, "max_attempts": self.policy.max_attempts,
             },
             lease={"id": lease_id, "seconds": self.policy.lease_seconds},
