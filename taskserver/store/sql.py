@@ -72,9 +72,6 @@ class SQLStore(SQLReads, Store):
         self._passwords: dict[str, str] = {}  # sealed -> plain, so that a claim opens each password once
 
     # --- connections and transactions (the dialect's part) --------------------------
-    def _begin(self, db) -> None:
-        db.execute("BEGIN")
-
     def _insert_many(self, db, sql: str, rows: list[tuple]) -> list[int | None]:
         """Run an INSERT ... ON CONFLICT DO NOTHING per row; each new row's id, or None where it existed."""
         raise NotImplementedError
@@ -131,30 +128,40 @@ class SQLStore(SQLReads, Store):
         raise NotImplementedError
 
     @contextmanager
-    def _write(self) -> Iterator:
-        """One write transaction: committed on success, rolled back on any error.
-
-        Events are gathered while it runs and written last, so that the feed's ids
-        follow commit order even with several coordinators writing at once.
-        """
+    def _transaction(self) -> Iterator:
+        """A transaction on this thread's connection: committed on success, rolled back on any error."""
         db = self._db()
-        self._begin(db)
-        self._local.events = []
+        db.execute("BEGIN")
         try:
             yield db
-            if self._local.events:
-                self._before_feed(db)
-                db.executemany("INSERT INTO events (at, kind, task_id, state, worker, detail) VALUES (?,?,?,?,?,?)",
-                               self._local.events)
-                self._feed_writes += 1
-                if self._feed_writes % PRUNE_EVERY == 0:
-                    # The feed serves streams that reconnect, not history (attempts keep that).
-                    db.execute("DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
-                               (self.policy.events_kept,))
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    @contextmanager
+    def _write(self) -> Iterator:
+        """One write transaction: committed (durably) before it returns, rolled back on any error.
+
+        Events are gathered while it runs and written last, so that the feed's ids
+        follow commit order even with several coordinators writing at once.
+        """
+        with self._transaction() as db:
+            self._local.events = []
+            self._local.writing = db
+            try:
+                yield db
+                if self._local.events:
+                    self._before_feed(db)
+                    db.executemany("INSERT INTO events (at, kind, task_id, state, worker, detail)"
+                                   " VALUES (?,?,?,?,?,?)", self._local.events)
+                    self._feed_writes += 1
+                    if self._feed_writes % PRUNE_EVERY == 0:
+                        # The feed serves streams that reconnect, not history (attempts keep that).
+                        db.execute("DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
+                                   (self.policy.events_kept,))
+            finally:
+                self._local.writing = None
 
     def _move(self, db, name: str, where: str, params: tuple = (), sets: str = "", values: tuple = (),
               now: float | None = None, detail: str | None = None) -> list:
