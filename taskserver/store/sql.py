@@ -151,17 +151,21 @@ class SQLStore(SQLReads, Store):
             self._local.writing = db
             try:
                 yield db
-                if self._local.events:
-                    self._before_feed(db)
-                    db.executemany("INSERT INTO events (at, kind, task_id, state, worker, detail)"
-                                   " VALUES (?,?,?,?,?,?)", self._local.events)
-                    self._feed_writes += 1
-                    if self._feed_writes % PRUNE_EVERY == 0:
-                        # The feed serves streams that reconnect, not history (attempts keep that).
-                        db.execute("DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
-                                   (self.policy.events_kept,))
+                self._write_events(db)
             finally:
                 self._local.writing = None
+
+    def _write_events(self, db) -> None:
+        """Write the transaction's gathered events, last before its commit; prune the feed now and then."""
+        if self._local.events:
+            self._before_feed(db)
+            db.executemany("INSERT INTO events (at, kind, task_id, state, worker, detail) VALUES (?,?,?,?,?,?)",
+                           self._local.events)
+            self._feed_writes += 1
+            if self._feed_writes % PRUNE_EVERY == 0:
+                # The feed serves streams that reconnect, not history (attempts keep that).
+                db.execute("DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
+                           (self.policy.events_kept,))
 
     def _move(self, db, name: str, where: str, params: tuple = (), sets: str = "", values: tuple = (),
               now: float | None = None, detail: str | None = None) -> list:
@@ -171,16 +175,25 @@ class SQLStore(SQLReads, Store):
         task never moves along a path the table does not allow, and each row it
         changed gets one event in the feed.
         """
+        rows = db.execute(*self._move_sql(name, where, params, sets, values)).fetchall()
+        self._moved(name, rows, now, detail)
+        return rows
+
+    def _move_sql(self, name: str, where: str, params: tuple = (), sets: str = "", values: tuple = (),
+                  returning: str = "id, worker, lease_id") -> tuple[str, tuple]:
+        """The guarded UPDATE of transition `name` and its parameters (see `_move`)."""
         move = TRANSITIONS[name]
         sources = sorted(s.value for s in move.sources)
-        rows = db.execute(
-            f"UPDATE tasks SET state = ?{', ' + sets if sets else ''} WHERE ({where})"
-            f" AND state IN ({','.join('?' * len(sources))}) RETURNING id, worker, lease_id",
-            (move.target.value, *values, *params, *sources),
-        ).fetchall()
+        return (f"UPDATE tasks SET state = ?{', ' + sets if sets else ''} WHERE ({where})"
+                f" AND state IN ({','.join('?' * len(sources))}) RETURNING {returning}",
+                (move.target.value, *values, *params, *sources))
+
+    def _moved(self, name: str, rows: list, now: float | None = None, detail=None) -> None:
+        """One feed event per row that transition `name` changed (`detail`: text, or a function of the row)."""
         at = self.clock() if now is None else now
-        self._local.events.extend((at, name, r["id"], move.target.value, r["worker"], detail) for r in rows)
-        return rows
+        target = TRANSITIONS[name].target.value
+        self._local.events.extend((at, name, r["id"], target, r["worker"], detail(r) if callable(detail) else detail)
+                                  for r in rows)
 
     def _begin_snapshot(self, db) -> None:
         """Start a read-only transaction that sees one instant of the database throughout."""
