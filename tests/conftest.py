@@ -5,7 +5,11 @@ import os
 
 import pytest
 
-from .harness import Processes, postgres_missing, postgres_schema
+from taskserver.store.postgres import PostgresStore
+from taskserver.store.sqlite import SQLiteStore
+from taskserver.vault import Vault
+
+from .harness import POLICY, TEST_KEY, FakeClock, Processes, postgres_missing, postgres_schema
 
 
 @pytest.fixture
@@ -38,3 +42,41 @@ def postgres():
         pytest.skip(f"PostgreSQL store not tested: {missing}")
     with postgres_schema() as url:
         yield url
+
+
+@pytest.fixture
+def clock():
+    """The stores' clock in the in-process suites: moved by hand, never slept on."""
+    return FakeClock()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_store(request, tmp_path, clock):
+    """Open stores of one kind on one database (several open at once act like several coordinators)."""
+    opened = []
+    if request.param == "postgres":
+        missing = postgres_missing()
+        if missing:
+            pytest.skip(f"PostgreSQL store not tested: {missing}")
+        context = postgres_schema()
+        url = context.__enter__()
+        request.addfinalizer(lambda: context.__exit__(None, None, None))
+
+        def make(policy=POLICY, vault=None):
+            store = PostgresStore(url, policy, vault or Vault([TEST_KEY], "test"), clock, pool=4)
+            opened.append(store)
+            return store
+    else:
+        def make(policy=POLICY, vault=None):
+            store = SQLiteStore(tmp_path / "ts.db", policy, vault or Vault([TEST_KEY], "test"), clock)
+            opened.append(store)
+            return store
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store):
+    """A store on a fresh database, SQLite then PostgreSQL."""
+    return make_store()

@@ -23,6 +23,7 @@ import requests
 from openpyxl import Workbook
 
 from nvrsim import Catalogue
+from taskserver.store import Policy
 
 PYTHON = sys.executable
 SIM_PASSWORD = "S1m-Secret-pw"
@@ -31,6 +32,9 @@ SIM_PASSWORD = "S1m-Secret-pw"
 TEST_KEY = "kT0M1qgR5Yy2Yt6dvl9p0mN1Qk3o4vJx5C8T2q5Zc0E="
 os.environ.setdefault("TASKSERVER_SECRET_KEY", TEST_KEY)
 T = datetime(2026, 1, 1)  # the simulated NVRs' recordings start here
+# The protocol settings of the store's contract suite (tests/test_store.py and its kin).
+POLICY = Policy(lease_seconds=60, max_attempts=3, backoff_base=10, backoff_max=600, max_wait=5, per_nvr=2,
+                device_backoff=5, nvr_give_up=1800, events_kept=1000)
 
 
 # The PostgreSQL the tests use; each test gets a schema of its own in it.

@@ -14,52 +14,13 @@ import pytest
 
 from taskserver.errors import ConfigError, Conflict, LeaseLost, TaskNotFound
 from taskserver.store import TRANSITIONS, Policy, State, TaskSpec
-from taskserver.store.postgres import PostgresStore
 from taskserver.store.sql import HELD
 from taskserver.store.sqlite import SQLiteStore
 from taskserver.vault import Vault, load_vault, new_key
 
-from .harness import TEST_KEY, FakeClock, postgres_missing, postgres_schema
+from .harness import POLICY, TEST_KEY
 
 T0 = datetime(2026, 1, 1)
-POLICY = Policy(lease_seconds=60, max_attempts=3, backoff_base=10, backoff_max=600, max_wait=5, per_nvr=2,
-                device_backoff=5, nvr_give_up=1800, events_kept=1000)
-
-
-@pytest.fixture
-def clock():
-    return FakeClock()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def make_store(request, tmp_path, clock):
-    """Open stores of one kind on one database (several open at once act like several coordinators)."""
-    opened = []
-    if request.param == "postgres":
-        missing = postgres_missing()
-        if missing:
-            pytest.skip(f"PostgreSQL store not tested: {missing}")
-        context = postgres_schema()
-        url = context.__enter__()
-        request.addfinalizer(lambda: context.__exit__(None, None, None))
-
-        def make(policy=POLICY, vault=None):
-            store = PostgresStore(url, policy, vault or Vault([TEST_KEY], "test"), clock, pool=4)
-            opened.append(store)
-            return store
-    else:
-        def make(policy=POLICY, vault=None):
-            store = SQLiteStore(tmp_path / "ts.db", policy, vault or Vault([TEST_KEY], "test"), clock)
-            opened.append(store)
-            return store
-    yield make
-    for store in opened:
-        store.close()
-
-
-@pytest.fixture
-def store(make_store):
-    return make_store()
 
 
 def spec(n: int, server: str = "nvr-a", hours: float = 1, user: str = "admin", password: str = "pw",

@@ -203,6 +203,17 @@ class Store(ABC):
         """
 
     @abstractmethod
+    def exchange(self, worker: str, done: list[tuple[int, str, dict]], count: int) -> tuple[list, list[Claim]]:
+        """Complete several tasks and lease up to `count` more to `worker`, in one transaction (opt-in batches).
+
+        `done` holds (task id, lease id, result) triples; each is fenced by its own
+        lease as `complete` does, and its outcome is None (done, or a harmless repeat)
+        or the LeaseLost / TaskNotFound error `complete` would raise. Each task leased
+        gets a lease of its own, under the same caps as single claims. Returns the
+        outcomes and the claims: the leased tasks, else one "wait" or "drained" claim.
+        """
+
+    @abstractmethod
     def fail(self, task_id: int, lease_id: str, error: str, permanent: bool = False,
              device: str | None = None, locked_for: float | None = None) -> str:
         """Record a failed attempt; back off and retry, or fail the task. Returns the new state.

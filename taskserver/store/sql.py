@@ -350,11 +350,15 @@ class SQLStore(SQLReads, Store):
         self._seen(db, worker, now, task["id"])
         login = db.execute("SELECT password FROM logins WHERE server = ? AND username = ?",
                            (task["server"], task["username"])).fetchone()
+        return self._handout(task, lease_id, attempt, login["password"] if login else None)
+
+    def _handout(self, task, lease_id: str, attempt: int, sealed: str | None) -> Claim:
+        """A claim's answer for a leased task row: what its worker needs, its password opened."""
         return Claim(
             "task",
             task={
                 "id": task["id"], "key": task["key"], "name": task["name"], "server": task["server"],
-                "username": task["username"], "password": self._open(login["password"]) if login else "",
+                "username": task["username"], "password": self._open(sealed) if sealed else "",
                 "cameras": [c for c in task["cameras"].split(",") if c],
                 "start": task["start"], "end": task["end"], "takes_earlier": bool(task["takes_earlier"]),
                 "timezone": task["timezone"], "tls_fingerprint": task["tls_fingerprint"], "mode": task["mode"],
@@ -373,12 +377,15 @@ class SQLStore(SQLReads, Store):
 
     def _anything_ready(self, now: float) -> bool:
         """A read-only look: is there queued work, an expired lease, a retry or a give-up due?"""
-        return bool(self._db().execute(
-            f"SELECT EXISTS (SELECT 1 FROM tasks WHERE state = {Q})"
-            f" OR EXISTS (SELECT 1 FROM tasks WHERE state = {L} AND lease_expires < ?)"
-            f" OR EXISTS (SELECT 1 FROM tasks WHERE state = {W} AND ready_at <= ?)"
-            " OR EXISTS (SELECT 1 FROM logins WHERE refused_at <= ?)", (now, now, now - self.policy.nvr_give_up),
-        ).fetchone()[0])
+        due, params = self._due(now)
+        return bool(self._db().execute(f"SELECT EXISTS (SELECT 1 FROM tasks WHERE state = {Q}) OR {due}",
+                                       params).fetchone()[0])
+
+    def _due(self, now: float) -> tuple[str, tuple]:
+        """An SQL condition, true when `_expire` has something to do: a lease ran out, a wait or a refusal is over."""
+        return (f"EXISTS (SELECT 1 FROM tasks WHERE state = {L} AND lease_expires < ?)"
+                f" OR EXISTS (SELECT 1 FROM tasks WHERE state = {W} AND ready_at <= ?)"
+                " OR EXISTS (SELECT 1 FROM logins WHERE refused_at <= ?)", (now, now, now - self.policy.nvr_give_up))
 
     def _next(self, db, now: float):
         """The task to hand out: the best head among the NVR queues that may take one more.
@@ -440,32 +447,16 @@ class SQLStore(SQLReads, Store):
 
     @retried
     def complete(self, task_id: int, lease_id: str, result: dict, next_for: str | None = None) -> Claim | None:
+        return self._complete(task_id, lease_id, result, next_for)
+
+    def _complete(self, task_id: int, lease_id: str, result: dict, next_for: str | None) -> Claim | None:
         now = self.clock()
         lost = None
         answer = None
-        files, size = _int(result.get("files")), _int(result.get("bytes"))
-        manifest = result.get("manifest")
-        result = {k: v for k, v in result.items() if k != "manifest"}  # kept once, in the files table
         with self._write() as db:
             self._expire(db, now)
-            if self._move(db, "done", "id = ? AND lease_id = ?", (task_id, lease_id), now=now,
-                          sets="result = ?, files = ?, bytes = ?, finished = ?, lease_expires = NULL,"
-                               " last_error = NULL, progress = NULL",
-                          values=(_json(result), files, size, now)):
-                self._end_attempt(db, lease_id, now, "done", None, done=1)
-                if isinstance(manifest, list):
-                    self._record_files(db, task_id, lease_id, manifest)
-                # The NVR answered: it is well again, and its figures grow.
-                db.execute(
-                    "UPDATE nvrs SET files = files + ?, bytes = bytes + ?, failures = 0, down_since = NULL,"
-                    " backoff_until = 0, last_error = NULL WHERE server = (SELECT server FROM tasks WHERE id = ?)",
-                    (files or 0, size or 0, task_id),
-                )
-                offset = _number((result.get("device") or {}).get("clock_offset")
-                                 if isinstance(result.get("device"), dict) else None)
-                if offset is not None:
-                    db.execute("UPDATE nvrs SET clock_offset = ?, clock_at = ? WHERE server ="
-                               " (SELECT server FROM tasks WHERE id = ?)", (offset, now, task_id))
+            if self._move(db, *self._done_move(task_id, lease_id, result, now), now=now):
+                self._finish(db, task_id, lease_id, result, now)
             elif db.execute(
                 f"SELECT 1 FROM tasks WHERE id = ? AND lease_id = ? AND state = {D}", (task_id, lease_id)
             ).fetchone() is None:
@@ -476,6 +467,60 @@ class SQLStore(SQLReads, Store):
         if lost is not None:
             raise lost
         return answer
+
+    @retried
+    def exchange(self, worker: str, done: list[tuple[int, str, dict]], count: int) -> tuple[list, list[Claim]]:
+        now = self.clock()
+        outcomes: list = []
+        claims: list[Claim] = []
+        with self._write() as db:
+            self._expire(db, now)
+            for task_id, lease_id, result in done:
+                outcomes.append(None)
+                if self._move(db, *self._done_move(task_id, lease_id, result, now), now=now):
+                    self._finish(db, task_id, lease_id, result, now)
+                elif db.execute(f"SELECT 1 FROM tasks WHERE id = ? AND lease_id = ? AND state = {D}",
+                                (task_id, lease_id)).fetchone() is None:
+                    try:
+                        outcomes[-1] = LeaseLost(task_id, self._current_state(db, task_id))
+                    except TaskNotFound as exc:
+                        outcomes[-1] = exc
+            paused = self._paused()
+            while len(claims) < count:
+                claim = self._claim(db, worker, now, paused)
+                if claim.status != "task":
+                    claims = claims or [claim]
+                    break
+                claims.append(claim)
+        return outcomes, claims
+
+    def _done_move(self, task_id: int, lease_id: str, result: dict, now: float) -> tuple:
+        """The arguments of the "done" transition for a completion (its manifest is kept in the files table)."""
+        result = {k: v for k, v in result.items() if k != "manifest"}
+        return ("done", "id = ? AND lease_id = ?", (task_id, lease_id),
+                "result = ?, files = ?, bytes = ?, finished = ?, lease_expires = NULL, last_error = NULL,"
+                " progress = NULL", (_json(result), _int(result.get("files")), _int(result.get("bytes")), now))
+
+    def _finish(self, db, task_id: int, lease_id: str, result: dict, now: float) -> None:
+        """What a completion records besides the task's state: its attempt, its files, its NVR's figures.
+
+        Runs statements only (no result is read but a manifest's worker), so that the
+        PostgreSQL store can send them in one round trip with the rest.
+        """
+        self._end_attempt(db, lease_id, now, "done", None, done=1)
+        if isinstance(result.get("manifest"), list):
+            self._record_files(db, task_id, lease_id, result["manifest"])
+        # The NVR answered: it is well again, and its figures grow.
+        db.execute(
+            "UPDATE nvrs SET files = files + ?, bytes = bytes + ?, failures = 0, down_since = NULL,"
+            " backoff_until = 0, last_error = NULL WHERE server = (SELECT server FROM tasks WHERE id = ?)",
+            (_int(result.get("files")) or 0, _int(result.get("bytes")) or 0, task_id),
+        )
+        device = result.get("device")
+        offset = _number(device.get("clock_offset")) if isinstance(device, dict) else None
+        if offset is not None:
+            db.execute("UPDATE nvrs SET clock_offset = ?, clock_at = ? WHERE server ="
+                       " (SELECT server FROM tasks WHERE id = ?)", (offset, now, task_id))
 
     @retried
     def fail(self, task_id: int, lease_id: str, error: str, permanent: bool = False,
