@@ -25,7 +25,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow"
 
 bench: $(STAMP)
-	@for b in dispatch makespan download scale idle; do $(BIN)/python -m bench.$$b $(ARGS) || exit 1; done
+	@for b in dispatch scale_out makespan scale download idle; do $(BIN)/python -m bench.$$b $(ARGS) || exit 1; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check taskserver taskclient nvrsim tests bench demo.py
