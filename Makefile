@@ -26,6 +26,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	@for b in dispatch scale_out makespan scale download idle; do $(BIN)/python -m bench.$$b $(ARGS) || exit 1; done
+	@$(BIN)/python -m bench.goals
 
 lint: $(STAMP)
 	$(BIN)/ruff check taskserver taskclient nvrsim tests bench demo.py
