@@ -216,20 +216,22 @@ class PostgresStore(SQLStore):
         return None
 
     def _candidates(self, db, now: float, limit: int, lock: bool = False):
-        """NVR queue heads that may be handed out now, best first (see `SQLStore._next`).
+        """NVR queue heads that may be handed out now, best first (see `SQLStore._next`): their NVR and order.
 
-        LATERAL makes each NVR's running count and head an index probe of their own,
-        whatever the planner knows of the table: a claim costs the same with a
-        thousand or a million tasks queued, analysed or not.
+        The running counts come from one pass over the leased tasks (a few per worker),
+        and LATERAL makes each NVR's head an index probe of its own whatever the planner
+        knows of the table: a claim costs the same with a thousand or a million tasks
+        queued, analysed or not (it grows with the NVRs that have work, not the tasks).
         """
         return db.execute(
-            "SELECT h.*, r.running FROM nvrs n"
-            f" CROSS JOIN LATERAL (SELECT count(*) AS running FROM tasks l WHERE l.state = {L}"
-            "  AND l.server = n.server) r"
-            f" CROSS JOIN LATERAL (SELECT q.* FROM tasks q WHERE q.state = {Q} AND q.server = n.server"
+            "SELECT n.server, h.id, h.priority, h.span, coalesce(r.running, 0) AS running FROM nvrs n"
+            f" LEFT JOIN (SELECT l.server, count(*) AS running FROM tasks l WHERE l.state = {L}"
+            "  GROUP BY l.server) r ON r.server = n.server"
+            f" CROSS JOIN LATERAL (SELECT q.id, q.priority, q.span FROM tasks q WHERE q.state = {Q}"
+            "  AND q.server = n.server"
             "  ORDER BY q.priority DESC, q.span DESC NULLS LAST, q.id LIMIT 1) h"
-            " WHERE n.backoff_until <= ? AND r.running < coalesce(n.max_parallel, ?)"
-            " ORDER BY h.priority DESC, h.span DESC NULLS LAST, r.running, h.id LIMIT ?"
+            " WHERE n.backoff_until <= ? AND coalesce(r.running, 0) < coalesce(n.max_parallel, ?)"
+            " ORDER BY h.priority DESC, h.span DESC NULLS LAST, 5, h.id LIMIT ?"
             + (" FOR UPDATE OF n SKIP LOCKED" if lock else ""),
             (now, self.policy.per_nvr, limit),
         )
