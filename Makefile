@@ -22,7 +22,7 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m fast
 
 bench: $(STAMP)
 	@for b in dispatch scale_out makespan scale download idle; do $(BIN)/python -m bench.$$b $(ARGS) || exit 1; done

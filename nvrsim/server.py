@@ -1,61 +1,32 @@
 """A simulated Hikvision NVR: the part of ISAPI that hikload and taskclient use.
 
-It speaks HTTP/1.1 with digest authentication, lists channels, searches
-recordings page by page, and streams each recording's deterministic bytes. Fault
-switches make it behave like real devices on bad days: busy above K concurrent
-downloads, connections cut after X bytes, connections reset while "rebooting".
-`/sim/faults` (POST, JSON) changes the switches at run time and `/sim/stats`
+It speaks HTTP/1.1 (or HTTPS with a self-signed certificate) with digest
+authentication, lists channels (Streaming, IP and analog lists), tells its clock,
+searches recordings page by page, and streams each recording's deterministic bytes.
+Switches (faults.py) make it behave like real devices on bad days or with other
+firmware; `/sim/faults` (POST, JSON) changes them at run time and `/sim/stats`
 reports what happened, so tests can assert on the device's side too.
 """
 from __future__ import annotations
 
-import hashlib
 import json
-import re
-import secrets
+import os
 import socket
+import ssl
 import struct
+import sys
 import threading
 import time
-import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from dataclasses import asdict, dataclass, field, fields
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from xml.sax.saxutils import escape
 
-from .recordings import ISAPI_TIME, Catalogue, parse_playback_uri
+from . import auth, search
+from .faults import Faults, Stats
+from .recordings import Catalogue, parse_playback_uri
 
 XMLNS = "http://www.hikvision.com/ver20/XMLSchema"
-REALM = "DS-nvrsim"
-
-
-@dataclass
-class Faults:
-    """Switches that make the device misbehave; all off by default."""
-
-    busy_above: int | None = None  # answer 503 when more downloads than this run at once
-    drop_after: int | None = None  # cut a download after this many body bytes
-    drop_count: int = -1  # how many downloads to cut (-1: all of them)
-    drop_skip: int = 0  # let this many downloads through before cutting any
-    drop_mode: str = "close"  # "close" (clean FIN) or "reset" (RST)
-    refuse_until: float = 0.0  # reset every connection until this time (a reboot)
-    delay: float = 0.0  # seconds to pause per block sent (a slow link)
-    stall: bool = False  # accept requests and never answer (a hung device)
-
-
-@dataclass
-class Stats:
-    """What the device saw, for assertions in tests."""
-
-    downloads_started: int = 0
-    downloads_completed: int = 0
-    downloads_dropped: int = 0
-    busy_answers: int = 0
-    unauthorized: int = 0
-    concurrent: int = 0
-    max_concurrent: int = 0
-    bytes_sent: int = 0
-    searches: int = 0
+_clock_lock = threading.Lock()
 
 
 @dataclass
@@ -70,6 +41,9 @@ class Device:
     stats: Stats = field(default_factory=Stats)
     lock: threading.Lock = field(default_factory=threading.Lock)
     nonces: set = field(default_factory=set)
+    analog: int = 0  # the first `analog` channels are analog inputs, the rest IP cameras
+    failed_logins: int = 0
+    locked_until: float = 0.0
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -90,24 +64,39 @@ class Handler(BaseHTTPRequestHandler):
     def _route(self, method: str) -> None:
         body = self._read_body()
         path = self.path.split("?", 1)[0]
-        while self.device.faults.stall and path.startswith("/ISAPI/"):
+        faults = self.device.faults
+        while faults.stall and path.startswith("/ISAPI/"):
             time.sleep(0.1)
         if path == "/sim/stats":
-            return self._send(200, json.dumps(asdict(self.device.stats)), "application/json")
+            return self.send_text(200, json.dumps(asdict(self.device.stats)), "application/json")
         if path == "/sim/faults" and method == "POST":
             return self._set_faults(body)
-        if not self._authorized(method):
+        with self.device.lock:
+            self.device.stats.requests += 1
+        if faults.redirect_to and path.startswith("/ISAPI/"):
+            with self.device.lock:
+                self.device.stats.redirects += 1
+            return self.send_text(302, "", "text/plain", headers={"Location": faults.redirect_to + path})
+        if not auth.check(self, method):
             return None
         routes = {
-            ("GET", "/ISAPI/System/deviceInfo"): self._device_info,
-            ("GET", "/ISAPI/Streaming/channels"): self._channels,
-            ("POST", "/ISAPI/ContentMgmt/search"): self._search,
-            ("GET", "/ISAPI/ContentMgmt/download"): self._download,
-            ("POST", "/ISAPI/ContentMgmt/download"): self._download,
+            "/ISAPI/System/deviceInfo": ("info", self._device_info, ("GET",)),
+            "/ISAPI/System/time": ("time", self._time, ("GET",)),
+            "/ISAPI/Streaming/channels": ("channels", self._channels, ("GET",)),
+            "/ISAPI/ContentMgmt/InputProxy/channels": ("channels", self._proxy_channels, ("GET",)),
+            "/ISAPI/System/Video/inputs/channels": ("channels", self._analog_channels, ("GET",)),
+            "/ISAPI/ContentMgmt/search": ("search", self._search, tuple(faults.search_methods)),
+            "/ISAPI/ContentMgmt/download": ("download", self._download, tuple(faults.download_methods)),
         }
-        handler = routes.get((method, path))
+        area, handler, methods = routes.get(path, (None, None, ()))
         if handler is None:
             return self._status(404, "Invalid Operation", "notSupport")
+        if method not in methods:
+            return self._status(403, "Invalid Operation", "methodNotAllowed")
+        if area in faults.xml_busy:
+            with self.device.lock:
+                self.device.stats.busy_answers += 1
+            return self._status(200, "Device Busy", "deviceBusy", code=2)
         return handler(body)
 
     # --- HTTP helpers ------------------------------------------------------------
@@ -115,7 +104,7 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return self.rfile.read(length) if length else b""
 
-    def _send(self, code: int, text: str, ctype: str = "application/xml", headers: dict | None = None) -> None:
+    def send_text(self, code: int, text: str, ctype: str = "application/xml", headers: dict | None = None) -> None:
         data = text.encode()
         self.send_response(code)
         self.send_header("Content-Type", ctype)
@@ -123,46 +112,28 @@ class Handler(BaseHTTPRequestHandler):
         for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
+        drip = self.device.faults.drip
+        if drip and code == 200 and self.path.startswith("/ISAPI/"):
+            for at in range(len(data)):
+                self.wfile.write(data[at:at + 1])
+                self.wfile.flush()
+                time.sleep(drip)
+            return
         self.wfile.write(data)
 
-    def _status(self, code: int, text: str, sub: str) -> None:
-        self._send(
-            code,
+    def _status(self, http: int, text: str, sub: str, code: int | None = None) -> None:
+        text = self.device.faults.error_text or text
+        code = code if code is not None else (3 if http >= 500 else 4)
+        self.send_text(
+            http,
             f'<?xml version="1.0" encoding="UTF-8"?><ResponseStatus version="2.0" xmlns="{XMLNS}">'
-            f"<requestURL>{escape(self.path)}</requestURL><statusCode>{3 if code >= 500 else 4}</statusCode>"
-            f"<statusString>{text}</statusString><subStatusCode>{sub}</subStatusCode></ResponseStatus>",
+            f"<requestURL>{escape(self.path)}</requestURL><statusCode>{code}</statusCode>"
+            f"<statusString>{escape(text)}</statusString><subStatusCode>{sub}</subStatusCode></ResponseStatus>",
         )
-
-    # --- digest authentication (RFC 2617, qop=auth, MD5) --------------------------
-    def _authorized(self, method: str) -> bool:
-        fields = dict(
-            (k, v1 or v2)
-            for k, v1, v2 in re.findall(r'(\w+)=(?:"([^"]*)"|([^,\s]+))', self.headers.get("Authorization", ""))
-        )
-        dev = self.device
-        if fields.get("nonce") in dev.nonces and fields.get("username") == dev.username:
-            ha1 = _md5(f"{dev.username}:{REALM}:{dev.password}")
-            ha2 = _md5(f"{method}:{fields.get('uri', '')}")
-            expected = _md5(f"{ha1}:{fields['nonce']}:{fields.get('nc')}:{fields.get('cnonce')}:auth:{ha2}")
-            if secrets.compare_digest(expected, fields.get("response", "")):
-                return True
-        if "response" in fields:
-            with dev.lock:
-                dev.stats.unauthorized += 1
-        nonce = secrets.token_hex(16)
-        with dev.lock:
-            dev.nonces.add(nonce)
-        self._send(
-            401,
-            f'<?xml version="1.0" encoding="UTF-8"?><userCheck version="2.0" xmlns="{XMLNS}">'
-            "<statusValue>401</statusValue><statusString>Unauthorized</statusString></userCheck>",
-            headers={"WWW-Authenticate": f'Digest realm="{REALM}", qop="auth", nonce="{nonce}", algorithm=MD5'},
-        )
-        return False
 
     # --- ISAPI resources ---------------------------------------------------------
     def _device_info(self, body: bytes) -> None:
-        self._send(
+        self.send_text(
             200,
             f'<?xml version="1.0" encoding="UTF-8"?><DeviceInfo version="2.0" xmlns="{XMLNS}">'
             f"<deviceName>{escape(self.device.name)}</deviceName><deviceID>sim-0001</deviceID>"
@@ -170,65 +141,89 @@ class Handler(BaseHTTPRequestHandler):
             "<firmwareVersion>V4.0.0</firmwareVersion><deviceType>NVR</deviceType></DeviceInfo>",
         )
 
+    def _time(self, body: bytes) -> None:
+        faults = self.device.faults
+        with _clock_lock:
+            if os.environ.get("TZ") != faults.zone:
+                os.environ["TZ"] = faults.zone
+                time.tzset()
+            local = time.localtime(time.time() + faults.clock_offset)
+        offset = local.tm_gmtoff
+        sign = "+" if offset >= 0 else "-"
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", local) + f"{sign}{abs(offset) // 3600:02d}:{abs(offset) % 3600 // 60:02d}"
+        self.send_text(
+            200,
+            f'<?xml version="1.0" encoding="UTF-8"?><Time version="2.0" xmlns="{XMLNS}">'
+            f"<timeMode>{escape(faults.time_mode)}</timeMode><localTime>{stamp}</localTime>"
+            f"<timeZone>{escape(faults.zone)}</timeZone></Time>",
+        )
+
+    def _channel_name(self, number: int) -> str:
+        return f"{'Analog' if number <= self.device.analog else 'Camera'} {number:02d}"
+
     def _channels(self, body: bytes) -> None:
+        if "streaming" in self.device.faults.refuse_lists:
+            return self._status(403, "Invalid Operation", "invalidOperation")
         items = "".join(
-            f"<StreamingChannel><id>{track}</id><channelName>Camera {track // 100:02d}</channelName>"
+            f"<StreamingChannel><id>{track}</id><channelName>{self._channel_name(track // 100)}</channelName>"
             "<enabled>true</enabled></StreamingChannel>"
             for track in self.device.catalogue.tracks()
         )
-        self._send(
-            200,
-            f'<?xml version="1.0" encoding="UTF-8"?><StreamingChannelList version="2.0" xmlns="{XMLNS}">'
-            f"{items}</StreamingChannelList>",
-        )
+        self.send_text(200, f'<?xml version="1.0" encoding="UTF-8"?><StreamingChannelList version="2.0" '
+                            f'xmlns="{XMLNS}">{items}</StreamingChannelList>')
+
+    def _proxy_channels(self, body: bytes) -> None:
+        if "proxy" in self.device.faults.refuse_lists:
+            return self._status(403, "Invalid Operation", "invalidOperation")
+        numbers = [t // 100 for t in self.device.catalogue.tracks() if t // 100 > self.device.analog]
+        items = "".join(f"<InputProxyChannel><id>{n}</id><name>{self._channel_name(n)}</name>"
+                        f"<sourceInputPortDescriptor><ipAddress>192.0.2.{n}</ipAddress></sourceInputPortDescriptor>"
+                        "</InputProxyChannel>" for n in numbers)
+        self.send_text(200, f'<?xml version="1.0" encoding="UTF-8"?><InputProxyChannelList version="2.0" '
+                            f'xmlns="{XMLNS}">{items}</InputProxyChannelList>')
+
+    def _analog_channels(self, body: bytes) -> None:
+        if "inputs" in self.device.faults.refuse_lists:
+            return self._status(403, "Invalid Operation", "invalidOperation")
+        numbers = [t // 100 for t in self.device.catalogue.tracks() if t // 100 <= self.device.analog]
+        items = "".join(f"<VideoInputChannel><id>{n}</id><inputPort>{n}</inputPort>"
+                        f"<name>{self._channel_name(n)}</name></VideoInputChannel>" for n in numbers)
+        self.send_text(200, f'<?xml version="1.0" encoding="UTF-8"?><VideoInputChannelList version="2.0" '
+                            f'xmlns="{XMLNS}">{items}</VideoInputChannelList>')
 
     def _search(self, body: bytes) -> None:
-        try:
-            root = _strip_namespaces(ET.fromstring(body))
-            search_id = root.findtext("searchID") or ""
-            track = int(root.findtext("trackIDList/trackID") or "")
-            start = datetime.strptime(root.findtext("timeSpanList/timeSpan/startTime"), ISAPI_TIME)
-            end = datetime.strptime(root.findtext("timeSpanList/timeSpan/endTime"), ISAPI_TIME)
-            limit = int(root.findtext("maxResults") or 40)
-            position = int(root.findtext("searchResultPostion") or 0)
-        except (ET.ParseError, TypeError, ValueError):
-            return self._status(400, "Invalid XML Content", "badXmlContent")
+        faults = self.device.faults
         with self.device.lock:
             self.device.stats.searches += 1
-        found = self.device.catalogue.recordings(track, start, end)
-        page = found[position : position + limit]
-        status = "NO MATCHES" if not page else ("MORE" if position + limit < len(found) else "OK")
-        host = self.headers.get("Host", "127.0.0.1")
-        items = "".join(
-            f"<searchMatchItem><sourceID>{{0000000000-0000-0000-0000-000000000000}}</sourceID>"
-            f"<trackID>{rec.track}</trackID><timeSpan><startTime>{rec.start:{ISAPI_TIME}}</startTime>"
-            f"<endTime>{rec.end:{ISAPI_TIME}}</endTime></timeSpan><mediaSegmentDescriptor>"
-            f"<contentType>video</contentType><codecType>H.264-BP</codecType>"
-            f"<playbackURI>{escape(rec.playback_uri(host))}</playbackURI></mediaSegmentDescriptor>"
-            "<metadataMatches><metadataDescriptor>recordType.meta.std-cgi.com/time</metadataDescriptor>"
-            "</metadataMatches></searchMatchItem>"
-            for rec in page
-        )
-        self._send(
-            200,
-            f'<?xml version="1.0" encoding="UTF-8"?><CMSearchResult version="2.0" xmlns="{XMLNS}">'
-            f"<searchID>{escape(search_id)}</searchID><responseStatus>true</responseStatus>"
-            f"<responseStatusStrg>{status}</responseStatusStrg><numOfMatches>{len(page)}</numOfMatches>"
-            f"<matchList>{items}</matchList></CMSearchResult>",
-        )
+        if faults.xxe:
+            return self.send_text(
+                200, f'<?xml version="1.0" encoding="UTF-8"?><!DOCTYPE ResponseStatus [<!ENTITY xxe SYSTEM '
+                     f'"{escape(faults.xxe)}">]><ResponseStatus version="2.0" xmlns="{XMLNS}"><statusCode>4'
+                     "</statusCode><statusString>&xxe;</statusString><subStatusCode>invalidOperation"
+                     "</subStatusCode></ResponseStatus>")
+        try:
+            query = search.parse(body, faults.position_field)
+        except search.BadSearch:
+            return self._status(400, "Invalid XML Content", "badXmlContent", code=6)
+        self.send_text(200, search.answer(self.device, query, self.headers.get("Host", "127.0.0.1")))
 
     def _download(self, body: bytes) -> None:
+        from xml.etree import ElementTree as ET
+
         uri = ""
         if body:
             try:
-                uri = _strip_namespaces(ET.fromstring(body)).findtext("playbackURI") or ""
+                root = ET.fromstring(body)
+                uri = next((el.text or "" for el in root.iter() if el.tag.endswith("playbackURI")), "")
             except ET.ParseError:
-                return self._status(400, "Invalid XML Content", "badXmlContent")
+                return self._status(400, "Invalid XML Content", "badXmlContent", code=6)
         parsed = parse_playback_uri(uri)
         rec = self.device.catalogue.find(*parsed) if parsed else None
         if rec is None:
             return self._status(404, "Invalid Operation", "noRecordFound")
         dev = self.device
+        if dev.faults.download_error:
+            return self._status(dev.faults.download_error, "Device Error", "deviceError")
         with dev.lock:
             if dev.faults.busy_above is not None and dev.stats.concurrent >= dev.faults.busy_above:
                 dev.stats.busy_answers += 1
@@ -246,72 +241,110 @@ class Handler(BaseHTTPRequestHandler):
                     dev.faults.drop_count -= 1 if dev.faults.drop_count > 0 else 0
                 else:
                     drop_after = None
-                mode, delay = dev.faults.drop_mode, dev.faults.delay
+                mode, delay, framing = dev.faults.drop_mode, dev.faults.delay, dev.faults.framing
         if busy:
-            return self._status(503, "Device Busy", "deviceBusy")
+            return self._status(503, "Device Busy", "deviceBusy", code=2)
         try:
-            self._stream(rec, drop_after, mode, delay)
+            self._stream(rec, drop_after, mode, delay, framing)
         finally:
             with dev.lock:
                 dev.stats.concurrent -= 1
 
-    def _stream(self, rec, drop_after: int | None, mode: str, delay: float) -> None:
+    def _stream(self, rec, drop_after: int | None, mode: str, delay: float, framing: str) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "video/mp4")
-        self.send_header("Content-Length", str(rec.size))
+        if framing == "length":
+            self.send_header("Content-Length", str(rec.size))
+        elif framing == "chunked":
+            self.send_header("Transfer-Encoding", "chunked")
+        else:
+            self.send_header("Connection", "close")
+            self.close_connection = True
         self.end_headers()
+        chunked = framing == "chunked"
         sent = 0
         for block in rec.chunks():
             if drop_after is not None and sent + len(block) > drop_after:
-                self.wfile.write(block[: max(0, drop_after - sent)])
+                part = block[: max(0, drop_after - sent)]
+                self.wfile.write(_frame(part, chunked) if part else b"")
                 self.wfile.flush()
                 with self.device.lock:
                     self.device.stats.downloads_dropped += 1
-                    self.device.stats.bytes_sent += max(0, drop_after - sent)
+                    self.device.stats.bytes_sent += len(part)
                 _cut(self.connection, mode)
                 self.close_connection = True
                 return
-            self.wfile.write(block)
+            self.wfile.write(_frame(block, chunked))
             sent += len(block)
             with self.device.lock:
                 self.device.stats.bytes_sent += len(block)
             if delay:
                 time.sleep(delay)
+        if chunked and not self.device.faults.chunk_end:
+            self.wfile.flush()
+            _cut(self.connection, "close")
+            self.close_connection = True
+            return
+        if chunked:
+            self.wfile.write(b"0\r\n\r\n")
         with self.device.lock:
             self.device.stats.downloads_completed += 1
+        if framing == "close":
+            self.wfile.flush()
+            _cut(self.connection, "close")
 
     def _set_faults(self, body: bytes) -> None:
         try:
             changes = json.loads(body or b"{}")
+            if not isinstance(changes, dict):
+                raise ValueError("expected a JSON object")
             refuse_for = float(changes.pop("refuse_for", 0) or 0)
+            known = {f.name for f in fields(Faults)}
             with self.device.lock:
                 for key, value in changes.items():
-                    if not hasattr(self.device.faults, key):
+                    if key not in known:
                         raise ValueError(f"unknown fault {key!r}")
                     setattr(self.device.faults, key, value)
                 if refuse_for:
                     self.device.faults.refuse_until = time.time() + refuse_for
+                if changes.get("lock_after") is None and "lock_after" in changes:
+                    self.device.locked_until = 0.0
         except ValueError as exc:
-            return self._send(400, json.dumps({"error": str(exc)}), "application/json")
-        return self._send(200, json.dumps(asdict(self.device.faults)), "application/json")
+            return self.send_text(400, json.dumps({"error": str(exc)}), "application/json")
+        return self.send_text(200, json.dumps(asdict(self.device.faults)), "application/json")
+
+
+def _frame(data: bytes, chunked: bool) -> bytes:
+    return f"{len(data):x}\r\n".encode() + data + b"\r\n" if chunked else data
 
 
 class Server(ThreadingHTTPServer):
-    """Threaded HTTP server that resets connections while the device 'reboots'."""
+    """Threaded HTTP(S) server that resets connections while the device 'reboots'."""
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, address, device: Device):
+    def __init__(self, address, device: Device, tls: ssl.SSLContext | None = None):
         handler = type("BoundHandler", (Handler,), {"device": device})
         super().__init__(address, handler)
         self.device = device
+        if tls is not None:
+            # The handshake happens in the request's thread, so a silent client blocks nobody.
+            self.socket = tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
 
     def verify_request(self, request, client_address) -> bool:
         if time.time() < self.device.faults.refuse_until:
             _cut(request, "reset")
             return False
         return True
+
+    def handle_error(self, request, client_address) -> None:
+        """A client that stops a download early is normal, not an error worth a traceback."""
+        error = sys.exc_info()[1]
+        if isinstance(error, (BrokenPipeError, ConnectionResetError, ConnectionAbortedError, ssl.SSLError,
+                              TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
 
 def _cut(sock: socket.socket, mode: str) -> None:
@@ -324,13 +357,3 @@ def _cut(sock: socket.socket, mode: str) -> None:
     except OSError:
         pass
     sock.close()
-
-
-def _strip_namespaces(root: ET.Element) -> ET.Element:
-    for el in root.iter():
-        el.tag = el.tag.rsplit("}", 1)[-1]
-    return root
-
-
-def _md5(text: str) -> str:
-    return hashlib.md5(text.encode()).hexdigest()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -10,7 +11,18 @@ from pathlib import Path
 from .errors import SetupError
 from .pool import EXIT_USAGE, run_pool
 from .runners import RUNNERS, make_runner
+from .tls import TLSChoice
 from .worker import Settings
+
+DEFAULT_MIN_FREE = "2G"
+
+
+def parse_size(text: str) -> int:
+    """`2G`, `500M`, `0`: bytes (K, M, G, T are powers of 1024)."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)i?B?\s*", text, re.IGNORECASE)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 2G, 500M, 0)")
+    return int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -26,6 +38,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--command", help="command template for --runner command, e.g. 'export.sh {server} {folder}'")
     p.add_argument("--nvr-timeout", type=float, default=30.0, help="seconds to wait for an NVR answer (default 30)")
     p.add_argument("--nvr-ca-file", help="CA bundle for NVRs reached over HTTPS")
+    p.add_argument("--nvr-fingerprint", action="append", default=[], metavar="HOST[:PORT]=SHA256",
+                   help="accept exactly this certificate (SHA-256 fingerprint) from that HTTPS NVR; repeatable")
+    p.add_argument("--nvr-insecure", action="store_true",
+                   help="accept any certificate from HTTPS NVRs: encrypted but not authenticated (lab use only)")
+    p.add_argument("--min-free", type=parse_size, default=parse_size(DEFAULT_MIN_FREE), metavar="SIZE",
+                   help=f"keep this much free in --downloads: below it the host claims nothing (default {DEFAULT_MIN_FREE})")
     p.add_argument("--verify", choices=["ffprobe"],
                    help="also check each video's duration against its time span (needs ffmpeg's ffprobe)")
     p.add_argument("--name", help="this host's name in the coordinator's worker list (default: hostname)")
@@ -38,9 +56,11 @@ def main(argv: list[str] | None = None) -> int:
     """Parse options, check them, run the pool; the exit code says how it ended."""
     args = parser().parse_args(argv)
     urls = args.servers or [os.environ.get("TASKSERVER_URL", "http://127.0.0.1:8080")]
-    options = ({"command": args.command} if args.runner == "command"
-               else {"timeout": args.nvr_timeout, "ca_file": args.nvr_ca_file, "verify": args.verify})
     try:
+        options = ({"command": args.command} if args.runner == "command"
+                   else {"timeout": args.nvr_timeout, "ca_file": args.nvr_ca_file, "verify": args.verify,
+                         "insecure": args.nvr_insecure, "fingerprints": TLSChoice.parse_pins(args.nvr_fingerprint),
+                         "min_free": args.min_free})
         if args.workers < 1:
             raise SetupError("--workers must be at least 1")
         if args.verify == "ffprobe" and shutil.which("ffprobe") is None:
@@ -52,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"taskclient: {exc}", file=sys.stderr)
         return EXIT_USAGE
     settings = Settings(urls=urls, downloads=str(downloads), token=args.token, runner=args.runner,
-                        runner_options=options, ca_file=args.ca_file)
+                        runner_options=options, ca_file=args.ca_file, min_free=args.min_free)
     if args.name:
         settings.host = args.name
     return run_pool(settings, args.workers, args.start_method)

@@ -38,6 +38,10 @@ class Coordinator:
         self.session = requests.Session()
         self.session.headers["User-Agent"] = "taskclient"
         if token:
+            if not (token.isascii() and token.isprintable() and " " not in token):
+                # Coordinators take printable ASCII tokens only, so this one can never be accepted.
+                raise AuthError("--token / TASKSERVER_TOKEN must be printable ASCII without spaces;"
+                                " the coordinator would refuse this one")
             self.session.headers["Authorization"] = f"Bearer {token}"
         if ca_file:
             self.session.verify = ca_file
@@ -66,17 +70,51 @@ class Coordinator:
         body = {"worker": self.worker, "done": done, "claim": claim}
         return self._request("POST", "/api/batch", json=body, stop=self.stop_claims if not done else None)
 
-    def fail(self, task_id: int, lease: str, error: str, permanent: bool = False, device: str | None = None) -> str:
-        """Report a failed attempt; returns the task's new state."""
-        body = {"lease": lease, "error": error, "permanent": permanent, "device": device}
-        return self._request("POST", f"/api/tasks/{task_id}/fail", json=body)["state"]
+    def fail(self, task_id: int, lease: str, error: str, permanent: bool = False, device: str | None = None,
+             locked_for: int | None = None) -> str:
+        """Report a failed attempt; returns the task's new state.
 
-    def release(self, task_id: int, lease: str) -> None:
-        """Hand a task back unrun; a lease that is already gone is fine."""
+        `device` "auth" (the NVR refused the login) is new in the protocol: a
+        coordinator that does not know it yet answers 400, and then the failure is
+        sent as a permanent one, so a wrong password still costs one login per task.
+        """
+        body = {"lease": lease, "error": error, "permanent": permanent, "device": device}
+        if device == "auth":
+            body["locked_for"] = locked_for
         try:
-            self._request("POST", f"/api/tasks/{task_id}/release", json={"lease": lease}, retry=False)
-        except (LeaseLost, requests.RequestException):
+            return self._request("POST", f"/api/tasks/{task_id}/fail", json=body)["state"]
+        except SetupError:
+            if device != "auth":
+                raise
+            log.warning("the coordinator does not know device 'auth'; task %s fails for good instead", task_id)
+            body = {"lease": lease, "error": error, "permanent": True, "device": None}
+            return self._request("POST", f"/api/tasks/{task_id}/fail", json=body)["state"]
+
+    def release(self, task_id: int, lease: str, reason: str | None = None) -> None:
+        """Hand a task back unrun (no attempt charged); a lease that is already gone is fine."""
+        body = {"lease": lease, **({"reason": reason} if reason else {})}
+        try:
+            self._request("POST", f"/api/tasks/{task_id}/release", json=body, retry=False)
+        except (LeaseLost, requests.RequestException, SetupError):
             pass
+
+    def worker_state(self, state: str, detail: str = "") -> None:
+        """Tell the coordinator this worker's state: "ok", "full", "fault" or "stopped".
+
+        Best effort, never retried: a coordinator without the call (404) or away is fine.
+        """
+        body = {"worker": self.worker, "state": state, "detail": detail[:500]}
+        try:
+            self._request("POST", "/api/workers/state", json=body, retry=False)
+        except (SetupError, LeaseLost, requests.RequestException) as exc:
+            log.debug("worker state %s not delivered: %s", state, exc)
+
+    def drained(self) -> bool:
+        """Whether the queue is drained, without claiming anything (a full host asks this while it waits)."""
+        try:
+            return bool(self._request("GET", "/api/status", retry=False).get("drained"))
+        except (SetupError, requests.RequestException):
+            return False
 
     def _request(self, method: str, path: str, retry: bool = True, stop: threading.Event | None = None,
                  **kwargs) -> dict:

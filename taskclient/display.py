@@ -42,11 +42,24 @@ class Display:
                         f" {data.get('bytes', 0) / 1e6:.1f} MB")
         elif kind == "failed":
             self.failed += data["state"] == "failed"
-            self.lines[index] = f"attempt failed: {self.labels.get(index, '')}"
-            self._event(f"w{index} attempt failed ({data['state']}) {self.labels.get(index, '')}: {data['error']}")
+            device = data.get("device")
+            what = {"busy": "NVR busy, no attempt charged", "unreachable": "NVR unreachable, no attempt charged",
+                    "auth": "NVR refused the login, no attempt charged"}.get(device, f"attempt failed ({data['state']})")
+            self.lines[index] = f"{what}: {self.labels.get(index, '')}"
+            self._event(f"w{index} {what} {self.labels.get(index, '')}: {data['error']}")
         elif kind in ("lost", "released"):
             self.lines[index] = f"{kind} {self.labels.get(index, '')}"
-            self._event(f"w{index} {kind} task {data['task']}")
+            reason = f": {data['reason']}" if data.get("reason") else ""
+            self._event(f"w{index} {kind} task {data['task']}{reason}")
+        elif kind == "full":
+            self.lines[index] = "DISK FULL: claiming nothing until space returns"
+            self._event(f"w{index} disk full: {data['detail']}", err=True)
+        elif kind == "ok":
+            self.lines[index] = "space returned; claiming again"
+            self._event(f"w{index} space returned; claiming again")
+        elif kind == "fault":
+            self.lines[index] = "stopped: host fault"
+            self._event(f"w{index} stopping this host after repeated host faults: {data['reason']}", err=True)
         elif kind == "idle":
             self.lines[index] = f"waiting for work (asking again within {data['retry_after']} s)"
         elif kind == "drained":

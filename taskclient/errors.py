@@ -25,15 +25,44 @@ class Stopped(ClientError):
 class TaskFailed(ClientError):
     """Raised by a runner when a task attempt failed.
 
-    `permanent` skips the remaining attempts; `device` ("busy" or "unreachable")
-    blames the NVR rather than the task, so the coordinator rests the NVR and
-    charges no attempt.
+    `permanent` skips the remaining attempts; `device` blames the NVR rather than
+    the task: "busy" or "unreachable" make the coordinator rest the NVR, "auth" means
+    the NVR refused this task's username/password (or has locked it out), and
+    `locked_for` is how long the device said it stays locked. None of these charge
+    an attempt.
     """
 
-    def __init__(self, message: str, permanent: bool = False, device: str | None = None):
+    def __init__(self, message: str, permanent: bool = False, device: str | None = None,
+                 locked_for: int | None = None):
         super().__init__(message)
         self.permanent = permanent
         self.device = device
+        self.locked_for = locked_for
+
+
+class NotSupported(TaskFailed):
+    """Raised when the NVR refuses a request as an invalid operation (a method or resource its firmware lacks).
+
+    `sub` is the device's subStatusCode (e.g. "methodNotAllowed", "badXmlContent"),
+    so a caller can try the other method, spelling or list.
+    """
+
+    def __init__(self, message: str, sub: str = ""):
+        super().__init__(message)
+        self.sub = sub
+
+
+class HostFault(ClientError):
+    """Raised when the worker host itself fails a task (no space, no permission, a missing tool).
+
+    The task is released without charging an attempt: another host may run it.
+    `full` says the host is short of disk space, `needed` how many bytes the task wanted.
+    """
+
+    def __init__(self, message: str, full: bool = False, needed: int | None = None):
+        super().__init__(message)
+        self.full = full
+        self.needed = needed
 
 
 class Cancelled(ClientError):

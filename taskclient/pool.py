@@ -14,7 +14,7 @@ import signal
 import time
 
 from .display import Display
-from .worker import AUTH, DRAINED, SETUP, STOPPED, Events, Settings, worker_main
+from .worker import AUTH, DRAINED, HOST_FAULT, SETUP, STOPPED, Events, Settings, worker_main
 
 log = logging.getLogger("taskclient")
 
@@ -23,6 +23,7 @@ EXIT_DRAINED = 0  # every worker saw the sentinel: the queue is drained
 EXIT_ERROR = 1  # workers kept dying
 EXIT_USAGE = 2  # bad options or configuration
 EXIT_AUTH = 3  # the coordinator refused the token
+EXIT_HOST_FAULT = 4  # this host failed tasks itself (disk full, permission denied, missing tool) 3 times in a row
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C / SIGTERM before the queue was drained
 
 MAX_RESTARTS = 20  # replacements of crashed workers before the host gives up
@@ -75,10 +76,10 @@ class Pool:
             proc.join()
             del self.procs[index]
             code = proc.exitcode
-            if code in (AUTH, SETUP):
+            if code in (AUTH, SETUP, HOST_FAULT):
                 self.events.stop.set()
                 self.events.abort.set()
-            if code in (DRAINED, STOPPED, AUTH, SETUP) or self.events.stop.is_set():
+            if code in (DRAINED, STOPPED, AUTH, SETUP, HOST_FAULT) or self.events.stop.is_set():
                 self.finished[index] = code
                 continue
             if self.restarts >= MAX_RESTARTS:
@@ -130,6 +131,8 @@ class Pool:
             return EXIT_AUTH
         if SETUP in codes:
             return EXIT_USAGE
+        if HOST_FAULT in codes:
+            return EXIT_HOST_FAULT
         if codes == {DRAINED}:
             return EXIT_DRAINED
         if self.events.stop.is_set():

@@ -5,12 +5,14 @@ start workers with the `spawn` method (Windows worker hosts).
 """
 from __future__ import annotations
 
+import errno
 import logging
 import logging.handlers
 import multiprocessing
 import os
 import random
 import re
+import shutil
 import signal
 import socket
 import threading
@@ -19,14 +21,22 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import requests
+
 from .client import Coordinator
-from .errors import AuthError, Cancelled, LeaseLost, SetupError, Stopped, TaskFailed
+from .errors import AuthError, Cancelled, HostFault, LeaseLost, SetupError, Stopped, TaskFailed
+from .paths import task_folder
 from .runners import Progress, make_runner
+from .untrusted import clean_text
 
 log = logging.getLogger("taskclient")
 
 # Worker process exit codes, read by the pool.
-DRAINED, STOPPED, AUTH, SETUP = 0, 10, 11, 12
+DRAINED, STOPPED, AUTH, SETUP, HOST_FAULT = 0, 10, 11, 12, 13
+MAX_HOST_FAULTS = 3  # consecutive host faults before the host stops
+SPACE_POLL = 5.0  # seconds between free-space checks while the host is full
+FULL_RETRY = 300.0  # a host short of space for one task claims again after this, to try smaller ones
+_FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}  # no EDQUOT on Windows
 
 
 @dataclass
@@ -40,6 +50,7 @@ class Settings:
     runner_options: dict = field(default_factory=dict)
     ca_file: str | None = None
     host: str = field(default_factory=socket.gethostname)
+    min_free: int = 0  # bytes to keep free in `downloads`; below it the host claims nothing
 
 
 @dataclass
@@ -60,14 +71,18 @@ def worker_main(index: int, settings: Settings, events: Events, queue) -> None:
     # Unique per worker host process, readable: "<host>-<pool pid>/w<slot>".
     host = re.sub(r"[^\w.-]", "-", settings.host)[:60]
     name = f"{host}-{os.getppid()}/w{index}"
+    worker = None
     try:
-        code = Worker(index, name, settings, events, queue, parent).run()
+        worker = Worker(index, name, settings, events, queue, parent)
+        code = worker.run()
     except AuthError as exc:
         log.error("%s", exc)
         code = AUTH
     except SetupError as exc:
         log.error("%s", exc)
         code = SETUP
+    if worker is not None and code in (DRAINED, STOPPED):
+        worker.api.worker_state("stopped", "queue drained" if code == DRAINED else "host stopping")
     raise SystemExit(code)
 
 
@@ -81,6 +96,10 @@ class Worker:
         self.runner = make_runner(settings.runner, settings.runner_options)
         self.api = Coordinator(settings.urls, name, settings.token, settings.ca_file,
                                abort=events.abort, stop_claims=events.stop)
+        self.host_faults = 0  # consecutive tasks that failed because of this host
+        self.short_of: int | None = None  # bytes a released task needed beyond the free space
+        self.full_since = 0.0
+        self.last_fault = ""
 
     def send(self, kind: str, **data) -> None:
         """Tell the pool what happened (for the display and the summary)."""
@@ -93,6 +112,13 @@ class Worker:
         while True:
             if self.events.stop.is_set() or not self._parent_alive():
                 return STOPPED
+            if self.host_faults >= MAX_HOST_FAULTS:
+                return self._give_up()
+            if answer is None and not self._space_ok():
+                ended = self._wait_for_space()
+                if ended is not None:
+                    return ended
+                continue
             try:
                 answer = answer or self.api.claim()
             except Stopped:
@@ -112,7 +138,11 @@ class Worker:
             answer = self._run_task(answer["task"], answer["lease"])
 
     def _run_task(self, task: dict, lease: dict) -> dict | None:
-        """Run one leased task; return the next claim answer if the completion carried one."""
+        """Run one leased task; return the next claim answer if the completion carried one.
+
+        The task folder is made only when a file is written, and removed again if the
+        attempt leaves it empty (failed, busy, released, or nothing to export).
+        """
         folder = task_folder(self.downloads, task)
         progress = Progress()
         cancel = threading.Event()
@@ -122,23 +152,33 @@ class Worker:
                                 daemon=True, name="heartbeat")
         beat.start()
         try:
-            folder.mkdir(parents=True, exist_ok=True)
             result = self.runner.run(task, folder, progress, cancel)
         except Cancelled:
             return self._abandon(task, lease, lost)
         except TaskFailed as exc:
-            return self._report_failure(task, lease, str(exc), exc.permanent, lost, exc.device)
-        except OSError as exc:
-            return self._report_failure(task, lease, f"worker host: {exc}", False, lost)
+            self.host_faults = 0
+            return self._report_failure(task, lease, str(exc), exc.permanent, lost, exc.device, exc.locked_for)
+        except HostFault as exc:
+            return self._host_fault(task, lease, lost, str(exc), exc.full, exc.needed)
+        except requests.RequestException as exc:
+            self.host_faults = 0
+            return self._report_failure(task, lease, f"NVR request failed: {type(exc).__name__}", False, lost)
+        except OSError as exc:  # the worker host's own disk or permissions, not the task
+            return self._host_fault(task, lease, lost, _os_error(exc), exc.errno in _FULL_ERRNOS, None)
         except Exception as exc:  # a runner bug must not kill the worker or hold the lease
             log.error("task %s: runner error\n%s", task["id"], traceback.format_exc())
             return self._report_failure(task, lease, f"runner error: {type(exc).__name__}: {exc}", False, lost)
         finally:
             cancel.set()
             beat.join()
+            _remove_if_empty(folder)
+        self.host_faults = 0
         if lost.is_set():
             self.send("lost", task=task["id"])
             return None
+        for entry in result.get("manifest") or []:  # which host holds each file
+            if isinstance(entry, dict):
+                entry.setdefault("host", self.settings.host)
         try:
             answer = self.api.complete(task["id"], lease["id"], result, claim_next=not self.events.stop.is_set())
         except LeaseLost:
@@ -150,23 +190,94 @@ class Worker:
         self.send("done", task=task["id"], files=result.get("files", 0), bytes=result.get("bytes", 0))
         return answer
 
-    def _report_failure(self, task, lease, error: str, permanent: bool, lost, device: str | None = None) -> None:
+    def _report_failure(self, task, lease, error: str, permanent: bool, lost, device: str | None = None,
+                        locked_for: int | None = None) -> None:
         if lost.is_set():
             self.send("lost", task=task["id"])
             return None
+        error = clean_text(error, 2000)  # one line, whatever a device or a command wrote into it
         try:
-            state = self.api.fail(task["id"], lease["id"], error, permanent, device)
+            state = self.api.fail(task["id"], lease["id"], error, permanent, device, locked_for)
         except (LeaseLost, Stopped):
             self.send("lost", task=task["id"])
             return None
-        self.send("failed", task=task["id"], error=error, state=state)
+        self.send("failed", task=task["id"], error=error, state=state, device=device)
         return None
+
+    def _host_fault(self, task, lease, lost, error: str, full: bool, needed: int | None) -> None:
+        """This host failed the task: hand it back uncharged; note the fault; stop claiming while full."""
+        reason = f"host {self.settings.host}: {error}"
+        self.host_faults += 1
+        log.warning("task %s released: %s (host fault %d of %d in a row)", task["id"], reason, self.host_faults,
+                    MAX_HOST_FAULTS)
+        if lost.is_set():
+            self.send("lost", task=task["id"])
+        else:
+            self.api.release(task["id"], lease["id"], reason)
+            self.send("released", task=task["id"], reason=reason)
+        if full:
+            self.short_of = needed or 0
+            self.full_since = time.monotonic()
+        self.last_fault = reason
+        return None
+
+    def _give_up(self) -> int:
+        """Too many host faults in a row: tell the coordinator and the pool, and stop."""
+        reason = self.last_fault or "repeated host faults"
+        log.error("stopping after %d host faults in a row; last: %s", self.host_faults, reason)
+        self.api.worker_state("fault", reason)
+        self.send("fault", reason=reason)
+        return HOST_FAULT
+
+    # --- free space -----------------------------------------------------------------------
+    def _space_ok(self) -> bool:
+        """Enough free space to claim: above --min-free, and room for the task that was refused for space."""
+        try:
+            free = shutil.disk_usage(self.downloads).free
+        except OSError:
+            return True  # the folder itself is the trouble: the task's own attempt will say what it is
+        if free < self.settings.min_free:
+            return False
+        if self.short_of is not None:
+            waited = time.monotonic() - self.full_since
+            if free - self.settings.min_free < self.short_of and waited < FULL_RETRY:
+                return False
+            self.short_of = None
+        return True
+
+    def _wait_for_space(self) -> int | None:
+        """Claim nothing while the disk is short of space; say so; resume when space returns.
+
+        Returns None to resume claiming, or an exit code (drained, stopped).
+        """
+        try:
+            free = shutil.disk_usage(self.downloads).free
+        except OSError:
+            free = 0
+        wanted = f"; the last task needed {self.short_of / 1e6:.1f} MB" if self.short_of else ""
+        detail = (f"host {self.settings.host}: {free / 1e6:.1f} MB free in {self.downloads}"
+                  f" (--min-free {self.settings.min_free / 1e6:.1f} MB){wanted}; claiming nothing until space returns")
+        log.warning("%s", detail)
+        self.send("full", detail=detail)
+        self.api.worker_state("full", detail)
+        while not self.events.stop.wait(SPACE_POLL):
+            if not self._parent_alive():
+                return STOPPED
+            if self._space_ok():
+                log.info("space returned in %s; claiming again", self.downloads)
+                self.api.worker_state("ok", "space returned")
+                self.send("ok")
+                return None
+            if self.api.drained():
+                self.send("drained")
+                return DRAINED
+        return STOPPED
 
     def _abandon(self, task, lease, lost) -> None:
         if lost.is_set():
             self.send("lost", task=task["id"])
         else:
-            self.api.release(task["id"], lease["id"])
+            self.api.release(task["id"], lease["id"], f"host {self.settings.host} stopping")
             self.send("released", task=task["id"])
         return None
 
@@ -197,11 +308,16 @@ class Worker:
         return self.parent is None or self.parent.is_alive()
 
 
-def task_folder(downloads: Path, task: dict) -> Path:
-    """`<downloads>/<id>-<readable name>`: safe characters only, always inside `downloads`."""
-    label = task.get("name") or f"{task['server']}-{'_'.join(task.get('cameras') or ['all'])}"
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", label).strip("._-")[:80] or "task"
-    folder = (downloads / f"{int(task['id']):06d}-{slug}").resolve()
-    if folder.parent != downloads:
-        raise SetupError(f"task folder {folder} would fall outside {downloads}")
-    return folder
+def _remove_if_empty(folder: Path) -> None:
+    """An attempt that wrote nothing leaves no folder behind."""
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
+
+
+def _os_error(exc: OSError) -> str:
+    """A host-side error in a few words: what failed, on which path."""
+    what = os.strerror(exc.errno) if exc.errno else type(exc).__name__
+    where = f" ({exc.filename})" if exc.filename else ""
+    return f"{what.lower()}{where}"

@@ -14,18 +14,17 @@
 """
 from __future__ import annotations
 
+import hmac
 import logging
-import re
-import secrets
 
 from flask import Blueprint, current_app, jsonify, request
 
+from . import validate
 from .errors import BadRequest, Unauthorized
 from .store import Store
 
 log = logging.getLogger("taskserver")
 bp = Blueprint("api", __name__, url_prefix="/api")
-WORKER_NAME = re.compile(r"^[\w.:@/+-]{1,200}$")
 
 
 def store() -> Store:
@@ -37,7 +36,8 @@ def store() -> Store:
 # or with the read-only token. Everything else (the worker protocol, which hands out
 # credentials, and admin actions) needs the full token when one is set.
 READ_VIEWS = {"api.status", "api.task", "rest.tasks", "rest.done", "rest.result", "rest.rows", "rest.progress",
-              "rest.report", "events.events", "metrics.metrics", "files.task_files", "files.find_files"}
+              "rest.report", "events.events", "metrics.metrics", "openapi.description", "files.task_files",
+              "files.find_files", "rest.schedules"}
 
 
 @bp.before_request
@@ -50,13 +50,17 @@ def check_token():
     given = given[7:].strip() if given.startswith("Bearer ") else ""
     reading = request.endpoint in READ_VIEWS
     if given:  # a wrong token is refused even where none is needed: it means a misconfigured client
-        if secrets.compare_digest(given, config.token) or (
-                reading and config.read_token and secrets.compare_digest(given, config.read_token)):
+        if _same(given, config.token) or (reading and config.read_token and _same(given, config.read_token)):
             return
         raise Unauthorized("wrong bearer token")
     if reading and config.loopback:
         return
     raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+
+
+def _same(given: str, token: str) -> bool:
+    """Constant-time comparison that any header text survives (headers arrive as latin-1 text)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogateescape"), token.encode())
 
 
 @bp.after_request
@@ -69,7 +73,7 @@ def no_store(response):
 @bp.get("/claim")
 def claim():
     """Hand out one task with a lease, or 'ask again after N s', or the drained sentinel."""
-    worker = _worker(request.args.get("worker"))
+    worker = validate.worker(request.args.get("worker"))
     answer = store().claim(worker)
     if answer.status == "task":
         log.info("task %s leased to %s (attempt %s)", answer.task["id"], worker, answer.task["attempt"])
@@ -79,26 +83,22 @@ def claim():
     return response
 
 
-@bp.post("/tasks/<int:task_id>/heartbeat")
+@bp.post("/tasks/<id:task_id>/heartbeat")
 def heartbeat(task_id: int):
     """Extend the lease; carries the worker's progress."""
-    body = _body()
-    progress = body.get("progress")
-    if progress is not None and not isinstance(progress, dict):
-        raise BadRequest("'progress' must be an object")
-    seconds = store().heartbeat(task_id, _lease(body), progress)
+    body = validate.json_body()
+    lease, progress = validate.lease(body), validate.progress(body.get("progress"))
+    seconds = store().heartbeat(task_id, lease, progress)
     return jsonify({"ok": True, "lease_seconds": seconds})
 
 
-@bp.post("/tasks/<int:task_id>/complete")
+@bp.post("/tasks/<id:task_id>/complete")
 def complete(task_id: int):
     """Record a finished task; with "next": true, the answer also carries the next claim."""
-    body = _body()
-    result = body.get("result", {})
-    if not isinstance(result, dict):
-        raise BadRequest("'result' must be an object")
-    worker = _worker(body.get("worker")) if body.get("next") else None
-    following = store().complete(task_id, _lease(body), result, next_for=worker)
+    body = validate.json_body()
+    lease, result = validate.lease(body), validate.result(body.get("result"))
+    worker = validate.worker(body.get("worker")) if validate.flag(body, "next") else None
+    following = store().complete(task_id, lease, result, next_for=worker)
     log.info("task %s done: %s file(s), %s byte(s)", task_id, result.get("files"), result.get("bytes"))
     answer = {"ok": True}
     if following is not None:
@@ -108,33 +108,30 @@ def complete(task_id: int):
     return jsonify(answer)
 
 
-@bp.post("/tasks/<int:task_id>/fail")
+@bp.post("/tasks/<id:task_id>/fail")
 def fail(task_id: int):
     """Record a failed attempt: the task backs off and retries, or fails for good."""
-    body = _body()
-    error = body.get("error")
-    if not isinstance(error, str) or not error.strip():
-        raise BadRequest("'error' must be a non-empty string")
+    body = validate.json_body()
+    lease, error, permanent = validate.lease(body), validate.error(body.get("error")), validate.flag(body, "permanent")
     device = body.get("device")
     if device not in (None, "busy", "unreachable", "auth"):
         raise BadRequest("'device' must be \"busy\", \"unreachable\", \"auth\" or absent")
     locked_for = body.get("locked_for")
     if locked_for is not None and (isinstance(locked_for, bool) or not isinstance(locked_for, (int, float))
                                    or not 0 <= locked_for <= 86400):
-        raise BadRequest("'locked_for' must be a number of seconds between 0 and 86400, or absent")
-    state = store().fail(task_id, _lease(body), error[:4000], bool(body.get("permanent")), device, locked_for)
+        raise BadRequest("'locked_for' must be a number of seconds from 0 to 86400, or absent")
+    state = store().fail(task_id, lease, error, permanent, device, locked_for)
     log.info("task %s attempt failed (%s): %s", task_id, state, error[:200])
     return jsonify({"ok": True, "state": state})
 
 
-@bp.post("/tasks/<int:task_id>/release")
+@bp.post("/tasks/<id:task_id>/release")
 def release(task_id: int):
     """Give a task back unrun (no attempt charged): a worker host shutting down, or a fault of the host's own."""
-    body = _body()
-    reason = body.get("reason")
-    if reason is not None and not isinstance(reason, str):
-        raise BadRequest("'reason' must be text or absent")
-    store().release(task_id, _lease(body), reason[:1000] if reason else None)
+    body = validate.json_body()
+    reason = validate.text(body.get("reason"), "reason", 100_000, optional=True)
+    reason = validate.clean(reason[:1000]) if reason else None
+    store().release(task_id, validate.lease(body), reason)
     log.info("task %s released%s", task_id, f": {reason[:200]}" if reason else "")
     return jsonify({"ok": True})
 
@@ -150,16 +147,15 @@ def batch():
     tasks may save round trips this way. Each completion is fenced by its lease, and
     each task leased counts against its NVR's cap, exactly as single requests do.
     """
-    body = _body()
-    worker = _worker(body.get("worker"))
-    done, count = body.get("done", []), body.get("claim", 0)
+    body = validate.json_body()
+    worker = validate.worker(body.get("worker"))
+    count = validate.whole(body.get("claim", 0), "claim", 0, BATCH)
+    done = body.get("done", [])
     if not isinstance(done, list) or len(done) > BATCH or not all(
-            isinstance(d, dict) and type(d.get("id")) is int and isinstance(d.get("result", {}), dict)
-            for d in done):
+            isinstance(d, dict) and type(d.get("id")) is int for d in done):
         raise BadRequest(f"'done' must be a list of at most {BATCH} objects with \"id\", \"lease\" and \"result\"")
-    if isinstance(count, bool) or not isinstance(count, int) or not 0 <= count <= BATCH:
-        raise BadRequest(f"'claim' must be a whole number from 0 to {BATCH}")
-    outcomes, claims = store().exchange(worker, [(d["id"], _lease(d), d.get("result", {})) for d in done], count)
+    reports = [(d["id"], validate.lease(d), validate.result(d.get("result"))) for d in done]
+    outcomes, claims = store().exchange(worker, reports, count)
     answer: dict = {"ok": True, "done": [{"id": d["id"], "ok": error is None, **({"error": str(error)} if error else {})}
                                          for d, error in zip(done, outcomes, strict=True)]}
     if claims:  # the leased tasks, or one "wait" / "drained" answer
@@ -174,19 +170,19 @@ def batch():
 @bp.post("/workers/state")
 def worker_state():
     """What a worker host says of itself: full (below its free-space floor), ok again, fault, or stopped."""
-    body = _body()
-    state, detail = body.get("state"), body.get("detail")
+    body = validate.json_body()
+    state = body.get("state")
     if state not in ("ok", "full", "fault", "stopped"):
         raise BadRequest("'state' must be \"ok\", \"full\", \"fault\" or \"stopped\"")
-    if detail is not None and not isinstance(detail, str):
-        raise BadRequest("'detail' must be text or absent")
-    worker = _worker(body.get("worker"))
-    store().worker_state(worker, state, detail[:1000] if detail else None)
+    detail = validate.text(body.get("detail"), "detail", 100_000, optional=True)
+    detail = validate.clean(detail[:1000]) if detail else None
+    worker = validate.worker(body.get("worker"))
+    store().worker_state(worker, state, detail)
     log.info("worker %s: %s%s", worker, state, f" ({detail[:200]})" if detail else "")
     return jsonify({"ok": True})
 
 
-@bp.get("/tasks/<int:task_id>")
+@bp.get("/tasks/<id:task_id>")
 def task(task_id: int):
     """One task as anyone may see it: state, attempts, progress, result, errors."""
     return jsonify(store().task(task_id))
@@ -196,25 +192,3 @@ def task(task_id: int):
 def status():
     """Counts per state, files and bytes done, workers seen, drained or not."""
     return jsonify(store().status())
-
-
-def _body() -> dict:
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict):
-        raise BadRequest("expected a JSON object body (Content-Type: application/json)")
-    return body
-
-
-def _lease(body: dict) -> str:
-    lease = body.get("lease")
-    if not isinstance(lease, str) or not lease:
-        raise BadRequest("'lease' (the lease id from the claim) is required")
-    return lease
-
-
-def _worker(name) -> str:
-    if name is None:
-        name = request.remote_addr or "unknown"
-    if not isinstance(name, str) or not WORKER_NAME.match(name):
-        raise BadRequest("'worker' must be 1-200 characters of letters, digits and . : @ / + - _")
-    return name

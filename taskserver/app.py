@@ -2,35 +2,49 @@
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from pathlib import Path
 
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
+from . import logs, security
 from .config import Config
 from .errors import ConfigError, TaskServerError
 from .sheet import load_sheet
-from .store import Store
+from .store import Clock, Store
+from .validate import TaskId
 
 log = logging.getLogger("taskserver")
 
 
-def create_app(config: Config | None = None) -> Flask:
+def create_app(config: Config | None = None, clock: Clock | None = None) -> Flask:
     """Build the coordinator: open the store, load the configured sheet, register the views.
 
     Settings come from `TASKSERVER_*` environment variables when no config is
-    given, which is how `flask --app taskserver run` configures it.
+    given, which is how `flask --app taskserver run` configures it. `clock` (time.time
+    by default) is the one clock of leases, backoff, rests and schedules.
     """
     config = config or Config.from_env()
     app = Flask(__name__)
     app.config["TASKSERVER"] = config
-    app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+    app.config["MAX_CONTENT_LENGTH"] = config.max_body
     app.json.sort_keys = False
-    store = config.open_store()
+    app.url_map.converters["id"] = TaskId
+    logs.install()
+    security.install(app, config)
+    store = config.open_store(clock=clock or time.time)
     app.extensions["taskserver.store"] = store
     load_tasks(store, config)
+    from .notify import Notifier, parse_targets
+    from .schedule import start_ticker
 
-    from . import api, dashboard, events, files, metrics, rest
+    stop = app.extensions["taskserver.stop"] = threading.Event()  # set when the coordinator stops
+    start_ticker(store, config.schedule_every, stop)
+    Notifier(store, parse_targets(config.notify)).start(stop)
+
+    from . import api, dashboard, events, files, metrics, openapi, rest
 
     app.register_blueprint(dashboard.bp)
     app.register_blueprint(api.bp)
@@ -38,6 +52,7 @@ def create_app(config: Config | None = None) -> Flask:
     app.register_blueprint(metrics.bp)
     app.register_blueprint(events.bp)
     app.register_blueprint(files.bp)
+    app.register_blueprint(openapi.bp)
 
     @app.errorhandler(TaskServerError)
     def task_server_error(exc: TaskServerError):
@@ -60,7 +75,8 @@ def create_app(config: Config | None = None) -> Flask:
     def http_error(exc: HTTPException):
         if not request.path.startswith("/api/"):
             return exc
-        return jsonify({"error": exc.name, "message": exc.description}), exc.code
+        headers = [(k, v) for k, v in exc.get_headers() if k.lower() != "content-type"]  # e.g. Allow on a 405
+        return jsonify({"error": exc.name, "message": exc.description}), exc.code, headers
 
     @app.get("/healthz")
     def healthz():
@@ -83,5 +99,5 @@ def load_tasks(store: Store, config: Config) -> None:
             log.warning("no %s in %s; serving the tasks already in %s", path, Path.cwd(), store.url)
             return
         raise ConfigError(f"task sheet {path} not found")
-    result = store.add(load_sheet(path, chunk=config.chunk, timezone=config.timezone))
+    result = load_sheet(path, chunk=config.chunk, timezone=config.timezone, now=store.clock()).into(store)
     log.info("%s: %d task(s) added, %d already queued", path, result.added, result.existing)

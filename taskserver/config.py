@@ -7,39 +7,100 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 from .errors import ConfigError
+
+TOKEN = re.compile(r"[\x21-\x7e]+")  # what an HTTP header carries unchanged
+PUBLIC_HOST = re.compile(r"[a-z0-9]([a-z0-9.-]{0,251}[a-z0-9])?")
+
+
+DB_COMMANDS = ("serve", "import", "requeue", "export", "rotate-key")  # the commands that open the database
+
+
+def setting(default, help: str, commands: tuple[str, ...] = ("serve",), option: bool = True):
+    """One setting: its default, its help, and the commands that take it as an option.
+
+    Everything else is derived from this one declaration: the option name
+    (`--lease-seconds`), the variable (`TASKSERVER_LEASE_SECONDS`), the help text
+    with its default, and README's configuration table (a test compares them).
+    `option=False`: the variable only (a secret would show in `ps` on a command line).
+    """
+    return field(default=default, metadata={"help": help, "commands": commands if option else ()})
 
 
 @dataclass(frozen=True)
 class Config:
     """Every coordinator setting, with its default."""
 
-    tasks: str | None = "tasks.xlsx"  # sheet loaded at start ("" for none); missing default file is fine
-    db: str = "taskserver.db"  # SQLite file path or sqlite:///path URL, or postgresql://user@host/database
-    db_pool: int = 10  # PostgreSQL connections per coordinator (mind the server's max_connections)
-    host: str = "127.0.0.1"  # bind address for `taskserver serve`
-    port: int = 8080
-    token: str | None = None  # bearer token for workers and admin calls
-    read_token: str | None = None  # a second token that may only read (status, lists, report, events)
-    lease_seconds: float = 60.0  # a claim's lease; workers heartbeat every third of it
-    max_attempts: int = 5  # attempts per task before it is failed
-    backoff_base: float = 10.0  # seconds before the first retry; doubles per attempt, with jitter
-    backoff_max: float = 600.0  # cap on the retry delay
-    max_wait: float = 5.0  # longest "ask again after" a worker is told while nothing is ready
-    threads: int = 8  # waitress worker threads
-    streams: int = 32  # open event streams (dashboards, `taskserver watch`); each has its own thread
-    connections: int = 1000  # open connections waitress accepts (each worker keeps one alive)
-    per_nvr: int = 2  # concurrent tasks per NVR (a sheet's max_parallel column overrides per NVR)
-    nvr_backoff: float = 5.0  # first rest for a busy or unreachable NVR; doubles up to 300 s
-    nvr_give_up: float = 1800.0  # seconds an NVR may stay busy/unreachable before its tasks fail
-    events_kept: int = 200_000  # newest changes the event feed keeps for reconnecting streams
-    chunk: str | None = None  # split each sheet row per camera and per this much time, e.g. "1h"
-    timezone: str | None = None  # the NVRs' IANA time zone, for sheet times that carry an offset
-    secret_key: str | None = None  # key(s) sealing NVR passwords in the database, newest first, comma-separated
-    key_file: str | None = None  # a file holding those keys, one per line (default for SQLite: <db>.key)
+    tasks: str | None = setting("tasks.xlsx", "sheet (.xlsx or .csv) imported at start, idempotently; '' for none")
+    db: str = setting("taskserver.db", "SQLite file (or sqlite:///path), or postgresql://user@host/database;"
+                      " keep a database password in TASKSERVER_DB, PGPASSWORD or ~/.pgpass, not in an option",
+                      DB_COMMANDS)
+    db_pool: int = setting(10, "PostgreSQL connections per coordinator, borrowed per request")
+    host: str = setting("127.0.0.1", "bind address")
+    port: int = setting(8080, "port (0: a free one; the address is printed)")
+    token: str | None = setting(None, "bearer token; required beyond loopback (generated if missing)")
+    read_token: str | None = setting(None, "a token that can only read (status, lists, events, metrics, report)")
+    lease_seconds: float = setting(60.0, "lease length; workers heartbeat every third of it")
+    max_attempts: int = setting(5, "attempts per task before it is failed")
+    backoff_base: float = setting(10.0, "first retry delay in seconds; doubles per attempt, with jitter")
+    backoff_max: float = setting(600.0, "retry delay cap in seconds")
+    max_wait: float = setting(5.0, "longest 'ask again after' told to idle workers")
+    threads: int = setting(8, "waitress threads")
+    streams: int = setting(32, "open event streams (dashboards, watch); each gets a thread of its own")
+    connections: int = setting(1000, "open connections accepted: at least the number of workers")
+    header_timeout: float = setting(15.0, "seconds a connection may take to send a request's head")
+    max_body: int = setting(8 * 1024 * 1024, "largest request body read, in bytes")
+    public_host: str | None = setting(None, "names this coordinator answers to besides its addresses,"
+                                            " comma-separated (behind a proxy)")
+    per_nvr: int = setting(2, "concurrent tasks per NVR (a sheet's max_parallel overrides)")
+    nvr_backoff: float = setting(5.0, "first rest in seconds for a busy or unreachable NVR; doubles up to 300")
+    nvr_give_up: float = setting(1800.0, "seconds an NVR may stay busy, unreachable or refuse a password before"
+                                         " its tasks fail")
+    events_kept: int = setting(200_000, "newest task changes kept for event streams that reconnect")
+    chunk: str | None = setting(None, "split rows per camera and per this much time (1h)", ("serve", "import"))
+    timezone: str | None = setting(None, "the NVRs' IANA zone (or auto), for sheet times written with an offset"
+                                         " and relative windows", ("serve", "import"))
+    schedule_every: float = setting(30.0, "seconds between two checks for due schedules")
+    notify: str | None = setting(None, "webhook URLs for notices, comma-separated (slack:, teams:, ntfy: prefixes)")
+    secret_key: str | None = setting(None, "key(s) sealing NVR passwords in the database, newest first,"
+                                           " comma-separated", option=False)
+    key_file: str | None = setting(None, "file with the keys sealing NVR passwords, one per line, newest first"
+                                         " (without it and TASKSERVER_SECRET_KEY, SQLite uses <db>.key)", DB_COMMANDS)
+
+    @staticmethod
+    def settings() -> list:
+        """Every setting's dataclass field, in declaration order."""
+        return list(fields(Config))
+
+    @staticmethod
+    def variable(f) -> str:
+        return f"TASKSERVER_{f.name.upper()}"
+
+    @staticmethod
+    def option(f) -> str:
+        return "--" + f.name.replace("_", "-")
+
+    @staticmethod
+    def shown_default(f) -> str:
+        """The default as README and help show it."""
+        return "none" if f.default is None else str(f.default).removesuffix(".0")
+
+    @classmethod
+    def add_options(cls, parser, command: str) -> list[str]:
+        """Add the options of `command` to an argparse parser; return their field names."""
+        names = []
+        for f in cls.settings():
+            if command in f.metadata["commands"]:
+                kind = int if f.type == "int" else float if f.type == "float" else str
+                parser.add_argument(cls.option(f), type=kind, dest=f.name, default=None,
+                                    help=f"{f.metadata['help']} (default {cls.shown_default(f)};"
+                                         f" ${cls.variable(f)})")
+                names.append(f.name)
+        return names
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Config:
@@ -47,7 +108,7 @@ class Config:
         environ = os.environ if environ is None else environ
         values = {}
         for f in fields(cls):
-            raw = environ.get(f"TASKSERVER_{f.name.upper()}")
+            raw = environ.get(cls.variable(f))
             if raw is not None:
                 values[f.name] = _convert(f.name, raw, f.type)
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -55,11 +116,14 @@ class Config:
         config.check()
         return config
 
-    def open_store(self, create: bool = True):
+    def open_store(self, create: bool = True, clock=None):
         """The store this configuration names, open (`create=False`: refuse a SQLite file that does not exist)."""
+        import time
+
         from .store import open_store
 
-        return open_store(self.db, self.policy(), self.vault(), pool=self.db_pool, create=create)
+        return open_store(self.db, self.policy(), self.vault(), pool=self.db_pool, create=create,
+                          clock=clock or time.time)
 
     def vault(self):
         """What seals NVR passwords in the database: the key variable, the key file, or one next to a SQLite file."""
@@ -91,8 +155,26 @@ class Config:
             raise ConfigError("db_pool must be at least 1")
         if self.per_nvr < 1:
             raise ConfigError("per_nvr must be at least 1")
+        if self.schedule_every <= 0:
+            raise ConfigError("schedule_every must be positive")
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"port {self.port} is out of range")
+        if self.connections < 1 or self.header_timeout <= 0:
+            raise ConfigError("connections must be at least 1 and header_timeout positive")
+        if self.max_body < 64 * 1024:
+            raise ConfigError("max_body must be at least 65536 bytes")
+        for name in ("token", "read_token"):
+            value = getattr(self, name)
+            if value and not TOKEN.fullmatch(value):
+                raise ConfigError(f"{name} must be 1 or more printable ASCII characters without spaces")
+        for host in self.public_hosts:
+            if not PUBLIC_HOST.fullmatch(host):
+                raise ConfigError(f"public_host {host!r} is not a host name (give names like coord.example.com)")
+
+    @property
+    def public_hosts(self) -> frozenset[str]:
+        """The names from `public_host`, lower case."""
+        return frozenset(h.strip().lower().rstrip(".") for h in (self.public_host or "").split(",") if h.strip())
 
     @property
     def loopback(self) -> bool:

@@ -5,13 +5,23 @@ typed into the page when the coordinator has one) and refreshes every few second
 """
 from __future__ import annotations
 
-from flask import Blueprint, current_app, render_template
+import secrets
+
+from flask import Blueprint, current_app, make_response, render_template
 
 bp = Blueprint("dashboard", __name__)
+# Only the page's own script runs (a fresh nonce per page), it talks only to the coordinator, and no
+# other site may frame the page (a framing page could trick clicks on its buttons).
+POLICY = ("default-src 'none'; script-src 'nonce-{nonce}'; style-src 'self' 'unsafe-inline'; img-src 'self';"
+          " connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'")
 
 
 @bp.get("/")
 def index():
     """The dashboard page."""
     config = current_app.config["TASKSERVER"]
-    return render_template("dashboard.html", needs_token=bool(config.token))
+    nonce = secrets.token_urlsafe(16)
+    response = make_response(render_template("dashboard.html", needs_token=bool(config.token), nonce=nonce))
+    response.headers["Content-Security-Policy"] = POLICY.format(nonce=nonce)
+    response.headers["X-Frame-Options"] = "DENY"
+    return response

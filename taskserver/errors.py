@@ -40,6 +40,24 @@ class Unauthorized(TaskServerError):
     status = 401
 
 
+class Forbidden(TaskServerError):
+    """Raised when a browser page of another origin tries to change state or claim a task."""
+
+    status = 403
+
+
+class MisdirectedRequest(TaskServerError):
+    """Raised when a request names a Host this coordinator does not serve (e.g. a DNS-rebinding page)."""
+
+    status = 421
+
+
+class UnsupportedMediaType(TaskServerError):
+    """Raised when a request body is not JSON (an HTML form cannot post to the API)."""
+
+    status = 415
+
+
 class TaskNotFound(TaskServerError):
     """Raised when a task id names no task."""
 

@@ -17,6 +17,7 @@ from flask import Blueprint, Response, current_app, jsonify, request
 
 from . import api
 from .errors import BadRequest
+from .validate import MAX_ID
 
 bp = Blueprint("events", __name__, url_prefix="/api")
 bp.before_request(api.check_token)
@@ -72,12 +73,19 @@ def summaries() -> Summaries:
 
 @bp.get("/events")
 def events():
-    """Stream changes after Last-Event-ID (or `?after=`), or from now."""
+    """Stream changes after Last-Event-ID (or `?after=`), or from now; `?follow=false` sends what is there and ends."""
     store = api.store()
-    try:
-        after = int(request.headers.get("Last-Event-ID") or request.args.get("after") or store.last_event())
-    except ValueError:
-        raise BadRequest("Last-Event-ID / after must be an event id") from None
+    raw = request.headers.get("Last-Event-ID") or request.args.get("after")
+    if raw is not None and not (raw.isascii() and raw.strip().isdigit() and int(raw) <= MAX_ID):
+        raise BadRequest("Last-Event-ID / after must be an event id")
+    after = int(raw) if raw is not None else store.last_event()
+    follow = request.args.get("follow", "true")
+    if follow not in ("true", "false"):
+        raise BadRequest("follow must be true or false")
+    if follow == "false":
+        found = store.events(after)
+        body = "".join(f"id: {e['id']}\nevent: task\ndata: {json.dumps(e)}\n\n" for e in found)
+        return Response(body, mimetype="text/event-stream", headers={"Cache-Control": "no-store"})
     slots = stream_slots()
     shared = summaries()
     if not slots.acquire(blocking=False):

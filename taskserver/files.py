@@ -15,7 +15,7 @@ from datetime import datetime
 
 from flask import Blueprint, jsonify, request
 
-from . import api
+from . import api, validate
 from .errors import BadRequest
 
 bp = Blueprint("files", __name__, url_prefix="/api")
@@ -23,7 +23,7 @@ bp.before_request(api.check_token)
 bp.after_request(api.no_store)
 
 
-@bp.get("/tasks/<int:task_id>/files")
+@bp.get("/tasks/<id:task_id>/files")
 def task_files(task_id: int):
     """A task's files (404 for a task that does not exist)."""
     api.store().task(task_id)
@@ -37,11 +37,11 @@ def find_files():
     unknown = set(args) - {"nvr", "camera", "from", "to", "after", "limit"}
     if unknown:
         raise BadRequest(f"unknown parameter(s): {', '.join(sorted(unknown))}")
-    start, end = _time(args.get("from"), "from"), _time(args.get("to"), "to")
+    start, end = _time(validate.query_text("from"), "from"), _time(validate.query_text("to"), "to")
     after = _whole(args.get("after"), "after", 0, 0, 2**62)
     limit = _whole(args.get("limit"), "limit", 1000, 1, 10_000)
-    found = api.store().files(camera=args.get("camera"), nvr=args.get("nvr"), start=start, end=end, after=after,
-                              limit=limit)
+    found = api.store().files(camera=validate.query_text("camera"), nvr=validate.query_text("nvr"), start=start,
+                              end=end, after=after, limit=limit)
     return jsonify({"files": found, "next_after": found[-1]["id"] if len(found) == limit else None})
 
 

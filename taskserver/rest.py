@@ -21,7 +21,7 @@ import logging
 
 from flask import Blueprint, current_app, jsonify, request, send_file
 
-from . import api
+from . import api, validate
 from .errors import BadRequest, Conflict
 from .sheet import row_label
 from .store import State
@@ -46,8 +46,9 @@ def tasks():
     if order not in api.store().ORDERS:
         raise BadRequest(f"order must be one of {', '.join(api.store().ORDERS)}")
     page, per_page = _int_arg("page", 1, 1, 10**9), _int_arg("per_page", 50, 1, 500)
-    rows, total = api.store().tasks(state=state, nvr=args.get("nvr"), worker=args.get("worker"),
-                                    text=args.get("q"), order=order, offset=(page - 1) * per_page, limit=per_page)
+    rows, total = api.store().tasks(state=state, nvr=validate.query_text("nvr"), worker=validate.query_text("worker"),
+                                    text=validate.query_text("q"), order=order, offset=(page - 1) * per_page,
+                                    limit=per_page)
     return jsonify({"tasks": rows, "total": total, "page": page, "per_page": per_page})
 
 
@@ -56,13 +57,15 @@ def add_tasks():
     """Add tasks: the sheet's fields, validation and messages; all of the batch or nothing."""
     from .sheet import load_rows
 
-    body = request.get_json(silent=True)
-    if not isinstance(body, dict) or "tasks" not in body or set(body) - {"tasks", "chunk", "timezone"}:
+    body = validate.json_body()
+    if "tasks" not in body or set(body) - {"tasks", "chunk", "timezone"}:
         raise BadRequest('expected {"tasks": [{...}, ...]} with optional "chunk" and "timezone"')
     config = current_app.config["TASKSERVER"]
-    specs = load_rows(body["tasks"], chunk=body.get("chunk") or config.chunk,
-                      timezone=body.get("timezone") or config.timezone)
-    result = api.store().add(specs)
+    chunk = validate.text(body.get("chunk"), "chunk", 100, optional=True)
+    timezone = validate.text(body.get("timezone"), "timezone", 100, optional=True)
+    imported = load_rows(body["tasks"], chunk=chunk or config.chunk, timezone=timezone or config.timezone,
+                         now=api.store().clock())
+    result = imported.into(api.store())
     log.info("API: %d task(s) added, %d already queued", result.added, result.existing)
     return jsonify({"added": result.added, "existing": result.existing, "updated": result.updated,
                     "ids": result.ids}), 201 if result.added else 200
@@ -71,10 +74,10 @@ def add_tasks():
 @bp.get("/tasks/done")
 def done():
     """Ids of done tasks above `after`."""
-    return jsonify({"ids": api.store().done_ids(_int_arg("after", 0, 0, 2**62))})
+    return jsonify({"ids": api.store().done_ids(_int_arg("after", 0, 0, validate.MAX_ID))})
 
 
-@bp.get("/tasks/<int:task_id>/result")
+@bp.get("/tasks/<id:task_id>/result")
 def result(task_id: int):
     """A done task's result; 404 until then."""
     task = api.store().task(task_id)
@@ -83,7 +86,7 @@ def result(task_id: int):
     return jsonify({"id": task_id, "result": task["result"]})
 
 
-@bp.post("/tasks/<int:task_id>/requeue")
+@bp.post("/tasks/<id:task_id>/requeue")
 def requeue_one(task_id: int):
     """Queue a failed or cancelled task again with fresh attempts."""
     state = api.store().task(task_id)["state"]
@@ -93,7 +96,7 @@ def requeue_one(task_id: int):
     return jsonify({"ok": True, "state": State.QUEUED.value})
 
 
-@bp.post("/tasks/<int:task_id>/cancel")
+@bp.post("/tasks/<id:task_id>/cancel")
 def cancel(task_id: int):
     """Cancel a task; a running one's worker is refused at its next heartbeat."""
     state = api.store().cancel(task_id)
@@ -104,11 +107,12 @@ def cancel(task_id: int):
 @bp.post("/requeue")
 def requeue_failed():
     """Requeue every failed task (cancelled ones too when asked), or one NVR's; the answer lists them."""
-    body = request.get_json(silent=True) or {}
-    if (not isinstance(body, dict) or set(body) - {"nvr", "cancelled"}
-            or not isinstance(body.get("nvr", ""), str) or not isinstance(body.get("cancelled", False), bool)):
+    body = validate.json_body(optional=True)
+    nvr = body.get("nvr")
+    if (set(body) - {"nvr", "cancelled"}
+            or not (nvr is None or isinstance(nvr, str) and 0 < len(nvr) <= 300 and nvr.isprintable())):
         raise BadRequest('body must be empty or {"nvr": "host[:port]", "cancelled": true|false}')
-    ids = api.store().requeue(server=body.get("nvr"), cancelled=body.get("cancelled", False))
+    ids = api.store().requeue(server=nvr.lower() if nvr else None, cancelled=validate.flag(body, "cancelled"))
     log.info("%d task(s) requeued: %s", len(ids), _id_list(ids))
     return jsonify({"ok": True, "requeued": len(ids), "ids": ids})
 
@@ -116,13 +120,13 @@ def requeue_failed():
 @bp.post("/nvrs/login")
 def retry_login():
     """Release tasks held for a refused password without changing it (the account was unlocked on the NVR)."""
-    body = request.get_json(silent=True)
-    if (not isinstance(body, dict) or not isinstance(body.get("nvr"), str) or set(body) - {"nvr", "username"}
-            or not isinstance(body.get("username", ""), str)):
+    body = validate.json_body()
+    nvr = validate.text(body.get("nvr"), "nvr", 300)
+    username = validate.text(body.get("username"), "username", 200, optional=True)
+    if set(body) - {"nvr", "username"}:
         raise BadRequest('expected {"nvr": "host[:port]", "username": "..."} (username optional: every user)')
-    count = api.store().retry_login(body["nvr"], body.get("username"))
-    log.info("login of %s on %s retried by an admin: %d task(s) released", body.get("username") or "every user",
-             body["nvr"], count)
+    count = api.store().retry_login(nvr.lower(), username)
+    log.info("login of %s on %s retried by an admin: %d task(s) released", username or "every user", nvr, count)
     return jsonify({"ok": True, "released": count})
 
 
@@ -170,6 +174,38 @@ def report():
                      mimetype="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
 
 
+@bp.post("/workers/forget")
+def forget_workers():
+    """Drop a worker, or a host's workers, from the list (a host retired for good)."""
+    body = validate.json_body()
+    name = validate.text(body.get("worker"), "worker", 200)
+    if set(body) - {"worker"} or not name or not validate.WORKER_NAME.fullmatch(name):
+        raise BadRequest('expected {"worker": "<worker name or host name>"}')
+    count = api.store().forget_workers(name)
+    log.info("%d worker(s) of %s forgotten", count, name)
+    return jsonify({"ok": True, "forgotten": count})
+
+
+@bp.get("/schedules")
+def schedules():
+    """Active schedules: cadence, next run, the row they repeat (no password)."""
+    return jsonify({"schedules": [
+        {"id": s["id"], "cadence": s["cadence"], "zone": s["zone"], "next_window_start": s["cursor"],
+         "next_run": s["next_fire"], "runs": s["fired"], "source": s["source"],
+         "server": s["template"]["server"], "username": s["template"]["username"],
+         "cameras": s["template"]["cameras"], "name": s["template"]["name"]}
+        for s in api.store().schedules()]})
+
+
+@bp.post("/schedules/<id:schedule_id>/cancel")
+def cancel_schedule(schedule_id: int):
+    """Stop a schedule; the tasks its runs added stay."""
+    if not api.store().cancel_schedule(schedule_id):
+        raise Conflict(f"no active schedule {schedule_id}")
+    log.info("schedule %s cancelled", schedule_id)
+    return jsonify({"ok": True})
+
+
 def _id_list(ids: list[int]) -> str:
     shown = ", ".join(map(str, ids[:20]))
     return shown + (f" and {len(ids) - 20} more" if len(ids) > 20 else "")
@@ -179,10 +215,9 @@ def _int_arg(name: str, default: int, low: int, high: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"{name} must be a whole number") from None
+    if not (raw.isascii() and raw.strip().lstrip("+-").isdigit()) or len(raw) > 30:
+        raise BadRequest(f"{name} must be a whole number")
+    value = int(raw)
     if not low <= value <= high:
         raise BadRequest(f"{name} must be between {low} and {high}")
     return value

@@ -2,14 +2,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
-from taskserver.store.postgres import PostgresStore
-from taskserver.store.sqlite import SQLiteStore
-from taskserver.vault import Vault
-
-from .harness import POLICY, TEST_KEY, FakeClock, Processes, postgres_missing, postgres_schema
+from .harness import Processes, postgres_missing, postgres_schema
 
 
 @pytest.fixture
@@ -44,39 +41,24 @@ def postgres():
         yield url
 
 
-@pytest.fixture
-def clock():
-    """The stores' clock in the in-process suites: moved by hand, never slept on."""
-    return FakeClock()
-
-
-@pytest.fixture(params=["sqlite", "postgres"])
-def make_store(request, tmp_path, clock):
-    """Open stores of one kind on one database (several open at once act like several coordinators)."""
-    opened = []
-    if request.param == "postgres":
-        missing = postgres_missing()
-        if missing:
-            pytest.skip(f"PostgreSQL store not tested: {missing}")
-        context = postgres_schema()
-        url = context.__enter__()
-        request.addfinalizer(lambda: context.__exit__(None, None, None))
-
-        def make(policy=POLICY, vault=None):
-            store = PostgresStore(url, policy, vault or Vault([TEST_KEY], "test"), clock, pool=4)
-            opened.append(store)
-            return store
-    else:
-        def make(policy=POLICY, vault=None):
-            store = SQLiteStore(tmp_path / "ts.db", policy, vault or Vault([TEST_KEY], "test"), clock)
-            opened.append(store)
-            return store
-    yield make
-    for store in opened:
-        store.close()
+CHROMIUM = "/usr/bin/chromium"
 
 
 @pytest.fixture
-def store(make_store):
-    """A store on a fresh database, SQLite then PostgreSQL."""
-    return make_store()
+def browser():
+    """Debian's Chromium, headless, driven by Playwright; the test is skipped without it."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium); the browser test needs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
+            "--disable-background-networking", "--disable-component-update"])
+        yield launched
+        launched.close()
+
+
+def pytest_collection_modifyitems(config, items):
+    """The fast in-process layer runs first: a broken rule shows in seconds, before the long stories."""
+    items.sort(key=lambda item: item.get_closest_marker("fast") is None)

@@ -23,7 +23,6 @@ import requests
 from openpyxl import Workbook
 
 from nvrsim import Catalogue
-from taskserver.store import Policy
 
 PYTHON = sys.executable
 SIM_PASSWORD = "S1m-Secret-pw"
@@ -32,9 +31,6 @@ SIM_PASSWORD = "S1m-Secret-pw"
 TEST_KEY = "kT0M1qgR5Yy2Yt6dvl9p0mN1Qk3o4vJx5C8T2q5Zc0E="
 os.environ.setdefault("TASKSERVER_SECRET_KEY", TEST_KEY)
 T = datetime(2026, 1, 1)  # the simulated NVRs' recordings start here
-# The protocol settings of the store's contract suite (tests/test_store.py and its kin).
-POLICY = Policy(lease_seconds=60, max_attempts=3, backoff_base=10, backoff_max=600, max_wait=5, per_nvr=2,
-                device_backoff=5, nvr_give_up=1800, events_kept=1000)
 
 
 # The PostgreSQL the tests use; each test gets a schema of its own in it.
@@ -81,6 +77,42 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
+
+
+class OffsetClock:
+    """The real clock moved to another moment: time flows as usual, and the test jumps it ahead."""
+
+    def __init__(self, start: datetime):
+        self.offset = 0.0
+        self.jump_to(start)
+
+    def __call__(self) -> float:
+        return time.time() + self.offset
+
+    def jump_to(self, moment: datetime) -> None:
+        self.offset = moment.timestamp() - time.time()
+
+
+@contextmanager
+def coordinator_in_process(db, clock, **settings) -> Iterator[str]:
+    """The coordinator under waitress in this process, on `clock` (for stories that span days); yields its URL."""
+    import threading
+
+    import waitress
+
+    from taskserver.app import create_app
+    from taskserver.config import Config
+
+    config = Config.from_env(**{"db": str(db), "tasks": "", "host": "127.0.0.1", "port": 0, **settings})
+    app = create_app(config, clock=clock)
+    server = waitress.create_server(app, host="127.0.0.1", port=0, threads=8)
+    threading.Thread(target=server.run, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.effective_port}"
+    finally:
+        app.extensions["taskserver.stop"].set()
+        server.close()
+        app.extensions["taskserver.store"].close()
 
 
 def at(h: int, m: int = 0) -> datetime:
@@ -179,13 +211,16 @@ class NVR:
         self.catalogue = catalogue
         self.password = password
         self.url = proc.url
-        self.address = proc.url.removeprefix("http://")
+        self.address = proc.url.removeprefix("http://")  # the sheet's server column; https:// stays
+        self.hostport = proc.url.split("://", 1)[1]
+        found = re.search(r"certificate SHA-256 ([0-9a-f]{64})", proc.output())
+        self.fingerprint = found.group(1) if found else None
 
     def stats(self) -> dict:
-        return requests.get(f"{self.url}/sim/stats", timeout=5).json()
+        return requests.get(f"{self.url}/sim/stats", timeout=5, verify=False).json()
 
     def faults(self, **changes) -> dict:
-        response = requests.post(f"{self.url}/sim/faults", json=changes, timeout=5)
+        response = requests.post(f"{self.url}/sim/faults", json=changes, timeout=5, verify=False)
         response.raise_for_status()
         return response.json()
 
@@ -203,7 +238,7 @@ def start_nvr(procs: Processes, channels: int = 2, hours: int = 4, interval: int
     proc = procs.start("nvrsim", [
         PYTHON, "-m", "nvrsim", "--port", "0", "--user", "admin", "--channels", str(channels),
         "--start", start.isoformat(), "--end", end.isoformat(), "--interval", str(interval), "--size", str(size),
-        *extra], ready=r"listening on (http://\S+)", env={"NVRSIM_PASSWORD": password})
+        *extra], ready=r"listening on (https?://\S+)", env={"NVRSIM_PASSWORD": password})
     return NVR(proc, catalogue, password)
 
 
@@ -286,3 +321,4 @@ def worker_processes(client: Proc) -> list:
         except psutil.NoSuchProcess:
             pass
     return found
+

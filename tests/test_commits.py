@@ -19,6 +19,8 @@ from taskserver.vault import Vault
 
 from .harness import TEST_KEY, FakeClock, wait_for
 
+pytestmark = pytest.mark.fast  # in process
+
 T0 = datetime(2026, 1, 1)
 
 

@@ -9,30 +9,16 @@ import pytest
 from .harness import HEADER, SIM_PASSWORD, api, at, start_client, start_coordinator, start_nvr, wait_for, write_sheet
 
 pytestmark = pytest.mark.slow
-CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-
-
-@pytest.fixture
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium); the browser test needs it")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-sync",
-            "--disable-background-networking", "--disable-component-update"])
-        yield launched
-        launched.close()
 
 
 def test_dashboard_shows_live_progress_and_requeues_a_failed_task(procs, tmp_path, browser):
     nvr = start_nvr(procs, channels=1, hours=4, size=200_000, extra=("--delay", "0.05"))
     rows = [[nvr.address, "admin", SIM_PASSWORD, 101, at(h), at(h + 1), f"hour {h}"] for h in range(4)]
     rows.append([nvr.address, "viewer", "Bad-pass-9", 101, at(0), at(1), "wrong password"])
+    # The refused password holds its task until --nvr-give-up, then it fails (a short one here).
     coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
-                                    "--max-attempts", "1")
+                                    "--max-attempts", "1", "--nvr-give-up", "3")
     page = browser.new_page()
     page.goto(coordinator.url)
     page.wait_for_selector("[data-state=done]")

@@ -15,10 +15,15 @@ from taskserver.errors import LeaseLost, TaskNotFound
 from taskserver.store import Policy
 from taskserver.store.postgres import PostgresStore
 
+from . import test_store as contract
 from .harness import HEADER, T, api, start_coordinator, write_sheet
 from .test_store import kinds, lease, spec
 
+# The contract suite's fixtures: each test runs on SQLite and on PostgreSQL, with a clock moved by hand.
+clock, make_store, store = contract.clock, contract.make_store, contract.store
 
+
+@pytest.mark.fast
 def test_a_completion_carries_the_next_claim_with_its_own_lease_and_events(store):
     store.add([spec(1), spec(2, "nvr-b"), spec(3)])
     first, lease_id = lease(store, "h/w0")
@@ -33,6 +38,7 @@ def test_a_completion_carries_the_next_claim_with_its_own_lease_and_events(store
     assert store.status()["counts"]["leased"] == 1
 
 
+@pytest.mark.fast
 def test_a_completion_sees_a_lease_that_ran_out_elsewhere_before_it_claims(make_store, clock):
     store = make_store(Policy(per_nvr=1, lease_seconds=60, max_attempts=3))
     store.add([spec(1), spec(2, "nvr-b")])
@@ -46,6 +52,7 @@ def test_a_completion_sees_a_lease_that_ran_out_elsewhere_before_it_claims(make_
     assert ("expired", gone["id"], "queued") in kinds(store)
 
 
+@pytest.mark.fast
 def test_a_completion_frees_its_nvrs_place_for_the_next_claim_and_no_more(make_store):
     store = make_store(Policy(per_nvr=1))
     store.add([spec(1), spec(2), spec(3)])
@@ -55,6 +62,7 @@ def test_a_completion_frees_its_nvrs_place_for_the_next_claim_and_no_more(make_s
     assert following.status == "task" and store.claim("w2").status == "wait"
 
 
+@pytest.mark.fast
 def test_postgresql_completes_and_claims_in_three_round_trips(make_store, request):
     store = make_store(Policy(per_nvr=100))
     if not isinstance(store, PostgresStore):
@@ -75,6 +83,7 @@ def test_postgresql_completes_and_claims_in_three_round_trips(make_store, reques
 
 
 # --- opt-in batches ------------------------------------------------------------------------
+@pytest.mark.fast
 def test_a_batch_leases_each_task_with_its_own_lease_within_the_nvr_caps(make_store, clock):
     store = make_store(Policy(per_nvr=2, lease_seconds=60))
     store.add([spec(n, f"nvr-{n % 3}") for n in range(1, 13)])
@@ -93,6 +102,7 @@ def test_a_batch_leases_each_task_with_its_own_lease_within_the_nvr_caps(make_st
     assert store.task(claims[0].task["id"])["state"] == "done" and again[0].task["attempt"] in (1, 2)
 
 
+@pytest.mark.fast
 def test_batches_drain_the_queue_and_say_so(store):
     store.add([spec(n) for n in range(1, 4)])
     _, claims = store.exchange("w", [], 2)

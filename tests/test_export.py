@@ -75,7 +75,7 @@ def test_two_hosts_export_every_recording_exactly_once_byte_for_byte(procs, tmp_
         assert SIM_PASSWORD not in text
 
 
-def test_wrong_password_fails_its_task_with_a_clear_error_and_spares_the_others(procs, tmp_path, db):
+def test_wrong_password_is_tried_once_and_spares_the_others(procs, tmp_path, db):
     nvr = start_nvr(procs, channels=2, hours=2)
     rows = [
         [nvr.address, "admin", SIM_PASSWORD, 101, at(0), at(1), "good 1"],
@@ -83,16 +83,17 @@ def test_wrong_password_fails_its_task_with_a_clear_error_and_spares_the_others(
         [nvr.address, "admin", SIM_PASSWORD, 201, at(1), at(2), "good 2"],
     ]
     coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), db,
-                                    "--max-attempts", "3")
+                                    "--max-attempts", "3", "--nvr-give-up", "3")
     client = start_client(procs, coordinator.url, tmp_path / "dl", 2)
     assert client.wait(90) == 0
 
     final = status(coordinator.url)
     assert final["counts"] == {**final["counts"], "done": 2, "failed": 1}
     bad = api(coordinator.url, path="/api/tasks/2").json()
-    assert bad["state"] == "failed" and bad["attempts"] == 3
+    # A refused login is tried once: the pair's tasks are held, not retried, until --nvr-give-up.
+    assert bad["state"] == "failed" and bad["attempts"] == 0
     assert "refused the password of user 'viewer'" in bad["last_error"]
-    assert [a["outcome"] for a in bad["attempt_log"]] == ["failed"] * 3
+    assert nvr.stats()["unauthorized"] == 1
     assert not list((tmp_path / "dl").glob("000002-*/*.mp4"))
     assert "not-the-password" not in coordinator.output() + client.output() + api(coordinator.url).text
 
@@ -172,7 +173,8 @@ def test_retry_after_a_cut_keeps_the_files_already_complete(procs, tmp_path):
 def test_after_fixing_a_wrong_password_reimport_and_requeue_finish_the_job(procs, tmp_path, db):
     nvr = start_nvr(procs, channels=1, hours=1)
     row = [nvr.address, "admin", "typo-password", 101, at(0), at(1), "lobby"]
-    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", [row], HEADER), db, "--max-attempts", "1")
+    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", [row], HEADER), db, "--max-attempts", "1",
+                                    "--nvr-give-up", "2")
     assert start_client(procs, coordinator.url, tmp_path / "dl", 1).wait(60) == 0
     assert api(coordinator.url, path="/api/tasks/1").json()["state"] == "failed"
 

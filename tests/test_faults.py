@@ -9,8 +9,10 @@ import pytest
 from .harness import (
     HEADER,
     SIM_PASSWORD,
+    FakeClock,
     T,
     api,
+    coordinator_in_process,
     leftovers,
     start_client,
     start_coordinator,
@@ -87,29 +89,26 @@ def test_coordinator_killed_and_restarted_loses_nothing_and_reruns_nothing(procs
     assert "added, 0 already" not in restarted.output() and f"0 task(s) added, {len(rows)} already" in restarted.output()
 
 
-def test_completion_with_a_stale_lease_is_refused_and_changes_nothing(procs, tmp_path, db):
+def test_completion_with_a_stale_lease_is_refused_and_changes_nothing(tmp_path):
     sheet = write_sheet(tmp_path / "t.xlsx", [["10.0.0.9", "admin", "pw", 101, T, T.replace(hour=1)]], HEADER)
-    coordinator = start_coordinator(procs, sheet, db, "--lease-seconds", "0.5")
-    url = coordinator.url
+    clock = FakeClock()
+    with coordinator_in_process(tmp_path / "ts.db", clock, tasks=str(sheet), lease_seconds=60) as url:
+        first = api(url, path="/api/claim?worker=slow").json()
+        clock.advance(61)  # the lease runs out: the slow worker is presumed dead
+        second = api(url, path="/api/claim?worker=fast").json()
+        assert second["status"] == "task" and second["task"]["id"] == first["task"]["id"]
+        assert second["lease"]["id"] != first["lease"]["id"]
 
-    first = api(url, path="/api/claim?worker=slow").json()
-    time.sleep(0.7)  # the lease runs out: the slow worker is presumed dead
-    second = api(url, path="/api/claim?worker=fast").json()
-    assert second["status"] == "task" and second["task"]["id"] == first["task"]["id"]
-    assert second["lease"]["id"] != first["lease"]["id"]
+        stale = {"lease": first["lease"]["id"], "result": {"files": 666, "bytes": 666}}
+        refused = api(url, "POST", "/api/tasks/1/complete", json=stale)
+        assert refused.status_code == 409 and refused.json()["error"] == "LeaseLost"
+        assert api(url, "POST", "/api/tasks/1/heartbeat", json={"lease": first["lease"]["id"]}).status_code == 409
+        assert api(url, path="/api/tasks/1").json()["state"] == "leased"
 
-    stale = {"lease": first["lease"]["id"], "result": {"files": 666, "bytes": 666}}
-    refused = api(url, "POST", "/api/tasks/1/complete", json=stale)
-    assert refused.status_code == 409 and refused.json()["error"] == "LeaseLost"
-    assert api(url, "POST", "/api/tasks/1/heartbeat", json={"lease": first["lease"]["id"]}).status_code == 409
-    assert api(url, path="/api/tasks/1").json()["state"] == "leased"
-
-    # The successor must beat faster than the short lease; then it completes.
-    ok = api(url, "POST", "/api/tasks/1/complete", json={"lease": second["lease"]["id"],
-                                                         "result": {"files": 3, "bytes": 300}})
-    assert ok.status_code == 200
-    again = api(url, "POST", "/api/tasks/1/complete", json=stale)
-    assert again.status_code == 409
-    task = api(url, path="/api/tasks/1").json()
-    assert task["state"] == "done" and task["result"] == {"files": 3, "bytes": 300}
-    assert api(url, path="/api/claim?worker=fast").json() == {"status": "drained"}
+        ok = api(url, "POST", "/api/tasks/1/complete", json={"lease": second["lease"]["id"],
+                                                             "result": {"files": 3, "bytes": 300}})
+        assert ok.status_code == 200
+        assert api(url, "POST", "/api/tasks/1/complete", json=stale).status_code == 409
+        task = api(url, path="/api/tasks/1").json()
+        assert task["state"] == "done" and task["result"] == {"files": 3, "bytes": 300}
+        assert api(url, path="/api/claim?worker=fast").json() == {"status": "drained"}

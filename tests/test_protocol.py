@@ -4,12 +4,11 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from .harness import HEADER, PYTHON, T, api, start_coordinator, wait_for, write_sheet
+from .harness import HEADER, PYTHON, FakeClock, T, api, coordinator_in_process, start_coordinator, wait_for, write_sheet
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "Pr0tocol-secret"
@@ -35,7 +34,7 @@ def test_claim_hands_out_one_task_with_credentials_and_a_lease_uncached(procs, t
     assert body["task"] | {"key": None} == {
         "id": 1, "key": None, "name": "first", "server": "10.1.1.1", "username": "admin", "password": PASSWORD,
         "cameras": ["101"], "start": "2026-01-01T00:00:00", "end": "2026-01-01T01:00:00", "takes_earlier": True,
-        "timezone": None, "tls_fingerprint": None, "mode": "export", "attempt": 1, "max_attempts": 5}
+        "timezone": None, "tls_fingerprint": None, "mode": "export", "options": {}, "attempt": 1, "max_attempts": 5}
     assert len(body["lease"]["id"]) == 32 and body["lease"]["seconds"] == 5
     assert claim(url).json()["task"]["cameras"] == []  # empty: every channel
     # Credentials only ever travel in a claim.
@@ -91,25 +90,23 @@ def test_release_requeues_without_charging_an_attempt(procs, tmp_path, two_tasks
     assert again["task"]["id"] == 1 and again["task"]["attempt"] == 1
 
 
-def test_lease_expiry_requeues_and_counts_the_attempt(procs, tmp_path, two_tasks, db):
-    url = start_coordinator(procs, two_tasks, db, "--lease-seconds", "0.3").url
-    claim(url, "gone").json()
-    time.sleep(0.4)
-    task = api(url, path="/api/tasks/1").json()
-    assert task["state"] == "queued" and task["attempts"] == 1
-    assert task["last_error"] == "lease expired: worker gone stopped reporting"
-    assert claim(url, "next").json()["task"]["attempt"] == 2
-
-
-def test_heartbeat_extends_the_lease(procs, tmp_path, two_tasks, db):
-    url = start_coordinator(procs, two_tasks, db, "--lease-seconds", "0.6").url
-    lease = claim(url).json()["lease"]["id"]
-    for _ in range(4):  # 1.2 s in all, twice the lease
-        time.sleep(0.3)
-        beat = api(url, "POST", "/api/tasks/1/heartbeat", json={"lease": lease, "progress": {"done": 1}})
-        assert beat.status_code == 200
-    task = api(url, path="/api/tasks/1").json()
-    assert task["state"] == "leased" and task["progress"] == {"done": 1}
+def test_lease_expiry_and_heartbeats_over_http_on_the_coordinators_clock(tmp_path):
+    clock = FakeClock()
+    sheet = write_sheet(tmp_path / "t.xlsx", [["10.1.1.1", "admin", PASSWORD, 101, T, T.replace(hour=1)]], HEADER)
+    with coordinator_in_process(tmp_path / "ts.db", clock, tasks=str(sheet), lease_seconds=60) as url:
+        lease = claim(url, "beating").json()["lease"]["id"]
+        for _ in range(4):  # 160 s in all, well past the lease: each beat moves its end on
+            clock.advance(40)
+            beat = api(url, "POST", "/api/tasks/1/heartbeat", json={"lease": lease, "progress": {"done": 1}})
+            assert beat.json() == {"ok": True, "lease_seconds": 60}
+        task = api(url, path="/api/tasks/1").json()
+        assert task["state"] == "leased" and task["progress"] == {"done": 1}
+        clock.advance(61)  # silence: the lease runs out
+        task = api(url, path="/api/tasks/1").json()
+        assert task["state"] == "queued" and task["attempts"] == 1
+        assert task["last_error"] == "lease expired: worker beating stopped reporting"
+        assert api(url, "POST", "/api/tasks/1/heartbeat", json={"lease": lease}).status_code == 409
+        assert claim(url, "next").json()["task"]["attempt"] == 2
 
 
 @pytest.mark.parametrize("body, message", [

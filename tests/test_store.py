@@ -8,19 +8,65 @@ processes.
 from __future__ import annotations
 
 import sqlite3
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from taskserver.config import Config
 from taskserver.errors import ConfigError, Conflict, LeaseLost, TaskNotFound
 from taskserver.store import TRANSITIONS, Policy, State, TaskSpec
+from taskserver.store.postgres import PostgresStore
 from taskserver.store.sql import HELD
 from taskserver.store.sqlite import SQLiteStore
 from taskserver.vault import Vault, load_vault, new_key
 
-from .harness import POLICY, TEST_KEY
+from .harness import TEST_KEY, FakeClock, postgres_missing, postgres_schema
+
+pytestmark = pytest.mark.fast  # the in-process layer: make test-fast, and first in make test
 
 T0 = datetime(2026, 1, 1)
+POLICY = replace(Config().policy(), max_attempts=3, events_kept=1000)
+
+
+def policy(**changes) -> Policy:
+    return replace(POLICY, **changes)
+
+
+@pytest.fixture
+def clock():
+    return FakeClock()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def make_store(request, tmp_path, clock):
+    """Open stores of one kind on one database (several open at once act like several coordinators)."""
+    opened = []
+    if request.param == "postgres":
+        missing = postgres_missing()
+        if missing:
+            pytest.skip(f"PostgreSQL store not tested: {missing}")
+        context = postgres_schema()
+        url = context.__enter__()
+        request.addfinalizer(lambda: context.__exit__(None, None, None))
+
+        def make(policy=POLICY, vault=None):
+            store = PostgresStore(url, policy, vault or Vault([TEST_KEY], "test"), clock, pool=4)
+            opened.append(store)
+            return store
+    else:
+        def make(policy=POLICY, vault=None):
+            store = SQLiteStore(tmp_path / "ts.db", policy, vault or Vault([TEST_KEY], "test"), clock)
+            opened.append(store)
+            return store
+    yield make
+    for store in opened:
+        store.close()
+
+
+@pytest.fixture
+def store(make_store):
+    return make_store()
 
 
 def spec(n: int, server: str = "nvr-a", hours: float = 1, user: str = "admin", password: str = "pw",
@@ -118,14 +164,14 @@ def test_commands_refuse_a_database_that_does_not_exist(tmp_path, clock):
 
 # --- claims --------------------------------------------------------------------------
 def test_claims_follow_priority_then_longest_range_then_spread_over_nvrs(make_store):
-    store = make_store(Policy(per_nvr=10))
+    store = make_store(policy(per_nvr=10))
     store.add([spec(1, "nvr-a", 1), spec(2, "nvr-a", 3), spec(3, "nvr-b", 2), spec(4, "nvr-b", 2),
                spec(5, "nvr-c", 0.5, priority=1)])
     assert [lease(store)[0]["name"] for _ in range(5)] == ["task 5", "task 2", "task 3", "task 4", "task 1"]
 
 
 def test_a_per_nvr_cap_holds_work_back_without_draining(make_store):
-    store = make_store(Policy(per_nvr=1))
+    store = make_store(policy(per_nvr=1))
     store.add([spec(1), spec(2), spec(3, "nvr-b", max_parallel=2), spec(4, "nvr-b")])
     names = {lease(store)[0]["name"] for _ in range(3)}
     assert names == {"task 3", "task 4"} | ({"task 1"} if "task 1" in names else {"task 2"})
@@ -170,7 +216,7 @@ def test_a_lease_that_runs_out_requeues_the_task_and_counts_the_attempt(store, c
 
 
 def test_a_lease_that_runs_out_on_the_last_attempt_fails_the_task(make_store, clock):
-    store = make_store(Policy(lease_seconds=60, max_attempts=1))
+    store = make_store(policy(lease_seconds=60, max_attempts=1))
     store.add([spec(1)])
     lease(store)
     clock.advance(61)
@@ -383,9 +429,11 @@ def test_a_completion_records_files_bytes_and_the_device_clock_on_its_nvr(store)
 
 
 def test_dry_runs_time_zones_and_pinned_certificates_reach_the_worker(store):
-    store.add([spec(1, server="https://nvr-a:443", mode="list", timezone="auto", tls_fingerprint="ab" * 32)])
+    store.add([spec(1, server="https://nvr-a:443", mode="list", timezone="auto", tls_fingerprint="ab" * 32,
+                    options=(("window", "exact"), ("content", "both")))])
     task = lease(store)[0]
     assert (task["mode"], task["timezone"], task["tls_fingerprint"]) == ("list", "auto", "ab" * 32)
+    assert task["options"] == {"window": "exact", "content": "both"} == store.task(1)["options"]
 
 
 # --- the transition table ----------------------------------------------------------------
@@ -401,7 +449,7 @@ def take(store, task_id: int, worker: str = "w"):
 
 def test_every_transition_of_the_table_is_taken_and_recorded(make_store, clock):
     """One scenario that walks each transition of the table; each changed row leaves its event."""
-    store = make_store(Policy(per_nvr=20, max_attempts=2, lease_seconds=60, backoff_base=5, nvr_give_up=1800))
+    store = make_store(policy(per_nvr=20, max_attempts=2, lease_seconds=60, backoff_base=5, nvr_give_up=1800))
     store.add([spec(n) for n in range(1, 8)] + [spec(8, "nvr-b"), spec(9, "nvr-b")])
     store.complete(1, take(store, 1)[1], {})
     store.fail(2, take(store, 2)[1], "broken")
@@ -465,3 +513,66 @@ def test_a_completion_keeps_its_manifest_once_and_files_are_found_by_camera_and_
     hour = store.files(camera="101", nvr="nvr-a", start="2026-01-01T01:05:00", end="2026-01-01T01:10:00")
     assert [f["sha256"] for f in hour] == ["a" * 64]
     assert store.files(camera="101", nvr="nvr-b") == []
+
+
+# --- schedules ------------------------------------------------------------------------------
+def test_a_daily_schedule_exports_each_day_once_across_runs_failures_and_coordinators(make_store, clock):
+    from taskserver.schedule import fire_due, make_schedule
+
+    first, second = make_store(), make_store()  # two coordinators on one database
+    clock.now = datetime(2026, 1, 1, 14, 0).replace(tzinfo=UTC).timestamp()
+    row = TaskSpec(key="id:lobby", server="nvr-a", username="admin", password="pw", cameras=("101", "201"),
+                   start="2025-12-31T00:00:00", end=None, name="lobby", source="t.xlsx, sheet 'tasks', row 2")
+    first.add_schedules([make_schedule(row, "daily 01:00", "UTC", timedelta(hours=12), clock())])
+    assert fire_due(first) == 1 and fire_due(second) == 0  # due at once: 31 Dec; fired by one of them
+    windows = {}
+
+    def run_day(fail: bool = False):
+        while (answer := first.claim("w")).status == "task":
+            if fail:
+                first.fail(answer.task["id"], answer.lease["id"], "NVR offline", permanent=True)
+            else:
+                assert answer.task["password"] == "pw"  # the NVR user's stored password, as for any task
+                first.complete(answer.task["id"], answer.lease["id"], {})
+                windows.setdefault(answer.task["cameras"][0], []).append((answer.task["start"], answer.task["end"]))
+
+    run_day()
+    clock.now = datetime(2026, 1, 2, 0, 59).replace(tzinfo=UTC).timestamp()
+    assert fire_due(second) == 0  # 1 January is not over until 01:00 the next day
+    clock.now = datetime(2026, 1, 2, 1, 0).replace(tzinfo=UTC).timestamp()
+    assert fire_due(second) == 1
+    run_day(fail=True)  # the NVR was offline all night: the run failed
+    for day in (3, 4):
+        clock.now = datetime(2026, 1, day, 1, 0, 5).replace(tzinfo=UTC).timestamp()
+        assert fire_due(first) + fire_due(second) == 1
+        run_day()  # the next run tries the failed day again, with its own
+    for camera in ("101", "201"):
+        spans = sorted(windows[camera])
+        assert spans[0][0] == "2025-12-31T00:00:00" and spans[-1][1] == "2026-01-04T00:00:00"
+        assert all(a[1] == b[0] for a, b in zip(spans, spans[1:], strict=False)), spans  # no gap, no overlap
+        assert len(spans) == 8  # four days, two 12-hour chunks each, each once
+    assert {t["state"] for t in first.tasks(limit=100)[0]} == {"done"}
+    assert first.tasks(limit=100)[1] == 16
+    assert lease_password(first) is None  # nothing left
+    first.cancel_schedule(first.schedules()[0]["id"])
+    clock.now = datetime(2026, 1, 9, 2, 0).replace(tzinfo=UTC).timestamp()
+    assert fire_due(first) == 0
+
+
+def lease_password(store):
+    answer = store.claim("w")
+    return answer.task["password"] if answer.status == "task" else None
+
+
+def test_worker_hosts_that_left_long_ago_drop_off_the_list_and_can_be_forgotten(store, clock):
+    store.add([spec(1)])
+    for name in ("old-1/w0", "old-1/w1", "gone-2/w0", "busy-3/w0"):
+        store.claim(name)
+    store.worker_state("old-1/w0", "stopped", None)
+    clock.advance(3601)
+    store.claim("busy-3/w0")
+    assert {w["name"] for w in store.status()["workers"]} == {"old-1/w1", "gone-2/w0", "busy-3/w0"}
+    clock.advance(86400)
+    store.claim("busy-3/w0")
+    assert {w["name"] for w in store.status()["workers"]} == {"busy-3/w0"}
+    assert store.forget_workers("busy-3") == 1 and store.status()["workers"] == []

@@ -42,6 +42,7 @@ class CommandRunner:
         values = {f: task.get(f) or "" for f in FIELDS}
         values.update(cameras=",".join(task.get("cameras") or ()), folder=str(folder))
         env = {**os.environ, "TASK_PASSWORD": task.get("password") or "", "TASK_ID": str(task["id"])}
+        folder.mkdir(parents=True, exist_ok=True)  # the command's working folder (removed again if left empty)
         proc = subprocess.Popen(self._argv(values), cwd=folder, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE)
         try:

@@ -5,10 +5,22 @@ import time
 
 from ..errors import ConfigError
 from ..vault import Vault
-from .base import ACTIVE, TERMINAL, TRANSITIONS, Claim, Clock, ImportResult, Policy, State, Store, TaskSpec
+from .base import (
+    ACTIVE,
+    TERMINAL,
+    TRANSITIONS,
+    Claim,
+    Clock,
+    ImportResult,
+    Policy,
+    Schedule,
+    State,
+    Store,
+    TaskSpec,
+)
 
-__all__ = ["ACTIVE", "TERMINAL", "TRANSITIONS", "Claim", "Clock", "ImportResult", "Policy", "State", "Store",
-           "TaskSpec", "open_store", "sqlite_path"]
+__all__ = ["ACTIVE", "TERMINAL", "TRANSITIONS", "Claim", "Clock", "ImportResult", "Policy", "Schedule", "State",
+           "Store", "TaskSpec", "open_store", "sqlite_path"]
 
 
 def open_store(url: str, policy: Policy, vault: Vault, pool: int = 10, clock: Clock = time.time,

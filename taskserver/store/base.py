@@ -76,9 +76,11 @@ class TaskSpec:
     key: str  # stable identity: re-importing the same row adds nothing
     server: str
     username: str
-    password: str
+    password: str | None  # None (a schedule's run): the NVR user's stored password
     cameras: tuple[str, ...]  # empty: every channel of the NVR
-    start: str | None  # NVR-local ISO time "YYYY-MM-DDTHH:MM:SS"; None with end None: all recordings
+    # ISO times: NVR-local "YYYY-MM-DDTHH:MM:SS", or UTC "...+00:00" when timezone is "auto";
+    # start and end None: every recording
+    start: str | None
     end: str | None
     name: str = ""
     priority: int = 0
@@ -86,9 +88,10 @@ class TaskSpec:
     group: str = ""  # the sheet row's key: chunks of one row share it (for roll-ups)
     takes_earlier: bool = True  # owns recordings that began before `start` (a row's first chunk)
     max_parallel: int | None = None  # the row's cap on concurrent tasks for its NVR
-    timezone: str | None = None  # "auto": start/end carry an offset; the worker converts with the device's zone
-    tls_fingerprint: str | None = None  # SHA-256 of the NVR's HTTPS certificate, lowercase hex, when pinned
+    timezone: str | None = None  # "auto": start/end are UTC instants, to convert with the zone the NVR reports
+    tls_fingerprint: str | None = None  # SHA-256 of the NVR's HTTPS certificate: 64 lowercase hex digits
     mode: str = "export"  # "export", or "list": a dry run that lists what would be exported
+    options: tuple[tuple[str, str], ...] = ()  # what the row asks of the export (window, content...), for the runner
 
     @property
     def span(self) -> float | None:
@@ -101,18 +104,43 @@ class TaskSpec:
 
 
 @dataclass(frozen=True)
-class Policy:
-    """The store's protocol parameters, taken from Config."""
+class Schedule:
+    """A sheet row that runs on a cadence: each run exports the windows that ended since the last one."""
 
-    lease_seconds: float = 60.0
-    max_attempts: int = 5
-    backoff_base: float = 10.0
-    backoff_max: float = 600.0
-    max_wait: float = 5.0
-    per_nvr: int = 2  # concurrent tasks per NVR unless the sheet says otherwise
-    device_backoff: float = 5.0  # first pause for a busy or unreachable NVR; doubles, capped at 300 s
-    nvr_give_up: float = 1800.0  # an NVR busy, unreachable or refusing a password this long fails its tasks
-    events_kept: int = 200_000  # newest changes kept in the event feed; older ones are pruned
+    key: str  # the row's key: importing the sheet again adds the schedule once
+    cadence: str  # "daily 01:00", "every 6h" (see taskserver.windows)
+    zone: str | None  # the NVR's IANA zone, or None for the coordinator's own
+    template: TaskSpec  # the row, without times; its chunk, if any, in `chunk`
+    password: str  # stored (sealed) with the NVR user's login, not in the schedule
+    cursor: str  # NVR-local start of the next window
+    next_fire: float  # when the next run is due (seconds since the epoch)
+    chunk: float | None = None  # seconds per chunk of a window
+    first: str = ""  # NVR-local start of the first window (the only one that takes earlier recordings)
+
+    def template_dict(self) -> dict:
+        """The row as stored with the schedule: no password, no times."""
+        from dataclasses import asdict
+
+        fields = asdict(self.template)
+        for secret_or_time in ("password", "start", "end", "key", "group"):
+            fields.pop(secret_or_time)
+        fields["cameras"] = list(fields["cameras"])
+        return {**fields, "chunk": self.chunk, "first": self.first}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The store's protocol parameters: made from the settings (`Config.policy()`), where their defaults live."""
+
+    lease_seconds: float
+    max_attempts: int
+    backoff_base: float
+    backoff_max: float
+    max_wait: float
+    per_nvr: int  # concurrent tasks per NVR unless the sheet says otherwise
+    device_backoff: float  # first pause for a busy or unreachable NVR; doubles, capped at 300 s
+    nvr_give_up: float  # an NVR busy, unreachable or refusing a password this long fails its tasks
+    events_kept: int  # newest changes kept in the event feed; older ones are pruned
 
     def device_delay(self, failures: int) -> float:
         """How long an NVR rests after `failures` busy/unreachable answers in a row, with jitter."""
@@ -177,6 +205,23 @@ class Store(ABC):
         A password that differs from the stored one for the same NVR and user corrects
         it, and releases that user's tasks held for a refused password.
         """
+
+    @abstractmethod
+    def add_schedules(self, schedules: list[Schedule]) -> ImportResult:
+        """Store scheduled rows (each once, by key); their runs are made by `fire_schedule`."""
+
+    @abstractmethod
+    def schedules(self, due_by: float | None = None) -> list[dict]:
+        """Active schedules, soonest first; only those due by `due_by` when given."""
+
+    @abstractmethod
+    def fire_schedule(self, schedule_id: int, expected_fire: float, cursor: str, next_fire: float,
+                      specs: list[TaskSpec], retries: int) -> ImportResult | None:
+        """Add one run's tasks and move the schedule on, once across coordinators (None: fired elsewhere)."""
+
+    @abstractmethod
+    def cancel_schedule(self, schedule_id: int) -> bool:
+        """Stop a schedule (its tasks already added stay)."""
 
     @abstractmethod
     def requeue(self, task_ids: list[int] | None = None, server: str | None = None,
@@ -244,6 +289,10 @@ class Store(ABC):
     @abstractmethod
     def worker_state(self, worker: str, state: str, detail: str | None) -> None:
         """Record what a worker host says of itself: "ok", "full", "fault" or "stopped"."""
+
+    @abstractmethod
+    def forget_workers(self, prefix: str) -> int:
+        """Drop a worker, or every worker of a host, from the list; return how many."""
 
     @abstractmethod
     def tasks(self, state: str | None = None, nvr: str | None = None, worker: str | None = None,

@@ -12,6 +12,8 @@ from .base import ACTIVE, State
 
 Q, L, W, D, F, C = (f"'{s.value}'" for s in State)  # states as SQL literals, from the one enum
 LIVE = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE))
+STOPPED_SHOWN = 3600.0  # seconds a worker that said it stopped stays in the list
+LOST_SHOWN = 86400.0  # seconds a worker that went silent stays in the list (marked lost)
 
 
 class SQLReads:
@@ -180,13 +182,23 @@ class SQLReads:
             "workers": self._workers(db, now),
             "nvrs": nvrs,
             "paused": self._paused(),
+            "last_drain": json.loads(last) if (last := self.setting("notify:last_drain")) else None,
         }
 
     def _workers(self, db, now: float) -> list[dict]:
-        """Workers seen, with what their hosts said of themselves; a silent one is lost unless it said it stopped."""
+        """Workers seen, with what their hosts said of themselves; a silent one is lost unless it said it stopped.
+
+        A worker that stopped over an hour ago, or went silent over a day ago, is no
+        longer listed: worker hosts that come and go would otherwise fill the list.
+        """
         lost_after = 2 * self.policy.lease_seconds
-        seen = {w["name"]: dict(w) for w in db.execute("SELECT * FROM workers")}
+        seen = {w["name"]: dict(w) for w in db.execute(
+            "SELECT * FROM workers WHERE last_seen >= ? AND (state != 'stopped' OR last_seen >= ?)",
+            (now - LOST_SHOWN, now - STOPPED_SHOWN))}
         for name, when in list(self._idle_seen.items()):
+            if now - when > LOST_SHOWN:
+                del self._idle_seen[name]  # gone for a day: not listed, and not kept in memory
+                continue
             known = seen.setdefault(name, {"name": name, "task_id": None, "done": 0, "failed": 0, "last_seen": when,
                                            "state": "ok", "detail": None})
             known["last_seen"] = max(known["last_seen"], when)
@@ -205,6 +217,7 @@ def _public(row, now: float) -> dict:
         "username": row["username"], "cameras": [c for c in row["cameras"].split(",") if c],
         "start": row["start"], "end": row["end"], "priority": row["priority"], "source": row["source"],
         "group": row["grp"], "mode": row["mode"], "timezone": row["timezone"],
+        "options": json.loads(row["options"]) if row["options"] else {},
         "tls_fingerprint": row["tls_fingerprint"],
         "state": row["state"], "attempts": row["attempts"], "worker": row["worker"],
         "lease_expires_in": round(row["lease_expires"] - now, 1) if row["lease_expires"] else None,

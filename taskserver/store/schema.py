@@ -139,6 +139,32 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_task ON files (task_id);
 CREATE INDEX IF NOT EXISTS files_camera ON files (camera, start)
 """,
+    # 5: schedules: a sheet row that the coordinator turns into tasks on a cadence, window after
+    # window; tasks know their schedule, and how often they were requeued.
+    """
+CREATE TABLE IF NOT EXISTS schedules (
+    id {id},
+    key TEXT NOT NULL UNIQUE,
+    cadence TEXT NOT NULL,
+    zone TEXT,
+    template TEXT NOT NULL,
+    cursor TEXT NOT NULL,
+    next_fire {real} NOT NULL,
+    fired INTEGER NOT NULL DEFAULT 0,
+    last_fired {real},
+    state TEXT NOT NULL DEFAULT 'active',
+    source TEXT NOT NULL DEFAULT '',
+    created {real} NOT NULL
+);
+CREATE INDEX IF NOT EXISTS schedules_due ON schedules (state, next_fire);
+ALTER TABLE tasks ADD COLUMN schedule_id {bigint};
+ALTER TABLE tasks ADD COLUMN requeued INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS tasks_schedule ON tasks (schedule_id, state)
+""",
+    # 6: what a row asks of its export beyond the range (window mode, content, record types), as JSON.
+    """
+ALTER TABLE tasks ADD COLUMN options TEXT
+""",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
-TABLES = ("tasks", "attempts", "nvrs", "events", "settings", "workers", "logins", "files")  # in foreign-key order
+TABLES = ("schedules", "tasks", "attempts", "nvrs", "events", "settings", "workers", "logins", "files")  # in foreign-key order

@@ -22,7 +22,7 @@ from contextlib import contextmanager
 
 from ..errors import ConfigError, Conflict, LeaseLost, TaskNotFound
 from ..vault import CHECK, Vault
-from .base import TRANSITIONS, Claim, Clock, ImportResult, Policy, State, Store, TaskSpec
+from .base import TRANSITIONS, Claim, Clock, ImportResult, Policy, Schedule, State, Store, TaskSpec
 from .reads import SQLReads
 from .schema import MIGRATIONS, SCHEMA_VERSION, TABLES
 
@@ -30,6 +30,7 @@ PRUNE_EVERY = 100  # write transactions between two prunings of the event feed
 IDLE_WRITE = 15.0  # seconds between two writes of an idle worker's last poll (at most half a lease)
 HELD = 1e18  # ready_at of a task held for a refused password: never ready until released
 Q, L, W, D, F, C = (f"'{s.value}'" for s in State)  # states as SQL literals, from the one enum
+_REQUEUE = "attempts = 0, ready_at = 0, lease_id = NULL, finished = NULL, requeued = requeued + 1"
 
 
 def retried(method):
@@ -239,43 +240,54 @@ class SQLStore(SQLReads, Store):
     @retried
     def add(self, specs: list[TaskSpec]) -> ImportResult:
         result = ImportResult()
-        now = self.clock()
+        with self._write() as db:
+            self._add(db, specs, self.clock(), result)
+        return result
+
+    def _add(self, db, specs: list[TaskSpec], now: float, result: ImportResult, schedule_id: int | None = None) -> None:
+        """Queue specs not stored yet, inside the caller's transaction; count what happened in `result`."""
         caps: dict[str, int | None] = {}  # per NVR, the last cap the rows give; None keeps the stored one
-        passwords: dict[tuple[str, str], str] = {}  # per NVR and user, the last password the rows give
+        passwords: dict[tuple[str, str], str | None] = {}  # per NVR and user, the last password the rows give
         for spec in specs:
             if spec.max_parallel is not None or spec.server not in caps:
                 caps[spec.server] = spec.max_parallel
             passwords[spec.server, spec.username] = spec.password
-        with self._write() as db:
-            db.executemany("INSERT INTO nvrs (server, max_parallel) VALUES (?, ?) ON CONFLICT (server) DO UPDATE"
-                           " SET max_parallel = coalesce(excluded.max_parallel, nvrs.max_parallel)", list(caps.items()))
-            refused = self._store_passwords(db, passwords, now, result)
-            ids = self._insert_many(
-                db,
-                "INSERT INTO tasks (key, name, server, username, cameras, start, \"end\", priority, source, grp,"
-                " span, takes_earlier, timezone, tls_fingerprint, mode, created) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (key) DO NOTHING",
-                [(spec.key, spec.name, spec.server, spec.username, ",".join(spec.cameras), spec.start, spec.end,
-                  spec.priority, spec.source, spec.group or spec.key, spec.span, int(spec.takes_earlier),
-                  spec.timezone, spec.tls_fingerprint, spec.mode, now) for spec in specs],
-            )
-            result.ids = [i for i in ids if i is not None]
-            result.added = len(result.ids)
-            result.existing = len(specs) - result.added
-            for server, username in refused:  # new tasks of a user whose password is still refused wait with it
-                self._hold(db, server, username, now)
-            if result.added:
-                self._event(now, "imported", detail=f"{result.added} task(s) added")
-        return result
+        db.executemany("INSERT INTO nvrs (server, max_parallel) VALUES (?, ?) ON CONFLICT (server) DO UPDATE"
+                       " SET max_parallel = coalesce(excluded.max_parallel, nvrs.max_parallel)", list(caps.items()))
+        refused = self._store_passwords(db, passwords, now, result)
+        ids = self._insert_many(
+            db,
+            "INSERT INTO tasks (key, name, server, username, cameras, start, \"end\", priority, source, grp,"
+            " span, takes_earlier, timezone, tls_fingerprint, mode, options, schedule_id, created)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (key) DO NOTHING",
+            [(spec.key, spec.name, spec.server, spec.username, ",".join(spec.cameras), spec.start, spec.end,
+              spec.priority, spec.source, spec.group or spec.key, spec.span, int(spec.takes_earlier),
+              spec.timezone, spec.tls_fingerprint, spec.mode, _json(dict(spec.options)) if spec.options else None,
+              schedule_id, now) for spec in specs],
+        )
+        new_ids = [i for i in ids if i is not None]
+        result.ids += new_ids
+        result.added += len(new_ids)
+        result.existing += len(specs) - len(new_ids)
+        for server, username in refused:  # new tasks of a user whose password is still refused wait with it
+            self._hold(db, server, username, now)
+        if new_ids:
+            self._event(now, "imported", detail=f"{len(new_ids)} task(s) added")
 
-    def _store_passwords(self, db, passwords: dict[tuple[str, str], str], now: float,
+    def _store_passwords(self, db, passwords: dict[tuple[str, str], str | None], now: float,
                          result: ImportResult) -> list[tuple[str, str]]:
-        """Store each NVR user's password; a changed one is a correction. Return the users still refused."""
+        """Store each NVR user's password; a changed one is a correction. Return the users still refused.
+
+        A password of None (a schedule's run) keeps the stored one.
+        """
         stored = {(r["server"], r["username"]): r for r in db.execute("SELECT * FROM logins").fetchall()}
         refused = []
         for (server, username), password in passwords.items():
             login = stored.get((server, username))
-            if login is None:
+            if password is None:
+                if login is not None and login["refused_at"] is not None:
+                    refused.append((server, username))
+            elif login is None:
                 db.execute("INSERT INTO logins (server, username, password) VALUES (?, ?, ?)",
                            (server, username, self.vault.seal(password)))
             elif self._open(login["password"]) != password:
@@ -306,13 +318,75 @@ class SQLStore(SQLReads, Store):
             where += " AND server = ?"
             params.append(server)
         with self._write() as db:
-            db.execute(
-                "UPDATE nvrs SET failures = 0, down_since = NULL, backoff_until = 0"
-                f" WHERE server IN (SELECT server FROM tasks WHERE {where})", params,
+            return sorted(r["id"] for r in self._requeue(db, where, tuple(params), now))
+
+    def _requeue(self, db, where: str, params: tuple, now: float, detail: str | None = None) -> list:
+        """Fresh attempts for the tasks matching `where`; their NVRs start with a clean slate too."""
+        db.execute("UPDATE nvrs SET failures = 0, down_since = NULL, backoff_until = 0"
+                   f" WHERE server IN (SELECT server FROM tasks WHERE {where})", params)
+        return self._move(db, "requeued", where, params, now=now, sets=_REQUEUE, detail=detail)
+
+    # --- schedules -----------------------------------------------------------------
+    @retried
+    def add_schedules(self, schedules: list[Schedule]) -> ImportResult:
+        result = ImportResult()
+        now = self.clock()
+        with self._write() as db:
+            self._store_passwords(db, {(s.template.server, s.template.username): s.password for s in schedules},
+                                  now, result)
+            ids = self._insert_many(
+                db,
+                "INSERT INTO schedules (key, cadence, zone, template, cursor, next_fire, source, created)"
+                " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (key) DO NOTHING",
+                [(s.key, s.cadence, s.zone, _json(s.template_dict()), s.cursor, s.next_fire, s.template.source, now)
+                 for s in schedules],
             )
-            rows = self._move(db, "requeued", where, tuple(params), now=now,
-                              sets="attempts = 0, ready_at = 0, lease_id = NULL, finished = NULL")
-            return sorted(r["id"] for r in rows)
+            result.ids = [i for i in ids if i is not None]
+            result.added, result.existing = len(result.ids), len(schedules) - len(result.ids)
+            if result.added:
+                self._event(now, "scheduled", detail=f"{result.added} schedule(s) added")
+        return result
+
+    def schedules(self, due_by: float | None = None) -> list[dict]:
+        """Active schedules (those due by `due_by`, when given), soonest first."""
+        where, params = "state = 'active'", []
+        if due_by is not None:
+            where += " AND next_fire <= ?"
+            params.append(due_by)
+        return [{**dict(r), "template": json.loads(r["template"])} for r in self._db().execute(
+            f"SELECT * FROM schedules WHERE {where} ORDER BY next_fire, id", params).fetchall()]
+
+    @retried
+    def fire_schedule(self, schedule_id: int, expected_fire: float, cursor: str, next_fire: float,
+                      specs: list[TaskSpec], retries: int) -> ImportResult | None:
+        """One run of a schedule: its windows' tasks, and its earlier failed tasks once more (up to `retries` times).
+
+        Fires once however many coordinators try: the schedule's next firing time is
+        moved on only where it is still the one this coordinator read. None if another
+        coordinator fired it first.
+        """
+        now = self.clock()
+        result = ImportResult()
+        with self._write() as db:
+            if not db.execute(
+                "UPDATE schedules SET cursor = ?, next_fire = ?, fired = fired + 1, last_fired = ?"
+                " WHERE id = ? AND next_fire = ? AND state = 'active'",
+                (cursor, next_fire, now, schedule_id, expected_fire),
+            ).rowcount:
+                return None
+            self._add(db, specs, now, result, schedule_id)
+            again = self._requeue(db, f"schedule_id = ? AND state = {F} AND requeued < ?", (schedule_id, retries),
+                                  now, "a later run of its schedule tries it again")
+            result.updated = len(again)
+            self._event(now, "schedule fired", detail=f"schedule {schedule_id}: {result.added} task(s) added,"
+                                                      f" {len(again)} failed one(s) tried again")
+        return result
+
+    @retried
+    def cancel_schedule(self, schedule_id: int) -> bool:
+        with self._write() as db:
+            return bool(db.execute("UPDATE schedules SET state = 'cancelled' WHERE id = ? AND state = 'active'",
+                                   (schedule_id,)).rowcount)
 
     # --- the worker protocol -------------------------------------------------------
     @retried
@@ -362,6 +436,7 @@ class SQLStore(SQLReads, Store):
                 "cameras": [c for c in task["cameras"].split(",") if c],
                 "start": task["start"], "end": task["end"], "takes_earlier": bool(task["takes_earlier"]),
                 "timezone": task["timezone"], "tls_fingerprint": task["tls_fingerprint"], "mode": task["mode"],
+                "options": json.loads(task["options"]) if task["options"] else {},
                 "attempt": attempt, "max_attempts": self.policy.max_attempts,
             },
             lease={"id": lease_id, "seconds": self.policy.lease_seconds},
@@ -664,6 +739,50 @@ class SQLStore(SQLReads, Store):
                        " SET value = excluded.value", ("1" if paused else "0",))
             self._event(self.clock(), "paused" if paused else "resumed")
 
+    @retried
+    def take_events(self, consumer: str, limit: int = 200) -> list[dict]:
+        """The next changes for `consumer` (e.g. the notifier), each handed to one coordinator only.
+
+        A consumer's position is a setting moved on with a compare-and-set, so when
+        several coordinators share the database each change goes to one of them. A
+        new consumer starts at the newest change: it is told of what happens from now on.
+        """
+        name = f"cursor:{consumer}"
+        with self._write() as db:
+            # Another coordinator taking changes right now holds the row: this one takes none this time.
+            row = db.execute("SELECT value FROM settings WHERE name = ?" + self.LOCK_ROWS, (name,)).fetchone()
+            if row is None:
+                newest = db.execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
+                db.execute("INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                           (name, str(newest)))
+                return []
+            taken = [dict(r) for r in db.execute(
+                "SELECT id, at, kind, task_id, state, worker, detail FROM events WHERE id > ? ORDER BY id LIMIT ?",
+                (int(row["value"]), limit)).fetchall()]
+            if taken:
+                db.execute("UPDATE settings SET value = ? WHERE name = ?", (str(taken[-1]["id"]), name))
+        return taken
+
+    def setting(self, name: str) -> str | None:
+        row = self._db().execute("SELECT value FROM settings WHERE name = ?", (name,)).fetchone()
+        return None if row is None else row["value"]
+
+    @retried
+    def put_setting(self, name: str, value: str) -> None:
+        with self._write() as db:
+            db.execute("INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO UPDATE"
+                       " SET value = excluded.value", (name, value))
+
+    @retried
+    def swap_setting(self, name: str, old: str | None, new: str) -> bool:
+        """Set `name` to `new` only if it still holds `old` (None: not set yet); True if this call changed it."""
+        with self._write() as db:
+            if old is None:
+                return bool(db.execute("INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+                                       (name, new)).rowcount)
+            return bool(db.execute("UPDATE settings SET value = ? WHERE name = ? AND value = ?",
+                                   (new, name, old)).rowcount)
+
     def _paused(self) -> bool:
         row = self._db().execute("SELECT value FROM settings WHERE name = 'paused'").fetchone()
         return row is not None and row["value"] == "1"
@@ -679,6 +798,17 @@ class SQLStore(SQLReads, Store):
             )
             self._event(now, f"worker {state}", worker=worker, detail=detail)
         self._idle_seen.pop(worker, None)
+
+    @retried
+    def forget_workers(self, prefix: str) -> int:
+        """Drop workers whose name is `prefix` or starts with `prefix/` or `prefix-` (a host's workers)."""
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        with self._write() as db:
+            count = db.execute("DELETE FROM workers WHERE name = ? OR name LIKE ? ESCAPE '\\' OR name LIKE ?"
+                               " ESCAPE '\\'", (prefix, pattern + "/%", pattern + "-%")).rowcount
+        for name in [n for n in self._idle_seen if n == prefix or n.startswith((prefix + "/", prefix + "-"))]:
+            del self._idle_seen[name]
+        return count
 
     # --- helpers inside a transaction ----------------------------------------------
     def _expire(self, db, now: float) -> None:

@@ -1,0 +1,234 @@
+"""The recordings of one camera in a range: a search paged by us, every item checked.
+
+hikload's own paging re-searches from the last item's start (so boundary items come
+twice), turns a one-item page into a dict, and has neither a page limit nor a
+deadline. Here the search is paged by position, with hikload's XML vocabulary:
+- the position field is sent in the spelling the device understands
+  (`searchResultPostion` as most firmware has it, else `searchResultPosition`); a
+  device that ignores it (the next page repeats the first) gets the other spelling;
+- `MORE`/`OK`/`NO MATCHES`, short pages, one-item pages and `totalMatches` are read
+  as firmware gives them; GET is tried when POST is refused, and back;
+- at most MAX_PAGES pages and MAX_ITEMS items per camera, within a deadline checked
+  between pages (each request has its own timeout): a device that answers `MORE`
+  forever ends the attempt with a clear error and no work left running;
+- items of other tracks (firmware that ignores `trackIDList`) and non-video items are
+  dropped; a recording is known by its playback URI's `name=` and `starttime=` (else the whole URI),
+  so it is listed once however often pages repeat it;
+- its start is the playback URI's `starttime=` when given, else the item's timeSpan:
+  firmware that clips border items to the query changes the timeSpan, not the URI,
+  so every chunk of a row agrees on when a recording starts, and exactly one owns it.
+Times are parsed strictly and track ids must be digits: file names are built only from
+these parsed values, never from the device's text.
+"""
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from html import unescape
+from urllib.parse import parse_qsl, urlsplit
+
+from hikload import hikvisionapi
+
+from .device import children, text_of
+from .errors import NotSupported, TaskFailed
+from .untrusted import clean_text
+
+MAX_PAGES = 200
+MAX_ITEMS = 10_000
+PAGE_SIZE = 50
+MAX_URI = 2048
+ALL_TIME = (datetime(2000, 1, 1), datetime(2037, 12, 31, 23, 59, 59))
+SPELLINGS = ("searchResultPostion", "searchResultPosition")
+_SPAN_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2}):(\d{2})(?:\.\d{1,6})?(?:Z|[+-]\d{2}:?\d{2})?$")
+_URI_TIME = re.compile(r"^(\d{4})(\d{2})(\d{2})T(\d{2})(\d{2})(\d{2})Z?$")
+_TRACK = re.compile(r"^\d{1,6}$")
+_PRINTABLE = re.compile(r"^[\x21-\x7e]+$")
+
+# Per worker process: what each device accepted last time (method, spelling), tried first.
+_accepted: dict[str, tuple[str, str]] = {}
+
+
+@dataclass(frozen=True)
+class Recording:
+    """One recording as listed, from validated values only."""
+
+    track: str
+    start: datetime  # device-local, from the URI's starttime= when given
+    end: datetime
+    uri: str  # the device's playback URI, sent back to it (escaped) to download
+    identity: str  # track + name= (or the URI): one recording, however often it is listed
+    size: int | None  # the URI's size=, when the firmware gives it
+
+    @property
+    def span(self) -> float:
+        return (self.end - self.start).total_seconds()
+
+
+def isapi_time(moment: datetime) -> str:
+    """A device-local time the way Hikvision firmware writes it (with its bogus `Z`)."""
+    return f"{moment:%Y-%m-%dT%H:%M:%S}Z"
+
+
+def parse_span_time(text: str | None) -> datetime:
+    """A timeSpan time, strictly: `YYYY-MM-DDTHH:MM:SS` with an optional `Z`/offset (taken as wall clock)."""
+    m = _SPAN_TIME.match(text or "")
+    if not m:
+        raise ValueError(f"bad time {clean_text(text, 40)!r}")
+    return datetime(*(int(g) for g in m.groups()))
+
+
+def parse_item(item, wanted: str, label: str) -> Recording | None:
+    """A search item as a Recording; None for another track or a non-video item; TaskFailed if unusable."""
+    media = item.get("mediaSegmentDescriptor") if isinstance(item, dict) else None
+    uri = text_of(media, "playbackURI")
+    if not isinstance(item, dict) or uri is None:
+        raise TaskFailed(f"{label}: a search item has no playback URI; listing is unreliable")
+    uri = unescape(uri)
+    if len(uri) > MAX_URI or not _PRINTABLE.match(uri):
+        raise TaskFailed(f"{label}: a search item's playback URI is unusable ({len(uri)} characters)")
+    params = dict(parse_qsl(urlsplit(uri).query, keep_blank_values=True))
+    track = text_of(item, "trackID") or _uri_track(uri) or wanted
+    if not _TRACK.match(track):
+        raise TaskFailed(f"{label}: a search item has an unusable track id {clean_text(track, 40)!r}")
+    content = text_of(media, "contentType") or "video"
+    if str(int(track)) != str(int(wanted)) or content.lower() != "video":
+        return None
+    span = item.get("timeSpan")
+    try:
+        span_start, span_end = parse_span_time(text_of(span, "startTime")), parse_span_time(text_of(span, "endTime"))
+        start = _uri_time(params.get("starttime")) or span_start
+        end = _uri_time(params.get("endtime")) or span_end
+    except ValueError as exc:
+        raise TaskFailed(f"{label}: a search item of camera {wanted} has an unusable time: {exc}") from None
+    if end < start:
+        raise TaskFailed(f"{label}: a search item of camera {wanted} ends before it starts")
+    size = params.get("size")
+    name = params.get("name")
+    # name= names the stored file; with starttime= it names this recording in it, clipped or not.
+    identity = f"{wanted}/{name}/{params.get('starttime', '')}" if name else f"{wanted}/{uri}"
+    return Recording(wanted, start, end, uri, identity, int(size) if size and size.isdigit() and len(size) < 16
+                     else None)
+
+
+def _uri_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    m = _URI_TIME.match(text)
+    if not m:
+        raise ValueError(f"bad playback URI time {clean_text(text, 40)!r}")
+    return datetime(*(int(g) for g in m.groups()))
+
+
+def _uri_track(uri: str) -> str | None:
+    m = re.search(r"/tracks/(\d{1,6})/?", urlsplit(uri).path)
+    return m.group(1) if m else None
+
+
+def search(server, key: str, label: str, track: str, start: datetime | None, end: datetime | None,
+           budget: float, cancelled=lambda: False) -> list[Recording]:
+    """Every video recording of `track` overlapping [start, end), each once, oldest first."""
+    begin, finish = (start, end) if start is not None else ALL_TIME
+    deadline = time.monotonic() + budget
+    found: dict[str, Recording] = {}
+    seen: set[str] = set()
+    position = pages = 0
+    first_page: list[str] = []
+    switched = False
+    while True:
+        if cancelled():
+            return []
+        if pages >= MAX_PAGES or len(seen) >= MAX_ITEMS:
+            raise TaskFailed(f"{label}: the search of camera {track} still answers MORE after {pages} pages and"
+                             f" {len(seen)} recordings; listing stopped (split the row with a chunk)")
+        if time.monotonic() > deadline:
+            raise TaskFailed(f"{label}: the search of camera {track} took longer than {budget:.0f} s; listing stopped",
+                             device="unreachable")
+        answer = _page(server, key, label, track, begin, finish, position)
+        result = answer.get("CMSearchResult") if isinstance(answer, dict) else None
+        if not isinstance(result, dict):
+            raise TaskFailed(f"{label}: unexpected answer to the search of camera {track}; listing is unreliable")
+        status = (text_of(result, "responseStatusStrg") or "").upper()
+        items = children(result, "matchList", "searchMatchItem")
+        pages += 1
+        identities = []
+        for item in items:
+            rec = parse_item(item, track, label)
+            identity = rec.identity if rec else _raw_identity(item)
+            identities.append(identity)
+            if rec is not None and rec.identity not in found:
+                found[rec.identity] = rec
+        new = [i for i in identities if i not in seen]
+        seen.update(identities)
+        if pages == 1:
+            first_page = identities
+        if status != "MORE" or not items:
+            if status == "MORE":
+                raise TaskFailed(f"{label}: the search of camera {track} answered MORE with an empty page")
+            break
+        if not new:
+            if identities[:1] == first_page[:1] and not switched:  # the device ignored our position field
+                switched = True
+                _prefer_other_spelling(key)
+                continue
+            raise TaskFailed(f"{label}: the search of camera {track} keeps answering MORE with recordings already"
+                             " listed; its paging is not understood")
+        position += len(items)
+        total = text_of(result, "totalMatches")
+        if total and total.isdigit() and position >= int(total):
+            break
+    return sorted(found.values(), key=lambda r: (r.start, r.identity))
+
+
+def _raw_identity(item) -> str:
+    media = item.get("mediaSegmentDescriptor") if isinstance(item, dict) else None
+    return f"other/{text_of(media, 'playbackURI')}"
+
+
+def _page(server, key: str, label: str, track: str, begin: datetime, finish: datetime, position: int) -> dict:
+    """One page of the search, by whichever method and position spelling the device accepts."""
+    preferred = _accepted.get(key, ("POST", SPELLINGS[0]))
+    methods = [preferred[0]] + [m for m in ("POST", "GET") if m != preferred[0]]
+    spellings = [preferred[1]] + [s for s in SPELLINGS if s != preferred[1]]
+    refused = None
+    for spelling in spellings:
+        for method in methods:
+            description = _description(track, begin, finish, position, spelling)
+            try:
+                if method == "POST":
+                    answer = hikvisionapi.postXML(server, "ContentMgmt/search", data=description)
+                else:
+                    answer = hikvisionapi.getXML(server, "ContentMgmt/search", data=description)
+            except NotSupported as exc:
+                refused = exc
+                continue
+            _accepted[key] = (method, spelling)
+            return answer
+    raise TaskFailed(f"{label}: the device refuses the search of camera {track} with GET and POST ({refused})",
+                     permanent=True)
+
+
+def _prefer_other_spelling(key: str) -> None:
+    method, spelling = _accepted.get(key, ("POST", SPELLINGS[0]))
+    _accepted[key] = (method, SPELLINGS[1] if spelling == SPELLINGS[0] else SPELLINGS[0])
+
+
+def _description(track: str, begin: datetime, finish: datetime, position: int, spelling: str) -> dict:
+    """A CMSearchDescription in hikload's dict form (as its getPastRecordingsForID builds one)."""
+    template = (
+        '<CMSearchDescription version="1.0" xmlns="http://www.isapi.org/ver20/XMLSchema">'
+        "<searchID></searchID><trackIDList><trackID></trackID></trackIDList>"
+        "<timeSpanList><timeSpan><startTime></startTime><endTime></endTime></timeSpan></timeSpanList>"
+        f"<maxResults>{PAGE_SIZE}</maxResults><{spelling}>0</{spelling}>"
+        "</CMSearchDescription>"
+    ).encode()
+    data = hikvisionapi.xml2dict(template)
+    description = data["CMSearchDescription"]
+    description["searchID"] = str(uuid.uuid4())
+    description["trackIDList"]["trackID"] = track
+    description["timeSpanList"]["timeSpan"]["startTime"] = isapi_time(begin)
+    description["timeSpanList"]["timeSpan"]["endTime"] = isapi_time(finish)
+    description[spelling] = str(position)
+    return data

@@ -1,0 +1,172 @@
+"""Notices: webhooks when a run drains, a task fails for good, an NVR refuses a password, a host is full or stops.
+
+Each coordinator with `--notify` follows the change feed; every change is taken
+by one coordinator only (`Store.take_events`), and a drained run is announced by
+the coordinator that wins the switch of the run's state, so a notice is sent
+once however many coordinators share the database. A notice is sent at most
+once: a coordinator killed between taking a change and posting it loses that
+notice (the dashboard and the report still have it).
+
+Targets, comma-separated: a plain URL gets the JSON below; `slack:URL` and
+`teams:URL` get `{"text": ...}` (Slack incoming webhooks, Teams connectors);
+`ntfy:URL` posts the text to an ntfy topic URL with a title.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import requests
+
+from .errors import ConfigError
+from .store import Store
+
+log = logging.getLogger("taskserver")
+NOTICES = {  # change feed kinds worth a notice, and what the notice says
+    "failed": "task failed for good", "gave up": "task failed for good", "expired, failed": "task failed for good",
+    "refused": "NVR refused a password", "worker full": "worker host full", "worker stopped": "worker host stopped",
+    "worker fault": "worker host stopped on a fault",
+}
+RUN = "notify:run"  # the run's state: {"state": "running"|"drained", "since": t}
+LAST_DRAIN = "notify:last_drain"  # the summary of the latest drain, for `taskserver status`
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where notices go, and in which shape."""
+
+    kind: str  # "json", "slack", "teams", "ntfy"
+    url: str
+
+    @property
+    def label(self) -> str:
+        """The target without the secret a webhook URL carries in its path."""
+        return f"{self.kind} {urlsplit(self.url).netloc}"
+
+
+def parse_targets(text: str | None) -> list[Target]:
+    """`https://...,slack:https://...`: each URL with the shape its prefix names."""
+    targets = []
+    for item in (text or "").replace(" ", ",").split(","):
+        if not item:
+            continue
+        kind, _, url = item.partition(":") if item.split(":", 1)[0] in ("slack", "teams", "ntfy") else ("json", "",
+                                                                                                       item)
+        if urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc:
+            raise ConfigError(f"notify target {kind} {urlsplit(url).netloc or url[:40]!r} is not an http(s) URL")
+        targets.append(Target(kind, url))
+    return targets
+
+
+class Notifier:
+    """Follows the change feed and the run's state; posts notices to the targets."""
+
+    def __init__(self, store: Store, targets: list[Target], every: float = 2.0):
+        self.store, self.targets, self.every = store, targets, every
+        self.session = requests.Session()
+        self.coordinator = socket.gethostname()
+
+    def start(self, stop: threading.Event) -> threading.Thread:
+        """Take up the feed where it is now (changes from before this start are history), then follow it."""
+        self.tick()
+        self.store.release_connection()
+
+        def loop() -> None:
+            while not stop.wait(self.every):
+                try:
+                    self.tick()
+                except Exception:  # a database hiccup must not end notices for good
+                    log.exception("notices: checking for changes failed; trying again")
+                finally:
+                    self.store.release_connection()
+
+        thread = threading.Thread(target=loop, name="notices", daemon=True)
+        thread.start()
+        return thread
+
+    def tick(self) -> None:
+        """Send notices for new changes; after changes, see whether the run has drained."""
+        taken = self.store.take_events("notify")
+        for event in taken:
+            if event["kind"] in NOTICES:
+                self.send(self.change_notice(event))
+        if taken or self.store.setting(RUN) is None:
+            summary = self.drained()
+            if summary is not None:
+                log.info("%s", summary["text"])
+                self.send(summary)
+
+    def change_notice(self, event: dict) -> dict:
+        what = NOTICES[event["kind"]]
+        subject = f"task {event['task_id']}" if event["task_id"] else (event["worker"] or "")
+        text = f"{what}: {subject}" + (f": {event['detail']}" if event["detail"] else "")
+        notice = {"event": event["kind"], "text": text[:2000], "at": _iso(event["at"])}
+        if event["task_id"]:
+            task = self.store.task(event["task_id"])
+            notice["task"] = {k: task[k] for k in ("id", "name", "server", "username", "cameras", "start", "end",
+                                                   "state", "attempts", "last_error", "source")}
+        if event["worker"]:
+            notice["worker"] = event["worker"]
+        return notice
+
+    def drained(self) -> dict | None:
+        """The summary of a run that has just drained (sent by one coordinator), else None."""
+        raw = self.store.setting(RUN)
+        run = json.loads(raw) if raw else {"state": "drained", "since": None}
+        status = self.store.status()
+        now = self.store.clock()
+        if not status["drained"]:
+            if run["state"] != "running":
+                self.store.swap_setting(RUN, raw, json.dumps({"state": "running", "since": now}))
+            return None
+        if run["state"] != "running" or not self.store.swap_setting(RUN, raw, json.dumps({"state": "drained",
+                                                                                           "since": now})):
+            return None
+        failed, _ = self.store.tasks(state="failed", limit=20)
+        counts = status["counts"]
+        duration = now - run["since"] if run.get("since") else None
+        text = (f"queue drained: {counts['done']} done, {counts['failed']} failed, {counts['cancelled']} cancelled;"
+                f" {status['files']} files, {status['bytes'] / 1e9:.2f} GB"
+                + (f" in {duration / 60:.0f} min" if duration is not None else ""))
+        summary = {"event": "drained", "text": text, "at": _iso(now), "counts": counts, "files": status["files"],
+                   "bytes": status["bytes"], "duration_seconds": round(duration) if duration is not None else None,
+                   "failed": [{"id": t["id"], "name": t["name"], "server": t["server"], "last_error": t["last_error"]}
+                              for t in failed]}
+        self.store.put_setting(LAST_DRAIN, json.dumps(summary))
+        return summary
+
+    def send(self, notice: dict) -> None:
+        notice = {**notice, "coordinator": self.coordinator}
+        for target in self.targets:
+            for attempt in range(3):
+                try:
+                    response = self._post(target, notice)
+                    if response.status_code < 300:
+                        break
+                    problem = f"HTTP {response.status_code}"
+                except requests.RequestException as exc:
+                    problem = type(exc).__name__
+                if attempt == 2:
+                    log.warning("notice %r not delivered to %s: %s", notice["event"], target.label, problem)
+                else:
+                    time.sleep(0.5 * 2 ** attempt)
+
+    def _post(self, target: Target, notice: dict) -> requests.Response:
+        if target.kind in ("slack", "teams"):
+            text = notice["text"].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            return self.session.post(target.url, json={"text": f"taskserver: {text}"}, timeout=10)
+        if target.kind == "ntfy":
+            return self.session.post(target.url, data=notice["text"].encode(), timeout=10,
+                                     headers={"Title": f"taskserver: {notice['event']}".encode("ascii", "replace"),
+                                              "Tags": "warning" if notice["event"] != "drained" else "white_check_mark"})
+        return self.session.post(target.url, json=notice, timeout=10)
+
+
+def _iso(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="seconds")
