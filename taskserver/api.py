@@ -151,10 +151,10 @@ def batch():
     worker = validate.worker(body.get("worker"))
     count = validate.whole(body.get("claim", 0), "claim", 0, BATCH)
     done = body.get("done", [])
-    if not isinstance(done, list) or len(done) > BATCH or not all(
-            isinstance(d, dict) and type(d.get("id")) is int for d in done):
+    if not isinstance(done, list) or len(done) > BATCH or not all(isinstance(d, dict) for d in done):
         raise BadRequest(f"'done' must be a list of at most {BATCH} objects with \"id\", \"lease\" and \"result\"")
-    reports = [(d["id"], validate.lease(d), validate.result(d.get("result"))) for d in done]
+    reports = [(validate.whole(d.get("id"), "done.id", 0, validate.MAX_ID), validate.lease(d), validate.result(d.get("result")))
+               for d in done]
     outcomes, claims = store().exchange(worker, reports, count)
     answer: dict = {"ok": True, "done": [{"id": d["id"], "ok": error is None, **({"error": str(error)} if error else {})}
                                          for d, error in zip(done, outcomes, strict=True)]}

@@ -154,7 +154,8 @@ FAIL = _obj({"lease": LEASE, "error": {"type": "string", "minLength": 1, "patter
             ("lease", "error"))
 BATCH = _obj({"worker": WORKER,
               "done": {"type": "array", "maxItems": 100, "items": _obj(
-                  {"id": {"type": "integer"}, "lease": LEASE, "result": _ref("Result")}, ("id", "lease"))},
+                  {"id": {"type": "integer", "minimum": 0, "maximum": validate.MAX_ID}, "lease": LEASE,
+                   "result": _ref("Result")}, ("id", "lease"))},
               "claim": {"type": "integer", "minimum": 0, "maximum": 100}})
 BATCHED = _obj({"ok": {"type": "boolean"},
                 "done": {"type": "array", "items": _obj({"id": {"type": "integer"}, "ok": {"type": "boolean"},

@@ -12,12 +12,11 @@ import pytest
 
 from taskclient.client import Coordinator
 from taskserver.errors import LeaseLost, TaskNotFound
-from taskserver.store import Policy
 from taskserver.store.postgres import PostgresStore
 
 from . import test_store as contract
 from .harness import HEADER, T, api, start_coordinator, write_sheet
-from .test_store import kinds, lease, spec
+from .test_store import kinds, lease, policy, spec
 
 # The contract suite's fixtures: each test runs on SQLite and on PostgreSQL, with a clock moved by hand.
 clock, make_store, store = contract.clock, contract.make_store, contract.store
@@ -40,7 +39,7 @@ def test_a_completion_carries_the_next_claim_with_its_own_lease_and_events(store
 
 @pytest.mark.fast
 def test_a_completion_sees_a_lease_that_ran_out_elsewhere_before_it_claims(make_store, clock):
-    store = make_store(Policy(per_nvr=1, lease_seconds=60, max_attempts=3))
+    store = make_store(policy(per_nvr=1, lease_seconds=60, max_attempts=3))
     store.add([spec(1), spec(2, "nvr-b")])
     gone, _ = lease(store, "gone")
     mine, lease_id = lease(store, "mine")
@@ -54,7 +53,7 @@ def test_a_completion_sees_a_lease_that_ran_out_elsewhere_before_it_claims(make_
 
 @pytest.mark.fast
 def test_a_completion_frees_its_nvrs_place_for_the_next_claim_and_no_more(make_store):
-    store = make_store(Policy(per_nvr=1))
+    store = make_store(policy(per_nvr=1))
     store.add([spec(1), spec(2), spec(3)])
     task, lease_id = lease(store, "w1")
     assert store.claim("w2").status == "wait"  # nvr-a runs its cap
@@ -64,7 +63,7 @@ def test_a_completion_frees_its_nvrs_place_for_the_next_claim_and_no_more(make_s
 
 @pytest.mark.fast
 def test_postgresql_completes_and_claims_in_three_round_trips(make_store, request):
-    store = make_store(Policy(per_nvr=100))
+    store = make_store(policy(per_nvr=100))
     if not isinstance(store, PostgresStore):
         pytest.skip("round trips to a database server: PostgreSQL only")
     store.add([spec(n, f"nvr-{n % 3}") for n in range(1, 10)])
@@ -85,7 +84,7 @@ def test_postgresql_completes_and_claims_in_three_round_trips(make_store, reques
 # --- opt-in batches ------------------------------------------------------------------------
 @pytest.mark.fast
 def test_a_batch_leases_each_task_with_its_own_lease_within_the_nvr_caps(make_store, clock):
-    store = make_store(Policy(per_nvr=2, lease_seconds=60))
+    store = make_store(policy(per_nvr=2, lease_seconds=60))
     store.add([spec(n, f"nvr-{n % 3}") for n in range(1, 13)])
     outcomes, claims = store.exchange("w", [], 10)
     assert outcomes == [] and len(claims) == 6 and all(c.status == "task" for c in claims)
