@@ -12,7 +12,7 @@ import enum
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 Clock = Callable[[], float]  # seconds since the epoch, like time.time
@@ -199,8 +199,11 @@ class Store(ABC):
         self.clock = clock
 
     @abstractmethod
-    def add(self, specs: list[TaskSpec]) -> ImportResult:
+    def add(self, specs: Iterable[TaskSpec]) -> ImportResult:
         """Queue new tasks atomically; specs whose key is already stored are counted, not added.
+
+        `specs` may be any collection that can be read twice, such as a big sheet spooled
+        to disk: it is inserted in batches, inside the one transaction.
 
         A password that differs from the stored one for the same NVR and user corrects
         it, and releases that user's tasks held for a refused password.

@@ -17,8 +17,9 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from itertools import islice
 
 from ..errors import ConfigError, Conflict, LeaseLost, TaskNotFound
 from ..vault import CHECK, Vault
@@ -26,6 +27,7 @@ from .base import TRANSITIONS, Claim, Clock, ImportResult, Policy, Schedule, Sta
 from .reads import SQLReads
 from .schema import MIGRATIONS, SCHEMA_VERSION, TABLES
 
+ADD_BATCH = 5000  # tasks inserted per statement batch by an import
 PRUNE_EVERY = 100  # write transactions between two prunings of the event feed
 IDLE_WRITE = 15.0  # seconds between two writes of an idle worker's last poll (at most half a lease)
 HELD = 1e18  # ready_at of a task held for a refused password: never ready until released
@@ -238,14 +240,19 @@ class SQLStore(SQLReads, Store):
 
     # --- import ------------------------------------------------------------------
     @retried
-    def add(self, specs: list[TaskSpec]) -> ImportResult:
+    def add(self, specs: Iterable[TaskSpec]) -> ImportResult:
         result = ImportResult()
         with self._write() as db:
             self._add(db, specs, self.clock(), result)
         return result
 
-    def _add(self, db, specs: list[TaskSpec], now: float, result: ImportResult, schedule_id: int | None = None) -> None:
-        """Queue specs not stored yet, inside the caller's transaction; count what happened in `result`."""
+    def _add(self, db, specs: Iterable[TaskSpec], now: float, result: ImportResult,
+             schedule_id: int | None = None) -> None:
+        """Queue specs not stored yet, inside the caller's transaction; count what happened in `result`.
+
+        `specs` is read twice (a list, or a sheet spooled to disk): first for the NVRs'
+        caps and passwords, then inserted in batches.
+        """
         caps: dict[str, int | None] = {}  # per NVR, the last cap the rows give; None keeps the stored one
         passwords: dict[tuple[str, str], str | None] = {}  # per NVR and user, the last password the rows give
         for spec in specs:
@@ -255,20 +262,23 @@ class SQLStore(SQLReads, Store):
         db.executemany("INSERT INTO nvrs (server, max_parallel) VALUES (?, ?) ON CONFLICT (server) DO UPDATE"
                        " SET max_parallel = coalesce(excluded.max_parallel, nvrs.max_parallel)", list(caps.items()))
         refused = self._store_passwords(db, passwords, now, result)
-        ids = self._insert_many(
-            db,
-            "INSERT INTO tasks (key, name, server, username, cameras, start, \"end\", priority, source, grp,"
-            " span, takes_earlier, timezone, tls_fingerprint, mode, options, schedule_id, created)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (key) DO NOTHING",
-            [(spec.key, spec.name, spec.server, spec.username, ",".join(spec.cameras), spec.start, spec.end,
-              spec.priority, spec.source, spec.group or spec.key, spec.span, int(spec.takes_earlier),
-              spec.timezone, spec.tls_fingerprint, spec.mode, _json(dict(spec.options)) if spec.options else None,
-              schedule_id, now) for spec in specs],
-        )
-        new_ids = [i for i in ids if i is not None]
+        new_ids, count = [], 0
+        for batch in _batches(specs, ADD_BATCH):  # a million rows need not be in memory twice
+            ids = self._insert_many(
+                db,
+                "INSERT INTO tasks (key, name, server, username, cameras, start, \"end\", priority, source, grp,"
+                " span, takes_earlier, timezone, tls_fingerprint, mode, options, schedule_id, created)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (key) DO NOTHING",
+                [(spec.key, spec.name, spec.server, spec.username, ",".join(spec.cameras), spec.start, spec.end,
+                  spec.priority, spec.source, spec.group or spec.key, spec.span, int(spec.takes_earlier),
+                  spec.timezone, spec.tls_fingerprint, spec.mode, _json(dict(spec.options)) if spec.options else None,
+                  schedule_id, now) for spec in batch],
+            )
+            new_ids += [i for i in ids if i is not None]
+            count += len(batch)
         result.ids += new_ids
         result.added += len(new_ids)
-        result.existing += len(specs) - len(new_ids)
+        result.existing += count - len(new_ids)
         for server, username in refused:  # new tasks of a user whose password is still refused wait with it
             self._hold(db, server, username, now)
         if new_ids:
@@ -901,3 +911,10 @@ def _text(value) -> str | None:
 
 def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of at most `size` items."""
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
