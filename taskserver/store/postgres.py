@@ -272,6 +272,8 @@ class PostgresStore(SQLStore):
         now = self.clock()
         db = self._db()
         conn = db.conn
+        backend = conn.info.backend_pid
+        db.fresh = False  # a cut connection shows at the first read below, and the general path takes over
         self._local.events = []
         lease = secrets.token_hex(16)
         due, due_params = self._due(now)
@@ -311,12 +313,26 @@ class PostgresStore(SQLStore):
                 self._write_events(db)
                 db.execute("COMMIT")
         except BaseException:
-            if conn.broken:  # cut before anything was committed: the general path runs on another connection
+            if conn.broken:  # cut before the commit: the general path runs on another connection
                 self.release_connection()
+                self._outlive(backend)
                 return None
             conn.execute("ROLLBACK")
             raise
         return self._handout(task, lease, task["attempts"], task["sealed"])
+
+    def _outlive(self, backend: int, wait: float = 10.0) -> None:
+        """Wait until a cut connection's server process has ended (within `wait` seconds).
+
+        Its transaction is rolled back, and its row locks freed, only then; a claim
+        made before would skip the rows it still holds.
+        """
+        db = self._db()
+        deadline = time.monotonic() + wait
+        while db.execute("SELECT 1 FROM pg_stat_activity WHERE pid = ?", (backend,)).fetchone():
+            if time.monotonic() > deadline:
+                return
+            time.sleep(0.01)
 
     def _begin_snapshot(self, db) -> None:
         db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
