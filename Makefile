@@ -25,7 +25,8 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -m fast
 
 bench: $(STAMP)
-	@for b in dispatch makespan download scale idle; do $(BIN)/python -m bench.$$b $(ARGS) || exit 1; done
+	@for b in dispatch scale_out makespan scale download idle; do $(BIN)/python -m bench.$$b $(ARGS) || exit 1; done
+	@$(BIN)/python -m bench.goals
 
 lint: $(STAMP)
 	$(BIN)/ruff check taskserver taskclient nvrsim tests bench demo.py

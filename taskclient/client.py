@@ -68,6 +68,16 @@ class Coordinator:
         body = {"lease": lease, "result": result, "next": claim_next, "worker": self.worker}
         return self._request("POST", f"/api/tasks/{task_id}/complete", json=body).get("next")
 
+    def exchange(self, done: list[dict], claim: int) -> dict:
+        """Opt-in batches for short tasks: report finished ones and lease up to `claim` more in one request.
+
+        `done` holds {"id", "lease", "result"} objects. The answer lists each one's
+        outcome ({"id", "ok", "error"}) and "status": "task" with "tasks" (each with its
+        own lease), "wait" with "retry_after", or "drained".
+        """
+        body = {"worker": self.worker, "done": done, "claim": claim}
+        return self._request("POST", "/api/batch", json=body, stop=self.stop_claims if not done else None)
+
     def fail(self, task_id: int, lease: str, error: str, permanent: bool = False, device: str | None = None,
              locked_for: int | None = None) -> str:
         """Report a failed attempt; returns the task's new state.
