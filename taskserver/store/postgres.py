@@ -134,7 +134,8 @@ class PostgresStore(SQLStore):
         # Keepalives notice a dead network in about a minute rather than the system's two hours.
         options = {"autocommit": True, "row_factory": _row_factory, "connect_timeout": 10,
                    "application_name": f"taskserver {os.getpid()}", "keepalives": 1, "keepalives_idle": 30,
-                   "keepalives_interval": 10, "keepalives_count": 3}
+                   "keepalives_interval": 10, "keepalives_count": 3,
+                   "client_encoding": "utf8"}  # texts come back as str even from a SQL_ASCII database
         try:  # a clear message now rather than a pool that keeps trying in the background
             psycopg.connect(url, **options).close()
         except psycopg.OperationalError as exc:

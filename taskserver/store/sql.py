@@ -146,7 +146,6 @@ class SQLStore(SQLReads, Store):
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
-        self.made_here.extend(e[:2] for e in self._local.events if e[1] in MADE_HERE_KINDS)
 
     @contextmanager
     def _write(self) -> Iterator:
@@ -163,6 +162,8 @@ class SQLStore(SQLReads, Store):
                 self._write_events(db)
             finally:
                 self._local.writing = None
+        # Committed, whichever way the dialect commits: the coordinator's log tells its own changes apart.
+        self.made_here.extend(e[:2] for e in self._local.events if e[1] in MADE_HERE_KINDS)
 
     def _write_events(self, db) -> None:
         """Write the transaction's gathered events, last before its commit; prune the feed now and then."""
