@@ -213,6 +213,10 @@ class HostConfig:
 
     def check(self) -> None:
         """Refuse contradictory settings at start rather than misbehave later."""
+        for name in ("ca_file", "nvr_ca_file", "upload_config"):
+            path = getattr(self, name)
+            if path and not Path(path).is_file():
+                raise SetupError(f"--{name.replace('_', '-')} {path}: no such file")
         if self.upload_delete and not self.upload:
             raise SetupError("--upload-delete needs --upload DEST (deleting files that went nowhere would lose them)")
 

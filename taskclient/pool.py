@@ -15,7 +15,7 @@ import signal
 import time
 
 from .display import Display
-from .worker import AUTH, DRAINED, HOST_FAULT, SETUP, STOPPED, Events, Settings, worker_main
+from .worker import AUTH, DRAINED, HOST_FAULT, SETUP, STOPPED, TLS, Events, Settings, worker_main
 
 log = logging.getLogger("taskclient")
 
@@ -25,6 +25,7 @@ EXIT_ERROR = 1  # workers kept dying
 EXIT_USAGE = 2  # bad options or configuration
 EXIT_AUTH = 3  # the coordinator refused the token
 EXIT_HOST_FAULT = 4  # this host failed tasks itself (disk full, permission denied, missing tool) 3 times in a row
+EXIT_TLS = 5  # the coordinator's certificate (or its proxy's) is not trusted: --ca-file
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C / SIGTERM before the queue was drained
 EXIT_STOPPED = 0  # service mode: stopped on request (SIGTERM, Ctrl-C)
 
@@ -79,10 +80,10 @@ class Pool:
             proc.join()
             del self.procs[index]
             code = proc.exitcode
-            if code in (AUTH, SETUP, HOST_FAULT):
+            if code in (AUTH, SETUP, HOST_FAULT, TLS):
                 self.events.stop.set()
                 self.events.abort.set()
-            if code in (DRAINED, STOPPED, AUTH, SETUP, HOST_FAULT) or self.events.stop.is_set():
+            if code in (DRAINED, STOPPED, AUTH, SETUP, HOST_FAULT, TLS) or self.events.stop.is_set():
                 self.finished[index] = code
                 continue
             now = time.monotonic()
@@ -138,6 +139,8 @@ class Pool:
         codes = set(self.finished.values())
         if AUTH in codes:
             return EXIT_AUTH
+        if TLS in codes:
+            return EXIT_TLS
         if SETUP in codes:
             return EXIT_USAGE
         if HOST_FAULT in codes:

@@ -24,7 +24,7 @@ from pathlib import Path
 import requests
 
 from .client import Coordinator
-from .errors import AuthError, Cancelled, HostFault, LeaseLost, SetupError, Stopped, TaskFailed
+from .errors import AuthError, Cancelled, HostFault, LeaseLost, SetupError, Stopped, TaskFailed, TLSRefused
 from .paths import task_folder
 from .runners import Progress, make_runner
 from .untrusted import clean_text
@@ -33,7 +33,7 @@ from .upload import Uploader
 log = logging.getLogger("taskclient")
 
 # Worker process exit codes, read by the pool.
-DRAINED, STOPPED, AUTH, SETUP, HOST_FAULT = 0, 10, 11, 12, 13
+DRAINED, STOPPED, AUTH, SETUP, HOST_FAULT, TLS = 0, 10, 11, 12, 13, 14
 MAX_HOST_FAULTS = 3  # consecutive host faults before the host stops
 SPACE_POLL = 5.0  # seconds between free-space checks while the host is full
 FULL_RETRY = 300.0  # a host short of space for one task claims again after this, to try smaller ones
@@ -87,6 +87,9 @@ def worker_main(index: int, settings: Settings, events: Events, queue) -> None:
     except SetupError as exc:
         log.error("%s", exc)
         code = SETUP
+    except TLSRefused as exc:
+        log.error("%s", exc)
+        code = TLS
     if worker is not None and code in (DRAINED, STOPPED):
         worker.api.worker_state("stopped", "queue drained" if code == DRAINED else "host stopping")
     raise SystemExit(code)
