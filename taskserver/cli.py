@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import secrets
+import signal
 import sys
 from contextlib import contextmanager
 
@@ -113,6 +114,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = make_server(app, config)
     host = f"[{config.host}]" if ":" in config.host else config.host
     print(f"taskserver listening on http://{host}:{server.effective_port}", flush=True)
+    # A service manager or container runtime stops with SIGTERM: end as Ctrl-C does, closing the database.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         server.run()
     finally:
@@ -120,6 +123,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.close()
         app.extensions["taskserver.store"].close()
     return EXIT_OK
+
+
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def cmd_import(args: argparse.Namespace) -> int:

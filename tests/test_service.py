@@ -54,7 +54,7 @@ def test_a_service_host_runs_two_imports_across_a_drain_and_a_coordinator_restar
 
     # The coordinator restarts (an upgrade, a reboot) while the host waits; then a second import arrives.
     coordinator.kill(signal.SIGTERM)
-    coordinator.wait(30)
+    assert coordinator.wait(30) == 0  # a stop, as a service manager sends it, ends the coordinator cleanly
     coordinator = start_coordinator(procs, None, db, port=port)
     import_sheet(tmp_path, db, "second", [[nvr.address, "admin", SIM_PASSWORD, 201, at(1), at(2), "second night"]])
     wait_for(lambda: drained(coordinator.url) and status(coordinator.url)["tasks"] == 2, 60,

@@ -6,26 +6,21 @@ skipped with the reason.
 """
 from __future__ import annotations
 
-import ipaddress
 import re
 import shutil
 import signal
 import socket
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 import requests
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from .harness import (
     HEADER,
     SIM_PASSWORD,
     T,
     api,
+    free_port,
     start_client,
     start_coordinator,
     start_nvr,
@@ -34,6 +29,7 @@ from .harness import (
     wait_for,
     write_sheet,
 )
+from .tlsca import make_ca, make_server_cert
 
 pytestmark = pytest.mark.slow
 
@@ -53,47 +49,6 @@ def readme_nginx() -> str:
 def test_readme_shows_exactly_the_nginx_configuration_that_is_run():
     assert readme_nginx() == SITE.read_text()
 
-
-# --- a throwaway CA -----------------------------------------------------------------------------------------
-def _name(text: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
-
-
-def make_ca(folder: Path, label: str):
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(_name(label)).issuer_name(_name(label)).public_key(key.public_key())
-            .serial_number(x509.random_serial_number()).not_valid_before(now - timedelta(hours=1))
-            .not_valid_after(now + timedelta(days=1))
-            .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-            .sign(key, hashes.SHA256()))
-    (folder / f"{label}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return key, cert
-
-
-def make_server_cert(folder: Path, ca) -> tuple[Path, Path]:
-    ca_key, ca_cert = ca
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = datetime.now(UTC)
-    cert = (x509.CertificateBuilder().subject_name(_name("exports.example.com")).issuer_name(ca_cert.subject)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - timedelta(hours=1)).not_valid_after(now + timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("exports.example.com"),
-                                                        x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
-                           critical=False)
-            .sign(ca_key, hashes.SHA256()))
-    crt, pem = folder / "exports.crt", folder / "exports.key"
-    crt.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                      serialization.NoEncryption()))
-    pem.chmod(0o600)
-    return crt, pem
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_nginx(procs, tmp_path: Path, coordinators: list[str], crt: Path, key: Path) -> str:

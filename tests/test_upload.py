@@ -8,7 +8,6 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
-import socket
 import subprocess
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from .harness import (
     SIM_PASSWORD,
     api,
     at,
+    free_port,
     start_client,
     start_coordinator,
     start_nvr,
@@ -39,11 +39,6 @@ def needs(*programs: str) -> None:
         if shutil.which(program) is None:
             pytest.skip(f"{program} is not installed (apt-get install rclone openssh-server); the upload tests need it")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
