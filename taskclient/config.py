@@ -239,7 +239,7 @@ def read_file(path: Path) -> dict[str, object]:
             known = ", ".join(HostConfig.key(f) for f in HostConfig.settings())
             raise SetupError(f"config file {path}: unknown setting {key!r}; known: {known}")
         found[name] = value
-    if "token" in found and os.name == "posix" and path.stat().st_mode & (stat.S_IRGRP | stat.S_IROTH):
+    if "token" in found and os.name == "posix" and path.stat().st_mode & stat.S_IROTH:
         print(f"taskclient: warning: {path} holds the token and other users can read it (chmod 600 {path})",
               file=sys.stderr)
     return found
