@@ -39,6 +39,7 @@ from .untrusted import clean_text
 log = logging.getLogger("taskclient.upload")
 
 UPLOADED = "SHA256SUMS.uploaded"  # in --downloads: `<sha256>  <path under the destination>`, one line per file
+STATE = ".taskclient"  # the host's own bookkeeping in --downloads (lock files)
 PREFERRED = ("sha256", "sha1", "md5")  # hashes compared on the destination, strongest first
 BLOCK = 1024 * 1024
 _HASHES: dict[str, list[str]] = {}  # per destination, the hashes it keeps (asked once per worker process)
@@ -286,7 +287,8 @@ def record(downloads: Path, sha256: str, path: str) -> None:
     """Add `<sha256>  <path>` to the host's SHA256SUMS.uploaded, once; safe across worker processes."""
     line = f"{sha256}  {path}\n"
     listing = downloads / UPLOADED
-    with _locked(downloads / (UPLOADED + ".lock")):
+    (downloads / STATE).mkdir(exist_ok=True)
+    with _locked(downloads / STATE / "uploaded.lock"):
         try:
             lines = listing.read_text(encoding="utf-8").splitlines(keepends=True)
         except FileNotFoundError:

@@ -89,7 +89,7 @@ def test_files_go_to_a_network_path_verified_and_the_local_copies_are_deleted_on
     assert client.wait(60) == 0, client.output()[-3000:]
     assert task_files(nas) == nvr.expected(101, at(0), at(1))
     assert task_files(tmp_path / "dl") == {}  # deleted once verified, and no empty folder left behind
-    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == ["SHA256SUMS.uploaded", "SHA256SUMS.uploaded.lock"]
+    assert sorted(p.name for p in (tmp_path / "dl").iterdir()) == [".taskclient", "SHA256SUMS.uploaded"]
     files = files_of(coordinator.url)
     assert len(files) == len(nvr.expected(101, at(0), at(1)))
     assert all(f["location"] == f"{nas}/{f['path']}" and Path(f["location"]).is_file() for f in files)
