@@ -210,3 +210,6 @@ def test_the_compose_stack_exports_the_demo_sheet_through_nginx_survives_a_coord
     workers = call("/api/status")["workers"]
     mine = [w for w in workers if w["name"].startswith(("worker1", "worker2"))]
     assert mine and all(w["state"] == "stopped" and not w["lost"] for w in mine), mine
+    stack["run"]("stop", "-t", "30")  # the rest of the stack: the coordinator that lived closes and exits 0
+    state = json.loads(engine.run("inspect", "--format", "{{json .State}}", engine.container("coord2")).stdout)
+    assert state["ExitCode"] == 0, state
