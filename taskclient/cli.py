@@ -15,7 +15,7 @@ from .errors import SetupError
 from .pool import EXIT_USAGE, run_pool
 from .runners import make_runner
 from .tls import TLSChoice
-from .upload import Uploader
+from .upload import Uploader, remote_name
 from .worker import Settings
 
 
@@ -53,7 +53,9 @@ def worker_settings(config: HostConfig) -> Settings:
     make_runner(config.runner, options)
     upload = None
     if config.upload:
-        upload = Uploader(config.upload, downloads, delete=config.upload_delete, rclone=config.rclone,
+        # A local or network path is made absolute, so that each file's recorded location says where it is.
+        destination = config.upload if remote_name(config.upload) else str(Path(config.upload).resolve())
+        upload = Uploader(destination, downloads, delete=config.upload_delete, rclone=config.rclone,
                           rclone_config=config.upload_config)
         upload.check()
     settings = Settings(urls=list(config.server), downloads=str(downloads), token=config.token,

@@ -104,7 +104,7 @@ class Uploader:
                                    + "; ".join(f"{path}: {problem}" for path, problem in list(still.items())[:5]))
         for path, entry in entries.items():
             entry["location"] = join(self.destination, path)
-            record(self.downloads, entry["sha256"], path)
+        record(self.downloads, [(entry["sha256"], path) for path, entry in entries.items()])
         if self.delete:
             for path in entries:
                 remove(self.downloads, path)
@@ -283,9 +283,10 @@ def root(destination: str) -> str:
     return destination or "."
 
 
-def record(downloads: Path, sha256: str, path: str) -> None:
-    """Add `<sha256>  <path>` to the host's SHA256SUMS.uploaded, once; safe across worker processes."""
-    line = f"{sha256}  {path}\n"
+def record(downloads: Path, uploaded: list[tuple[str, str]]) -> None:
+    """Add `<sha256>  <path>` lines to the host's SHA256SUMS.uploaded (a path listed before is replaced);
+    written whole, under a lock shared by the host's worker processes."""
+    paths = {path for _, path in uploaded}
     listing = downloads / UPLOADED
     (downloads / STATE).mkdir(exist_ok=True)
     with _locked(downloads / STATE / "uploaded.lock"):
@@ -293,11 +294,9 @@ def record(downloads: Path, sha256: str, path: str) -> None:
             lines = listing.read_text(encoding="utf-8").splitlines(keepends=True)
         except FileNotFoundError:
             lines = []
-        kept = [existing for existing in lines if existing.split("  ", 1)[-1] != f"{path}\n"]
-        if kept + [line] == lines:
-            return
+        kept = [line for line in lines if line.rstrip("\n").split("  ", 1)[-1] not in paths]
         temporary = listing.with_name(f".{UPLOADED}.{os.getpid()}.part")
-        temporary.write_text("".join(kept + [line]), encoding="utf-8")
+        temporary.write_text("".join(kept + [f"{digest}  {path}\n" for digest, path in uploaded]), encoding="utf-8")
         os.replace(temporary, listing)
 
 
