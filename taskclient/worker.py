@@ -72,7 +72,7 @@ def worker_main(index: int, settings: Settings, events: Events, queue) -> None:
     """Entry point of a worker process; its exit code tells the pool why it ended."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pool decides what Ctrl-C means
     # A service manager may send SIGTERM to every process of the host at once: stop as the pool would.
-    signal.signal(signal.SIGTERM, lambda signum, frame: (events.stop.set(), events.abort.set()))
+    signal.signal(signal.SIGTERM, lambda signum, frame: _stop_soon(events))
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(queue)]
     root.setLevel(logging.INFO)
@@ -391,6 +391,12 @@ def _remove_task_files(folder: Path) -> tuple[int, int]:
     size = sum(p.stat().st_size for p in files)
     shutil.rmtree(folder, ignore_errors=True)
     return len(files), size
+
+
+def _stop_soon(events: Events) -> None:
+    """Set the host's stop flags from a signal handler: on a thread of its own, because this thread may
+    hold the flags' lock at the moment the signal arrives."""
+    threading.Thread(target=lambda: (events.stop.set(), events.abort.set()), daemon=True).start()
 
 
 def _remove_if_empty(folder: Path) -> None:

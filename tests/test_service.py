@@ -1,6 +1,7 @@
 """A worker host as a service: it stays when the queue drains, outlives coordinator restarts, stops cleanly."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 
@@ -37,8 +38,9 @@ def drained(url: str) -> bool:
 
 
 def test_a_service_host_runs_two_imports_across_a_drain_and_a_coordinator_restart_then_stops_cleanly(
-        procs, tmp_path, db):
+        procs, tmp_path):
     nvr = start_nvr(procs, channels=2, hours=3, size=60_000, extra=("--delay", "0.02"))
+    db = tmp_path / "ts.db"  # the host's side is the story here; the stores' contract is tested elsewhere
     first = [[nvr.address, "admin", SIM_PASSWORD, 101, at(0), at(1), "first night"]]
     sheet = write_sheet(tmp_path / "first.xlsx", first, HEADER)
     coordinator = start_coordinator(procs, sheet, db)
@@ -76,3 +78,19 @@ def test_a_service_host_runs_two_imports_across_a_drain_and_a_coordinator_restar
     workers = [w for w in status(coordinator.url)["workers"] if w["name"].startswith("nvr-exporter")]
     assert len(workers) == 2 and all(w["state"] == "stopped" and not w["lost"] for w in workers), workers
     assert not [p for p in (tmp_path / "dl").rglob("*.part")]
+
+
+def test_a_stop_sent_to_every_process_of_the_host_still_hands_the_running_task_back(procs, tmp_path):
+    # systemd's default (KillMode=control-group) and `kill -TERM -<pgid>` signal the workers too, not only the host.
+    nvr = start_nvr(procs, channels=1, hours=1, size=60_000, extra=("--delay", "0.5"))
+    sheet = write_sheet(tmp_path / "t.xlsx", [[nvr.address, "admin", SIM_PASSWORD, 101, at(0), at(1), "slow"]], HEADER)
+    coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db")
+    host = start_client(procs, coordinator.url, tmp_path / "dl", 2, "--service", "--name", "grouped")
+    wait_for(lambda: (api(coordinator.url, path="/api/tasks/1").json()["progress"] or {}).get("bytes", 0) > 0, 60,
+             what="the task to be downloading")
+    os.killpg(host.pid, signal.SIGTERM)
+    assert host.wait(60) == 0, host.output()[-3000:]
+    task = api(coordinator.url, path="/api/tasks/1").json()
+    assert task["state"] == "queued" and [a["outcome"] for a in task["attempt_log"]] == ["released"]
+    workers = [w for w in status(coordinator.url)["workers"] if w["name"].startswith("grouped")]
+    assert len(workers) == 2 and all(w["state"] == "stopped" for w in workers), workers
