@@ -9,6 +9,11 @@ import sys
 from pathlib import Path
 
 from .errors import SetupError
+from .footage import DEFAULT_WINDOW
+from .layout import DEFAULT as LAYOUT
+from .layout import FIELDS
+from .media import FORMATS
+from .pieces import WINDOWS
 from .pool import EXIT_USAGE, run_pool
 from .runners import RUNNERS, make_runner
 from .tls import TLSChoice
@@ -49,7 +54,33 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="this host's name in the coordinator's worker list (default: hostname)")
     p.add_argument("--start-method", choices=["spawn", "fork", "forkserver"], default="spawn",
                    help="multiprocessing start method (default spawn, as on Windows)")
+    add_footage_options(p)
     return p
+
+
+# --- footage: what the exported files look like (README "Exported files") -------------------
+def add_footage_options(p: argparse.ArgumentParser) -> None:
+    """The export's window, format, joining and layout on this host."""
+    group = p.add_argument_group("exported files")
+    group.add_argument("--window", choices=WINDOWS, default=DEFAULT_WINDOW,
+                       help="for rows without a window column: whole stored files, the device's cut of the window"
+                            " (keyframe accurate), or exact (trimmed with ffmpeg) (default device)")
+    group.add_argument("--format", choices=FORMATS, default="raw",
+                       help="raw: the device's stream as sent (.ps for Hikvision's MPEG-PS); mp4 or mkv: remuxed"
+                            " with ffmpeg, no re-encoding (default raw)")
+    group.add_argument("--join", action="store_true",
+                       help="join each task's pieces into one file per camera (needs --format mp4 or mkv)")
+    group.add_argument("--transcode", choices=["h264"],
+                       help="re-encode H.265 material to H.264 (needs --format mp4 or mkv; H.264 is copied)")
+    group.add_argument("--layout", default=LAYOUT, metavar="TEMPLATE",
+                       help="folders and file name under --downloads, from " + ", ".join("{" + f + "}" for f in FIELDS) +
+                            f" (default {LAYOUT})")
+
+
+def footage_options(args: argparse.Namespace) -> dict:
+    """The runner's `footage` settings from the parsed options."""
+    return {"window": args.window, "format": args.format, "join": args.join, "transcode": args.transcode,
+            "layout": args.layout}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
         options = ({"command": args.command} if args.runner == "command"
                    else {"timeout": args.nvr_timeout, "ca_file": args.nvr_ca_file, "verify": args.verify,
                          "insecure": args.nvr_insecure, "fingerprints": TLSChoice.parse_pins(args.nvr_fingerprint),
-                         "min_free": args.min_free})
+                         "min_free": args.min_free, "footage": footage_options(args)})
         if args.workers < 1:
             raise SetupError("--workers must be at least 1")
         if args.verify == "ffprobe" and shutil.which("ffprobe") is None:

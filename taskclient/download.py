@@ -1,6 +1,9 @@
-"""One recording from the NVR to disk: streamed, checked, fsynced, then renamed.
+"""One recording (or picture) from the NVR to a temporary file: streamed, checked, fsynced.
 
-A final name exists only for a file known complete. How complete is known:
+The caller renames it to its final name only when it is known complete (or hands it
+to ffmpeg first). The SHA-256 is computed while the bytes stream in, and the first
+bytes tell what the device sent (`extension`: Hikvision's IMKH/MPEG-PS, MP4, JPEG).
+How complete is known:
 - the playback URI's `size=` or the answer's Content-Length: the bytes written must
   match it (a clean close mid-file leaves fewer);
 - no announced length but chunked transfer encoding: the terminating chunk must
@@ -10,6 +13,8 @@ A final name exists only for a file known complete. How complete is known:
   `--verify ffprobe`, which compares the video's duration with the recording's span;
   without it the task fails for good, saying so.
 Error answers (XML, HTML, non-200) are never written; the device's text is cleaned.
+A picture is fetched by a GET of its playback URI's path (checked in `listing`) on the
+task's own NVR; a video by `ContentMgmt/download` with the playback URI in the body.
 """
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ import hashlib
 import os
 import subprocess
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 from xml.sax.saxutils import escape
 
 import requests
@@ -25,39 +32,65 @@ import requests
 from .errors import Cancelled, HostFault, NotSupported, TaskFailed
 from .isapi import MAX_ERROR_BODY, NVR, check_status, reason, refuse_doctype
 from .listing import Recording
-from .paths import confine
 
 BLOCK = 1024 * 1024
 DOWNLOAD = "/ISAPI/ContentMgmt/download"
 _methods: dict[str, str] = {}  # per worker process: the method each device accepted for downloads
+# What the first bytes say the device sent, and the honest extension for it.
+SIGNATURES = ((b"IMKH", ".ps"), (b"\x00\x00\x01\xba", ".ps"), (b"\xff\xd8\xff", ".jpg"), (b"\x1a\x45\xdf\xa3", ".mkv"))
 
 
-def download(nvr: NVR, rec: Recording, folder: Path, name: str, progress, cancel: threading.Event,
-             check_video: bool = False) -> str:
-    """Download `rec` to `folder/name`; return its SHA-256 (hex). TaskFailed/Cancelled/HostFault on failure."""
-    final = confine(folder, name)
-    part = confine(folder, f".{name}.part")
-    body = ('<?xml version="1.0" encoding="UTF-8"?><downloadRequest version="1.0" '
-            'xmlns="http://www.isapi.org/ver20/XMLSchema">'
-            f"<playbackURI>{escape(rec.uri)}</playbackURI></downloadRequest>")
+@dataclass(frozen=True)
+class Fetched:
+    """A download complete in its temporary file: its digest, size and what it holds."""
+
+    sha256: str
+    size: int
+    extension: str
+
+
+def extension(head: bytes) -> str:
+    """The extension the first bytes call for; `.bin` when they are none of the known kinds."""
+    if head[4:8] == b"ftyp":
+        return ".mp4"
+    return next((ext for magic, ext in SIGNATURES if head.startswith(magic)), ".bin")
+
+
+def download(nvr: NVR, rec: Recording, part: Path, name: str, progress, cancel: threading.Event,
+             check_video: bool = False) -> Fetched:
+    """Download `rec` into `part` (made with its folders); TaskFailed/Cancelled/HostFault on failure.
+
+    The caller owns `part`: it renames it when the download returns, and removes it when it raises.
+    """
+    if rec.content == "picture":
+        split = urlsplit(rec.uri)
+        attempts = [("GET", split.path + (f"?{split.query}" if split.query else ""), None)]
+    else:
+        body = ('<?xml version="1.0" encoding="UTF-8"?><downloadRequest version="1.0" '
+                'xmlns="http://www.isapi.org/ver20/XMLSchema">'
+                f"<playbackURI>{escape(rec.uri)}</playbackURI></downloadRequest>")
+        first = _methods.get(nvr.base, "GET")
+        attempts = [(method, DOWNLOAD, body) for method in (first, "POST" if first == "GET" else "GET")]
     what = f"download of {name}"
-    first = _methods.get(nvr.base, "GET")
     written = 0
     expected = None
     chunked = False
+    head = b""
     try:
-        for method in (first, "POST" if first == "GET" else "GET"):
+        for method, path, body in attempts:
             try:
-                with nvr.open(method, DOWNLOAD, body, what) as response:
-                    _methods[nvr.base] = method
-                    expected = _framing(nvr, response, rec, name, check_video, what)
+                with nvr.open(method, path, body, what) as response:
+                    if path == DOWNLOAD:
+                        _methods[nvr.base] = method
+                    expected = _framing(nvr, response, rec, name, check_video and rec.content == "video", what)
                     chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
-                    folder.mkdir(parents=True, exist_ok=True)
                     digest = hashlib.sha256()
-                    with open(part, "wb") as out:
+                    with _create(part) as out:
                         for block in response.iter_content(BLOCK):
                             if cancel.is_set():
                                 raise Cancelled("cancelled")
+                            if len(head) < 8:
+                                head += block[:8]
                             out.write(block)
                             digest.update(block)
                             written += len(block)
@@ -66,14 +99,13 @@ def download(nvr: NVR, rec: Recording, folder: Path, name: str, progress, cancel
                         os.fsync(out.fileno())
                 break
             except NotSupported:
-                if method != first:
+                if (method, path, body) == attempts[-1]:
                     raise
         if expected is not None and written != expected:
             raise TaskFailed(f"{nvr.label}: {name}: download cut after {written} of {expected} bytes")
-        if check_video:
+        if check_video and rec.content == "video":
             check_duration(part, rec, nvr.label, name)
-        os.replace(part, final)
-        return digest.hexdigest()
+        return Fetched(digest.hexdigest(), written, extension(head))
     except requests.exceptions.ChunkedEncodingError as exc:  # requests' name for any cut while reading the body
         if chunked:
             raise TaskFailed(f"{nvr.label}: {name}: download cut after {written} bytes (chunked encoding ended"
@@ -86,8 +118,17 @@ def download(nvr: NVR, rec: Recording, folder: Path, name: str, progress, cancel
         raise TaskFailed(f"{nvr.label}: {name}: connection lost after {written} bytes: {reason(exc)}") from None
     except requests.RequestException as exc:
         raise TaskFailed(f"{nvr.label}: {name}: connection lost after {written} bytes: {reason(exc)}") from None
-    finally:
-        part.unlink(missing_ok=True)
+
+
+def _create(part: Path):
+    """Open `part` for writing, making its folders (again, if another process just removed them empty)."""
+    for _ in range(3):
+        part.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            return open(part, "wb")
+        except FileNotFoundError:
+            continue
+    return open(part, "wb")
 
 
 def _framing(nvr: NVR, response: requests.Response, rec: Recording, name: str, check_video: bool,

@@ -225,8 +225,14 @@ class NVR:
         return response.json()
 
     def expected(self, track: int, start: datetime, end: datetime) -> dict[str, bytes]:
-        """File name -> bytes of every recording of `track` overlapping [start, end)."""
-        return {r.name: r.content() for r in self.catalogue.recordings(track, start, end)}
+        """File name (in the default layout) -> bytes of every recording of `track` overlapping [start, end)."""
+        return {file_name(r): r.content() for r in self.catalogue.recordings(track, start, end)}
+
+
+def file_name(rec, camera: str | None = None, extension: str = ".bin") -> str:
+    """A whole recording's file name in the default layout: camera name, date, start-end (synthetic: .bin)."""
+    camera = camera or f"Camera_{rec.track // 100:02d}"
+    return f"{camera}_{rec.start:%Y-%m-%d}_{rec.start:%H%M%S}-{rec.end:%H%M%S}{extension}"
 
 
 def start_nvr(procs: Processes, channels: int = 2, hours: int = 4, interval: int = 600, size: int = 40_000,
@@ -291,13 +297,25 @@ def status(url: str, token: str | None = None) -> dict:
     return api(url, token=token).json()
 
 
+def exported(downloads: Path) -> list[Path]:
+    """Every exported file under the downloads folder (not the checksum file, the ledger or temporary files)."""
+    return sorted(p for p in downloads.rglob("*") if p.is_file() and p.name != "SHA256SUMS"
+                  and not any(part.startswith(".") for part in p.relative_to(downloads).parts))
+
+
 def task_files(downloads: Path) -> dict[str, bytes]:
-    """Every final file under the downloads folder, by name (task folders flattened)."""
+    """Every exported file under the downloads folder, by name (folders flattened)."""
     files = {}
-    for path in downloads.rglob("*.mp4"):
-        assert path.name not in files, f"{path.name} downloaded into two task folders"
+    for path in exported(downloads):
+        assert path.name not in files, f"{path.name} exported twice"
         files[path.name] = path.read_bytes()
     return files
+
+
+def files_of(url: str, task_id: int, downloads: Path) -> dict[str, bytes]:
+    """The files a task's manifest lists, by name, read from downloads."""
+    manifest = api(url, path=f"/api/tasks/{task_id}/files").json()["files"]
+    return {Path(f["path"]).name: (downloads / f["path"]).read_bytes() for f in manifest}
 
 
 def leftovers(downloads: Path) -> list[Path]:

@@ -1,0 +1,171 @@
+"""A task's pieces become files in the host's layout: downloaded, made playable, recorded.
+
+One output per piece (or, with --join, one per camera): its path comes from the
+layout and is reserved in the host's ledger before anything is written, so two
+tasks never write the same path. Each piece is downloaded to a temporary name next
+to its final place; a raw output is renamed when complete (its SHA-256 taken while
+streaming), an MP4/MKV one goes through ffmpeg first (its SHA-256 read once after
+ffprobe has confirmed the duration). A retry skips outputs the ledger lists complete.
+Whatever happens, no temporary file and no empty folder stays behind, and the files
+finished so far are recorded in the ledger and the host's SHA256SUMS.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from dataclasses import dataclass
+from itertools import groupby
+from pathlib import Path, PurePosixPath
+
+from .download import download, file_sha256
+from .errors import Cancelled, TaskFailed
+from .footage import Export
+from .isapi import NVR
+from .layout import Layout, fields, place, prune
+from .ledger import Ledger
+from .media import convert, probe
+from .pieces import Piece
+
+MAX_PREROLL = 20.0  # seconds a device may start before the window (its keyframe interval, with H.264+ long)
+
+
+@dataclass
+class Output:
+    """One file to write: its pieces (several when joined) and where it goes."""
+
+    pieces: list[Piece]
+    item: str  # the same on every attempt: reserves the same path
+    wanted: str  # the layout's path for it (without extension)
+    stem: str = ""  # the path reserved for it
+
+    @property
+    def first(self) -> Piece:
+        return self.pieces[0]
+
+    @property
+    def content(self) -> str:
+        return self.first.rec.content
+
+
+class Exporter:
+    """Writes one task's outputs under --downloads."""
+
+    def __init__(self, nvr: NVR, task: dict, export: Export, layout: Layout, downloads: Path,
+                 names: dict[str, str], progress, cancel: threading.Event, check_video: bool):
+        self.nvr, self.task, self.export, self.layout = nvr, task, export, layout
+        self.downloads = downloads.resolve()
+        self.ledger = Ledger(self.downloads)
+        self.names, self.progress, self.cancel, self.check_video = names, progress, cancel, check_video
+
+    def plan(self, pieces: list[Piece]) -> list[Output]:
+        """The task's outputs, each with its reserved path."""
+        options = self.task.get("options") or {}
+        label = str(options.get("label") or self.task.get("name") or "")
+        row = str(options.get("row") or "")
+        outputs = []
+        for (track, content), group in groupby(pieces, key=lambda p: (p.rec.track, p.rec.content)):
+            group = list(group)
+            video = content == "video"
+            fmt = self.export.video_format if video else "raw"
+            sets = [group] if video and self.export.join else [[p] for p in group]
+            for chunk in sets:
+                values = fields(self.nvr.netloc, label, track, self.names.get(track), chunk[0].start, chunk[-1].end,
+                                row, self.task["id"], content)
+                item = f"{fmt}{'+join' if len(sets) == 1 and video and self.export.join else ''}:" + "|".join(
+                    p.identity for p in chunk)
+                outputs.append(Output(chunk, item, self.layout.stem(values)))
+        owner = f"{self.task['id']}:{self.task.get('key') or ''}"
+        granted = self.ledger.reserve(owner, f"task{self.task['id']}", [(o.item, o.wanted) for o in outputs])
+        for output in outputs:
+            output.stem = granted[output.item]
+        return outputs
+
+    def missing(self, outputs: list[Output]) -> int:
+        """Bytes the outputs not yet complete will take while being written (raw download and remux)."""
+        factor = 1 if self.export.video_format == "raw" and not self.export.join else 2
+        return sum(p.estimate() * (factor if o.content == "video" else 1)
+                   for o in outputs if self.ledger.done(o.stem) is None for p in o.pieces)
+
+    def run(self, outputs: list[Output]) -> tuple[list[dict], int]:
+        """Write every output not yet complete; return the manifest and how many were written now."""
+        finished: list[dict] = []
+        manifest = []
+        written = 0
+        try:
+            for done, output in enumerate(outputs):
+                if self.cancel.is_set():
+                    raise Cancelled("cancelled")
+                self.progress.update(current=PurePosixPath(output.stem).name)
+                entry = self.ledger.done(output.stem)
+                if entry is None:
+                    entry = self._write(output)
+                    finished.append(entry)
+                    written += 1
+                manifest.append(self._manifest(output, entry))
+                self.progress.update(done=done + 1)
+        finally:
+            if finished:
+                self.ledger.complete(finished)
+        return manifest, written
+
+    def _write(self, output: Output) -> dict:
+        """Download the output's pieces and make its file; temporary files go whatever happens."""
+        final_base = place(self.downloads, output.stem, "")
+        name = final_base.name
+        temps: list[Path] = []
+        try:
+            fetched = []
+            for i, piece in enumerate(output.pieces):
+                part = final_base.with_name(f".{name}{'.' + str(i) if len(output.pieces) > 1 else ''}.part")
+                temps.append(part)
+                fetched.append(download(self.nvr, piece.request(), part, name, self.progress, self.cancel,
+                                        self.check_video))
+            fmt = self.export.video_format if output.content == "video" else "raw"
+            if fmt == "raw":
+                final = place(self.downloads, output.stem, fetched[0].extension)
+                os.replace(temps[0], final)
+                return self._entry(output, final, fetched[0].size, fetched[0].sha256)
+            final = place(self.downloads, output.stem, f".{fmt}")
+            target = final.with_name(f".{final.name}.part")
+            temps.append(target)
+            head, length = self._trim(output, temps[0]) if self.export.window == "exact" else (0.0, None)
+            convert(temps[:len(output.pieces)], target, fmt, self.nvr.label, self.cancel, head, length,
+                    self.export.transcode)
+            digest = file_sha256(target)
+            size = target.stat().st_size
+            os.replace(target, final)
+            return self._entry(output, final, size, digest)
+        except BaseException:
+            for temp in temps:
+                temp.unlink(missing_ok=True)
+            prune(self.downloads, final_base)
+            raise
+        finally:
+            for temp in temps:
+                temp.unlink(missing_ok=True)
+
+    def _trim(self, output: Output, first: Path) -> tuple[float, float]:
+        """(head, length) of an exact window: what the device sent before the window, and the window's length."""
+        piece = output.first
+        sent = probe(first, self.nvr.label).duration
+        if sent is None:
+            raise TaskFailed(f"{self.nvr.label}: {output.stem}: ffprobe finds no duration in what the device sent")
+        asked = piece.span
+        if sent < asked - max(0.5, 0.02 * asked):
+            raise TaskFailed(f"{self.nvr.label}: {output.stem}: the device sent {sent:.1f} s of video for the"
+                             f" {asked:.1f} s asked")
+        if sent - asked > MAX_PREROLL:
+            raise TaskFailed(f"{self.nvr.label} sent {sent:.0f} s of video for a {asked:.0f} s window: it does not"
+                             " cut recordings to the playback URI's times; use window device or whole for it",
+                             permanent=True)
+        return max(0.0, sent - asked), sum(p.span for p in output.pieces)
+
+    def _entry(self, output: Output, final: Path, size: int, digest: str) -> dict:
+        return {"stem": output.stem, "path": final.relative_to(self.downloads).as_posix(), "size": size,
+                "sha256": digest}
+
+    def _manifest(self, output: Output, entry: dict) -> dict:
+        track = output.first.rec.track
+        return {"path": entry["path"], "size": entry["size"], "sha256": entry["sha256"], "camera": track,
+                "camera_name": self.names.get(track), "start": output.first.start.isoformat(),
+                "end": output.pieces[-1].end.isoformat(), "kind": output.content, "location": None}
