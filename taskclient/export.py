@@ -58,7 +58,7 @@ class Exporter:
         self.names, self.progress, self.cancel, self.check_video = names, progress, cancel, check_video
 
     def plan(self, pieces: list[Piece]) -> list[Output]:
-        """The task's outputs, each with its reserved path."""
+        """The task's outputs (their paths are reserved by `reserve`)."""
         options = self.task.get("options") or {}
         label = str(options.get("label") or self.task.get("name") or "")
         row = str(options.get("row") or "")
@@ -74,17 +74,23 @@ class Exporter:
                 item = f"{fmt}{'+join' if len(sets) == 1 and video and self.export.join else ''}:" + "|".join(
                     p.identity for p in chunk)
                 outputs.append(Output(chunk, item, self.layout.stem(values)))
-        owner = f"{self.task['id']}:{self.task.get('key') or ''}"
-        granted = self.ledger.reserve(owner, f"task{self.task['id']}", [(o.item, o.wanted) for o in outputs])
+        return outputs
+
+    @property
+    def owner(self) -> str:
+        return f"{self.task['id']}:{self.task.get('key') or ''}"
+
+    def reserve(self, outputs: list[Output]) -> None:
+        """Reserve each output's path in the host's ledger (its own again on a retry, else a free one)."""
+        granted = self.ledger.reserve(self.owner, f"task{self.task['id']}", [(o.item, o.wanted) for o in outputs])
         for output in outputs:
             output.stem = granted[output.item]
-        return outputs
 
     def missing(self, outputs: list[Output]) -> int:
         """Bytes the outputs not yet complete will take while being written (raw download and remux)."""
         factor = 1 if self.export.video_format == "raw" and not self.export.join else 2
         return sum(p.estimate() * (factor if o.content == "video" else 1)
-                   for o in outputs if self.ledger.done(o.stem) is None for p in o.pieces)
+                   for o in outputs if self.ledger.done(owner=self.owner, item=o.item) is None for p in o.pieces)
 
     def run(self, outputs: list[Output]) -> tuple[list[dict], int]:
         """Write every output not yet complete; return the manifest and how many were written now."""

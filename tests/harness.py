@@ -224,9 +224,9 @@ class NVR:
         response.raise_for_status()
         return response.json()
 
-    def expected(self, track: int, start: datetime, end: datetime) -> dict[str, bytes]:
+    def expected(self, track: int, start: datetime, end: datetime, camera: str | None = None) -> dict[str, bytes]:
         """File name (in the default layout) -> bytes of every recording of `track` overlapping [start, end)."""
-        return {file_name(r): r.content() for r in self.catalogue.recordings(track, start, end)}
+        return {file_name(r, camera): r.content() for r in self.catalogue.recordings(track, start, end)}
 
 
 def file_name(rec, camera: str | None = None, extension: str = ".bin") -> str:
@@ -310,6 +310,11 @@ def task_files(downloads: Path) -> dict[str, bytes]:
         assert path.name not in files, f"{path.name} exported twice"
         files[path.name] = path.read_bytes()
     return files
+
+
+def manifest_files(result: dict, downloads: Path) -> dict[str, bytes]:
+    """The files a runner's result lists in its manifest, by name, read from downloads."""
+    return {Path(f["path"]).name: (downloads / f["path"]).read_bytes() for f in result["manifest"]}
 
 
 def files_of(url: str, task_id: int, downloads: Path) -> dict[str, bytes]:

@@ -105,6 +105,7 @@ class HikloadRunner:
         outputs = exporter.plan(pieces)
         progress.update(total=len(outputs))
         self._check_space(downloads, exporter.missing(outputs))
+        exporter.reserve(outputs)
         manifest, written = exporter.run(outputs)
         result.update(files=len(manifest), bytes=sum(f["size"] for f in manifest), downloaded=written,
                       skipped=len(manifest) - written, window=export.window, manifest=manifest)
