@@ -55,7 +55,8 @@ class Exporter:
         self.nvr, self.task, self.export, self.layout = nvr, task, export, layout
         self.downloads = downloads.resolve()
         self.ledger = Ledger(self.downloads)
-        self.names, self.progress, self.cancel, self.check_video = names, progress, cancel, check_video
+        self.names = {int(track) // 100: name for track, name in names.items()}  # a channel's streams share its name
+        self.progress, self.cancel, self.check_video = progress, cancel, check_video
 
     def plan(self, pieces: list[Piece]) -> list[Output]:
         """The task's outputs (their paths are reserved by `reserve`)."""
@@ -69,7 +70,7 @@ class Exporter:
             fmt = self.export.video_format if video else "raw"
             sets = [group] if video and self.export.join else [[p] for p in group]
             for chunk in sets:
-                values = fields(self.nvr.netloc, label, track, self.names.get(track), chunk[0].start, chunk[-1].end,
+                values = fields(self.nvr.netloc, label, track, self._name(track), chunk[0].start, chunk[-1].end,
                                 row, self.task["id"], content)
                 item = f"{fmt}{'+join' if len(sets) == 1 and video and self.export.join else ''}:" + "|".join(
                     p.identity for p in chunk)
@@ -166,6 +167,9 @@ class Exporter:
                              permanent=True)
         return max(0.0, sent - asked), sum(p.span for p in output.pieces)
 
+    def _name(self, track: str) -> str | None:
+        return self.names.get(int(track) // 100)
+
     def _entry(self, output: Output, final: Path, size: int, digest: str) -> dict:
         return {"stem": output.stem, "path": final.relative_to(self.downloads).as_posix(), "size": size,
                 "sha256": digest}
@@ -173,5 +177,5 @@ class Exporter:
     def _manifest(self, output: Output, entry: dict) -> dict:
         track = output.first.rec.track
         return {"path": entry["path"], "size": entry["size"], "sha256": entry["sha256"], "camera": track,
-                "camera_name": self.names.get(track), "start": output.first.start.isoformat(),
+                "camera_name": self._name(track), "start": output.first.start.isoformat(),
                 "end": output.pieces[-1].end.isoformat(), "kind": output.content, "location": None}

@@ -193,12 +193,19 @@ def search(server, key: str, label: str, track: str, start: datetime | None, end
         try:
             answer = _page(server, key, label, track, begin, finish, position, descriptor)
         except _Refused:
-            if content == "picture" and position == 0:
+            if position != 0:
+                raise
+            if descriptor:
+                try:
+                    _page(server, key, label, track, begin, finish, 0, None)  # does a plain search work?
+                except _Refused:
+                    if content != "picture":
+                        raise
+                else:
+                    raise Unsupported(f"{label} cannot search by record type (the filter {record_type} is"
+                                      " refused)") from None
+            if content == "picture":
                 raise Unsupported(f"{label} has no pictures for camera {track} (its search is refused)") from None
-            if descriptor and position == 0:
-                _page(server, key, label, track, begin, finish, 0, None)  # a plain search still works?
-                raise Unsupported(f"{label} cannot search by record type (the filter {record_type} is refused)"
-                                  ) from None
             raise
         result = answer.get("CMSearchResult") if isinstance(answer, dict) else None
         if not isinstance(result, dict):

@@ -236,11 +236,20 @@ def file_name(rec, camera: str | None = None, extension: str = ".bin") -> str:
 
 
 def start_nvr(procs: Processes, channels: int = 2, hours: int = 4, interval: int = 600, size: int = 40_000,
-              password: str = SIM_PASSWORD, extra: tuple[str, ...] = ()) -> NVR:
-    """Start nvrsim on a free port with recordings from 2026-01-01 00:00 for `hours` hours."""
+              password: str = SIM_PASSWORD, extra: tuple[str, ...] = (), codec: str | None = None) -> NVR:
+    """Start nvrsim on a free port with recordings from 2026-01-01 00:00 for `hours` hours.
+
+    With a `codec` (h264, h265) it serves the realistic payload (real video, keyframes every 2 s).
+    """
     start = datetime(2026, 1, 1)
     end = datetime(2026, 1, 1, hours) if hours < 24 else datetime(2026, 1, 1 + hours // 24, hours % 24)
-    catalogue = Catalogue(channels, start, end, interval, size)
+    pattern = None
+    if codec:
+        from nvrsim.payload import load_pattern
+
+        pattern = load_pattern(codec)  # made once here, so the simulator finds it cached
+        extra = ("--payload", "realistic", "--codec", codec, *extra)
+    catalogue = Catalogue(channels, start, end, interval, size, pattern=pattern)
     proc = procs.start("nvrsim", [
         PYTHON, "-m", "nvrsim", "--port", "0", "--user", "admin", "--channels", str(channels),
         "--start", start.isoformat(), "--end", end.isoformat(), "--interval", str(interval), "--size", str(size),
