@@ -89,21 +89,24 @@ class Exporter:
 
     def missing(self, outputs: list[Output]) -> int:
         """Bytes the outputs not yet complete will take while being written (raw download and remux)."""
+        entries = self.ledger.entries()
+        mine = {e.get("item"): stem for stem, e in entries.items() if e.get("owner") == self.owner}
         factor = 1 if self.export.video_format == "raw" and not self.export.join else 2
-        return sum(p.estimate() * (factor if o.content == "video" else 1)
-                   for o in outputs if self.ledger.done(owner=self.owner, item=o.item) is None for p in o.pieces)
+        return sum(p.estimate() * (factor if o.content == "video" else 1) for o in outputs
+                   if o.item not in mine or self.ledger.done(mine[o.item], entries) is None for p in o.pieces)
 
     def run(self, outputs: list[Output]) -> tuple[list[dict], int]:
         """Write every output not yet complete; return the manifest and how many were written now."""
         finished: list[dict] = []
         manifest = []
         written = 0
+        known = self.ledger.entries()  # read once: a ledger may list a host's every file
         try:
             for done, output in enumerate(outputs):
                 if self.cancel.is_set():
                     raise Cancelled("cancelled")
                 self.progress.update(current=PurePosixPath(output.stem).name)
-                entry = self.ledger.done(output.stem)
+                entry = self.ledger.done(output.stem, known)
                 if entry is None:
                     entry = self._write(output)
                     finished.append(entry)

@@ -71,16 +71,16 @@ class Ledger:
                 granted[item] = candidate
         return granted
 
-    def done(self, stem: str | None = None, owner: str | None = None, item: str | None = None) -> dict | None:
-        """The entry of a complete file still on disk with its recorded size (by its path, or by its owner
-        and item), else None. Reads only: it makes no folder and takes no lock."""
+    def entries(self) -> dict:
+        """The ledger as it is now (read without the lock: the file is only ever replaced whole)."""
         try:
-            entries = json.loads(self.path.read_text(encoding="utf-8"))
+            return json.loads(self.path.read_text(encoding="utf-8"))
         except (FileNotFoundError, ValueError):
-            return None
-        if stem is None:
-            stem = next((s for s, e in entries.items() if (e.get("owner"), e.get("item")) == (owner, item)), None)
-        entry = entries.get(stem) if stem is not None else None
+            return {}
+
+    def done(self, stem: str, entries: dict | None = None) -> dict | None:
+        """The entry of a complete file still on disk with its recorded size, else None (reads only)."""
+        entry = (self.entries() if entries is None else entries).get(stem)
         if not entry or not entry.get("sha256"):
             return None
         try:
