@@ -55,6 +55,14 @@ class Coordinator:
         self._request("POST", f"/api/tasks/{task_id}/heartbeat", json={"lease": lease, "progress": progress},
                       retry=False)
 
+    def lease_state(self, task_id: int, lease: str) -> dict:
+        """Is our lease still current, and if not, why ({"current", "state", "reason", "detail"})?
+
+        A read, not retried, asked every few seconds while a task runs: a cancel reaches
+        the task within seconds, at no more writes than the heartbeat's.
+        """
+        return self._request("GET", f"/api/tasks/{task_id}/lease", params={"lease": lease}, retry=False)
+
     def complete(self, task_id: int, lease: str, result: dict, claim_next: bool) -> dict | None:
         """Report success; returns the next claim answer when `claim_next` (one round trip per task)."""
         body = {"lease": lease, "result": result, "next": claim_next, "worker": self.worker}

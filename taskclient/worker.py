@@ -36,6 +36,9 @@ DRAINED, STOPPED, AUTH, SETUP, HOST_FAULT = 0, 10, 11, 12, 13
 MAX_HOST_FAULTS = 3  # consecutive host faults before the host stops
 SPACE_POLL = 5.0  # seconds between free-space checks while the host is full
 FULL_RETRY = 300.0  # a host short of space for one task claims again after this, to try smaller ones
+# Seconds between two reads of a running task's lease: a cancel stops the task this soon. A read, apart
+# from the heartbeat (a write every third of the lease), and only while a task runs: idle workers never ask.
+LEASE_POLL = 2.0
 _FULL_ERRNOS = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EFBIG}  # no EDQUOT on Windows
 
 
@@ -100,6 +103,7 @@ class Worker:
         self.short_of: int | None = None  # bytes a released task needed beyond the free space
         self.full_since = 0.0
         self.last_fault = ""
+        self.why_lost: dict | None = None  # the coordinator's word on why the running task's lease ended
 
     def send(self, kind: str, **data) -> None:
         """Tell the pool what happened (for the display and the summary)."""
@@ -147,6 +151,7 @@ class Worker:
         progress = Progress()
         cancel = threading.Event()
         lost = threading.Event()
+        self.why_lost = None
         self.send("start", task=task["id"], label=folder.name, attempt=task["attempt"])
         beat = threading.Thread(target=self._heartbeat, args=(task["id"], lease, progress, cancel, lost),
                                 daemon=True, name="heartbeat")
@@ -174,16 +179,14 @@ class Worker:
             _remove_if_empty(folder)
         self.host_faults = 0
         if lost.is_set():
-            self.send("lost", task=task["id"])
-            return None
+            return self._lost(task, lease)
         for entry in result.get("manifest") or []:  # which host holds each file
             if isinstance(entry, dict):
                 entry.setdefault("host", self.settings.host)
         try:
             answer = self.api.complete(task["id"], lease["id"], result, claim_next=not self.events.stop.is_set())
         except LeaseLost:
-            self.send("lost", task=task["id"])
-            return None
+            return self._lost(task, lease)
         except Stopped:
             log.warning("task %s finished but the coordinator could not be told before shutdown", task["id"])
             return None
@@ -193,14 +196,12 @@ class Worker:
     def _report_failure(self, task, lease, error: str, permanent: bool, lost, device: str | None = None,
                         locked_for: int | None = None) -> None:
         if lost.is_set():
-            self.send("lost", task=task["id"])
-            return None
+            return self._lost(task, lease)
         error = clean_text(error, 2000)  # one line, whatever a device or a command wrote into it
         try:
             state = self.api.fail(task["id"], lease["id"], error, permanent, device, locked_for)
         except (LeaseLost, Stopped):
-            self.send("lost", task=task["id"])
-            return None
+            return self._lost(task, lease)
         self.send("failed", task=task["id"], error=error, state=state, device=device)
         return None
 
@@ -211,7 +212,7 @@ class Worker:
         log.warning("task %s released: %s (host fault %d of %d in a row)", task["id"], reason, self.host_faults,
                     MAX_HOST_FAULTS)
         if lost.is_set():
-            self.send("lost", task=task["id"])
+            self._lost(task, lease)
         else:
             self.api.release(task["id"], lease["id"], reason)
             self.send("released", task=task["id"], reason=reason)
@@ -275,37 +276,93 @@ class Worker:
 
     def _abandon(self, task, lease, lost) -> None:
         if lost.is_set():
-            self.send("lost", task=task["id"])
+            self._lost(task, lease)
         else:
             self.api.release(task["id"], lease["id"], f"host {self.settings.host} stopping")
             self.send("released", task=task["id"])
         return None
 
+    def _lost(self, task: dict, lease: dict) -> None:
+        """The task is no longer ours: say why, and remove what a cancelled task wrote.
+
+        The coordinator records the files of done tasks only, so a cancelled task's files
+        would lie on this host unknown to anyone; a requeue downloads them again anyway.
+        """
+        why = self.why_lost or self._ask_lease(task["id"], lease) or {}
+        reason = clean_text(str(why.get("detail") or why.get("reason") or "the lease is no longer current"), 300)
+        if why.get("reason") == "cancelled":
+            # Asked again just before: a task requeued meanwhile may be running here again, in the same folder.
+            now = self._ask_lease(task["id"], lease) or {}
+            if now.get("state") == "cancelled":
+                files, size = _remove_task_files(task_folder(self.downloads, task))
+                if files:
+                    reason += f"; removed the {files} file(s), {size / 1e6:.1f} MB, it had written"
+        log.warning("task %s stopped: %s", task["id"], reason)
+        self.send("lost", task=task["id"], reason=reason)
+        return None
+
+    def _ask_lease(self, task_id: int, lease: dict) -> dict | None:
+        """The coordinator's word on the lease, or None when it cannot be had (unreachable, an older coordinator)."""
+        try:
+            return self.api.lease_state(task_id, lease["id"])
+        except (LeaseLost, AuthError, SetupError, Stopped, requests.RequestException):
+            return None
+
     def _heartbeat(self, task_id: int, lease: dict, progress: Progress, cancel, lost) -> None:
-        """Extend the lease every third of its length, and carry progress to the coordinator and pool."""
+        """Extend the lease every third of its length; read it every LEASE_POLL s; carry progress to the pool.
+
+        The read tells within seconds that the task was cancelled (or its lease ran
+        out), so the runner stops at once rather than at the next heartbeat.
+        """
         interval = max(0.2, float(lease["seconds"]) / 3)
-        last_beat = time.monotonic()
+        last_beat = last_look = time.monotonic()
+        polling = True
         while not cancel.wait(0.25):
             snapshot = progress.snapshot()
             self.send("progress", task=task_id, **snapshot)
             if self.events.abort.is_set() or not self._parent_alive():
                 cancel.set()
                 return
-            if time.monotonic() - last_beat < interval:
-                continue
-            try:
-                self.api.heartbeat(task_id, lease["id"], snapshot)
-                last_beat = time.monotonic()
-            except LeaseLost:
-                log.warning("task %s: lease lost (expired or taken over); abandoning it", task_id)
-                lost.set()
-                cancel.set()
-                return
-            except Exception as exc:  # coordinator briefly away: keep working, try again soon
-                log.debug("heartbeat for task %s failed: %s", task_id, exc)
+            now = time.monotonic()
+            if now - last_beat >= interval:
+                try:
+                    self.api.heartbeat(task_id, lease["id"], snapshot)
+                    last_beat = last_look = time.monotonic()
+                except LeaseLost:
+                    self.why_lost = self._ask_lease(task_id, lease)
+                    lost.set()
+                    cancel.set()
+                    return
+                except Exception as exc:  # coordinator briefly away: keep working, try again soon
+                    log.debug("heartbeat for task %s failed: %s", task_id, exc)
+            elif polling and now - last_look >= LEASE_POLL:
+                last_look = now
+                try:
+                    state = self.api.lease_state(task_id, lease["id"])
+                except LeaseLost:  # a coordinator without this read: the heartbeat alone will tell
+                    polling = False
+                    continue
+                except Exception as exc:
+                    log.debug("reading the lease of task %s failed: %s", task_id, exc)
+                    continue
+                if not state.get("current"):
+                    self.why_lost = state
+                    lost.set()
+                    cancel.set()
+                    return
 
     def _parent_alive(self) -> bool:
         return self.parent is None or self.parent.is_alive()
+
+
+def _remove_task_files(folder: Path) -> tuple[int, int]:
+    """Remove a task's folder (never following a link out of it); return the files and bytes it held."""
+    if folder.is_symlink() or not folder.is_dir():
+        return 0, 0
+    files = [p for p in folder.rglob("*") if p.is_file() and not p.is_symlink()]
+    size = sum(p.stat().st_size for p in files)
+    shutil.rmtree(folder, ignore_errors=True)
+    return len(files), size
 
 
 def _remove_if_empty(folder: Path) -> None:

@@ -43,6 +43,9 @@ def create_app(config: Config | None = None, clock: Clock | None = None) -> Flas
     stop = app.extensions["taskserver.stop"] = threading.Event()  # set when the coordinator stops
     start_ticker(store, config.schedule_every, stop)
     Notifier(store, parse_targets(config.notify)).start(stop)
+    from .feedlog import FeedLog
+
+    FeedLog(store).start(stop)
 
     from . import api, dashboard, events, files, metrics, openapi, rest
 

@@ -5,6 +5,7 @@ import argparse
 import json
 import logging
 import secrets
+import signal
 import sys
 from contextlib import contextmanager
 
@@ -12,6 +13,7 @@ from .config import Config
 from .errors import TaskServerError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+log = logging.getLogger("taskserver")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,7 +66,7 @@ def parser() -> argparse.ArgumentParser:
     report.set_defaults(func=cmd_export)
 
     watch = sub.add_parser("watch", help="follow a running coordinator's task changes as they happen")
-    watch.add_argument("--url", default="http://127.0.0.1:8080", help="coordinator URL")
+    watch.add_argument("--url", help="coordinator URL (default $TASKSERVER_URL, else http://127.0.0.1:8080)")
     watch.add_argument("--token", help="bearer token (default $TASKSERVER_TOKEN)")
     watch.set_defaults(func=cmd_watch)
 
@@ -76,7 +78,7 @@ def parser() -> argparse.ArgumentParser:
     move.set_defaults(func=cmd_migrate_db)
 
     status = sub.add_parser("status", help="show a running coordinator's progress")
-    status.add_argument("--url", default="http://127.0.0.1:8080", help="coordinator URL")
+    status.add_argument("--url", help="coordinator URL (default $TASKSERVER_URL, else http://127.0.0.1:8080)")
     status.add_argument("--token", help="bearer token (default $TASKSERVER_TOKEN)")
     status.add_argument("--json", action="store_true", help="print the raw JSON")
     status.set_defaults(func=cmd_status)
@@ -113,12 +115,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = make_server(app, config)
     host = f"[{config.host}]" if ":" in config.host else config.host
     print(f"taskserver listening on http://{host}:{server.effective_port}", flush=True)
+    why = {"signal": "its server loop ended"}
+
+    def interrupt(signum: int, _frame) -> None:
+        """Ctrl-C and a service manager's stop end the same way (waitress ends its loop on KeyboardInterrupt)."""
+        why["signal"] = f"{signal.Signals(signum).name} received"
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         server.run()
     finally:
+        log.info("coordinator on http://%s:%s stopping (%s); workers keep their tasks and report when one is"
+                 " back", host, server.effective_port, why["signal"])
         app.extensions["taskserver.stop"].set()
         server.close()
         app.extensions["taskserver.store"].close()
+        log.info("coordinator stopped")
     return EXIT_OK
 
 
@@ -152,10 +166,23 @@ def cmd_requeue(args: argparse.Namespace) -> int:
     """Give failed tasks (cancelled ones too, with --cancelled) another round of attempts; list them."""
     config = _config(args)
     with _store(config) as store:
-        ids = store.requeue(args.ids or None, args.nvr.lower() if args.nvr else None, cancelled=args.cancelled)
+        ids = store.requeue(args.ids or None, args.nvr.lower() if args.nvr else None, cancelled=args.cancelled,
+                            by=f"by taskserver requeue ({_who()})")
     shown = ", ".join(map(str, ids[:50])) + (f" and {len(ids) - 50} more" if len(ids) > 50 else "")
     print(f"{len(ids)} task(s) queued again{': ' + shown if ids else ''}")
     return EXIT_OK
+
+
+def _who() -> str:
+    """The user and machine a command runs as, for the change feed and the coordinator's log."""
+    import getpass
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no name for this uid (a container)
+        user = "?"
+    return f"{user}@{socket.gethostname()}"
 
 
 def cmd_new_key(args: argparse.Namespace) -> int:
@@ -215,78 +242,63 @@ def cmd_migrate_db(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     """Print each task change from /api/events, reconnecting where it left off, until Ctrl-C."""
-    import os
     import time
-    from datetime import datetime
 
     import requests
 
-    from .logs import escape
+    from . import console
 
-    token = args.token or os.environ.get("TASKSERVER_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    last = None
-    while True:
-        if last:
-            headers["Last-Event-ID"] = last
-        try:
-            with requests.get(args.url.rstrip("/") + "/api/events", headers=headers, stream=True,
-                              timeout=(10, 60)) as response:
-                if response.status_code in (401, 403):
-                    print(f"taskserver: {args.url} refused the token (HTTP {response.status_code})", file=sys.stderr)
-                    return EXIT_ERROR
-                kind = None
-                for line in response.iter_lines(decode_unicode=True):
-                    if line.startswith("id: "):
-                        last = line[4:]
-                    elif line.startswith("event: "):
-                        kind = line[7:]
-                    elif line.startswith("data: ") and kind == "task":
-                        e = json.loads(line[6:])
-                        who = f" by {escape(str(e['worker']))}" if e["worker"] else ""
-                        task = f"task {e['task_id']} " if e["task_id"] else ""
-                        detail = f": {escape(str(e['detail']))}" if e["detail"] else ""
-                        print(f"{datetime.fromtimestamp(e['at']):%H:%M:%S} {task}{e['kind']}"
-                              f"{' -> ' + e['state'] if e['state'] and e['state'] != e['kind'] else ''}{who}{detail}",
-                              flush=True)
-                    elif line.startswith("data: ") and kind == "summary":
-                        s = json.loads(line[6:])
-                        counts = " ".join(f"{k} {v}" for k, v in s["counts"].items() if v)
-                        print(f"-- {counts}; {s['workers']} worker(s){' DRAINED' if s['drained'] else ''}", flush=True)
-        except requests.RequestException as exc:
-            print(f"taskserver: {args.url}: {exc}; reconnecting", file=sys.stderr)
-            time.sleep(2)
+    url = console.coordinator_url(args.url)
+    headers = console.headers(args.token)
+    last, down = None, None
+    with console.piped():
+        while True:
+            if last:
+                headers["Last-Event-ID"] = last
+            try:
+                with requests.get(url + "/api/events", headers=headers, stream=True, timeout=(10, 60)) as response:
+                    if response.status_code in (401, 403):
+                        print(f"taskserver: {url} refused the token (HTTP {response.status_code}); give it with"
+                              " --token or TASKSERVER_TOKEN", file=sys.stderr)
+                        return EXIT_ERROR
+                    if response.status_code != 200:
+                        raise requests.HTTPError(f"HTTP {response.status_code}")
+                    if down:
+                        print(f"taskserver: {url} answers again", file=sys.stderr, flush=True)
+                    down = None
+                    kind = None
+                    for line in response.iter_lines(decode_unicode=True):
+                        if line.startswith("id: "):
+                            last = line[4:]
+                        elif line.startswith("event: "):
+                            kind = line[7:]
+                        elif line.startswith("data: ") and kind == "task":
+                            print(console.event_line(json.loads(line[6:])), flush=True)
+                        elif line.startswith("data: ") and kind == "summary":
+                            print(console.summary_line(json.loads(line[6:])), flush=True)
+            except requests.RequestException as exc:
+                problem = console.why_unreachable(url, exc) if not isinstance(exc, requests.HTTPError) else (
+                    f"{url} answered {exc}")
+                if problem != down:  # once per outage, not once per retry
+                    print(f"taskserver: {problem}; retrying every 2 s (Ctrl-C to stop)", file=sys.stderr, flush=True)
+                    down = problem
+                time.sleep(2)
+    return EXIT_OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    """Fetch /api/status and print it as a short table."""
-    import os
+    """Fetch /api/status and print the run, its NVRs and its workers in human units."""
+    from . import console
 
-    import requests
-
-    from .logs import escape
-
-    token = args.token or os.environ.get("TASKSERVER_TOKEN")
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    url = console.coordinator_url(args.url)
     try:
-        response = requests.get(args.url.rstrip("/") + "/api/status", headers=headers, timeout=10)
-    except requests.RequestException as exc:
-        print(f"taskserver: cannot reach {args.url}: {exc}", file=sys.stderr)
+        status = console.fetch_status(url, args.token)
+    except console.Unreachable as exc:
+        print(f"taskserver: {exc}", file=sys.stderr)
         return EXIT_ERROR
-    if response.status_code != 200:
-        print(f"taskserver: {args.url} answered {response.status_code}: {escape(response.text[:300])}",
-              file=sys.stderr)
-        return EXIT_ERROR
-    status = response.json()
-    if args.json:
-        print(json.dumps(status, indent=2))
-        return EXIT_OK
-    counts = status["counts"]
-    print("  ".join(f"{state} {n}" for state, n in counts.items()))
-    print(f"tasks {status['tasks']}  files {status['files']}  bytes {status['bytes']}"
-          f"  {'DRAINED' if status['drained'] else 'running'}")
-    for w in status["workers"]:
-        where = f"task {w['task']}" if w["task"] else "idle"
-        lost = "  LOST" if w["lost"] else ""
-        print(f"  {escape(str(w['name'])):<40} {where:<12} done {w['done']:<6} seen {w['last_seen_ago']}s ago{lost}")
+    with console.piped():
+        if args.json:
+            print(json.dumps(status, indent=2))
+        else:
+            print("\n".join(console.status_lines(url, status)))
     return EXIT_OK

@@ -100,9 +100,9 @@ class SheetError(TaskServerError):
 
     status = 400
 
-    def __init__(self, problems: list[SheetProblem]):
+    def __init__(self, problems: list[SheetProblem], what: str = "the task sheet"):
         self.problems = problems
-        head = f"{len(problems)} problem(s) in the task sheet; nothing was imported:" if len(problems) > 1 else ""
+        head = f"{len(problems)} problem(s) in {what}; nothing was imported:" if len(problems) > 1 else ""
         lines = [str(p) for p in problems[:50]]
         if len(problems) > 50:
             lines.append(f"... and {len(problems) - 50} more")

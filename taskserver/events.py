@@ -59,7 +59,8 @@ class Summaries:
             if time.monotonic() - self._at >= SUMMARY_SECONDS / 2:
                 status = self.store.status()
                 self._summary = {
-                    "counts": status["counts"], "files": status["files"], "bytes": status["bytes"],
+                    "counts": status["counts"], "nothing_found": status["nothing_found"], "files": status["files"],
+                    "bytes": status["bytes"],
                     "drained": status["drained"], "paused": status["paused"], "workers": len(status["workers"]),
                     "lost_workers": sum(w["lost"] for w in status["workers"]),
                 }

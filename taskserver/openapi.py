@@ -18,6 +18,7 @@ bp.after_request(api.no_store)
 NULL_INT = {"type": "integer", "nullable": True}
 NULL_NUMBER = {"type": "number", "nullable": True}
 NULL_STRING = {"type": "string", "nullable": True}
+ISO = {"type": "string", "nullable": True, "description": "the time beside it, as ISO 8601 in UTC"}
 TASK_ID = {"name": "task_id", "in": "path", "required": True,
            "schema": {"type": "integer", "minimum": 0, "maximum": validate.MAX_ID}}
 WORKER = {"type": "string", "pattern": r"^[\w.:@/+-]{1,200}$", "maxLength": 200,
@@ -102,12 +103,15 @@ SCHEMAS = {
         "worker": NULL_STRING, "lease_expires_in": NULL_NUMBER, "progress": {"type": "object", "nullable": True},
         "result": {"type": "object", "nullable": True}, "last_error": NULL_STRING, "created": {"type": "number"},
         "started": NULL_NUMBER, "finished": NULL_NUMBER, "mode": {"type": "string", "enum": ["export", "list"]},
+        "created_iso": ISO, "started_iso": ISO, "finished_iso": ISO,
+        "nothing_found": {"type": "boolean", "description": "done, but the export found no recording at all"},
         "options": {"type": "object", "description": "what the row asks of its export (window, content...)"},
         "timezone": NULL_STRING, "tls_fingerprint": NULL_STRING,
         "attempt_log": {"type": "array", "items": _obj({
             "worker": NULL_STRING, "started": NULL_NUMBER, "ended": NULL_NUMBER, "outcome": NULL_STRING,
-            "error": NULL_STRING})},
-    }, ("id", "name", "server", "cameras", "state", "attempts"), description="a task; never its password"),
+            "error": NULL_STRING, "started_iso": ISO, "ended_iso": ISO})},
+    }, ("id", "name", "server", "cameras", "state", "attempts", "nothing_found"),
+        description="a task; never its password. Times: seconds since the epoch, and the same as ISO 8601"),
     "Claim": _obj({
         "status": {"type": "string", "enum": ["task", "wait", "drained"]},
         "task": _obj({"id": {"type": "integer"}, "key": {"type": "string"}, "name": {"type": "string"},
@@ -124,21 +128,24 @@ SCHEMAS = {
                                 " seconds; drained: every task is finished, exit"),
     "Status": _obj({
         "counts": _obj({s.value: {"type": "integer"} for s in State}), "tasks": {"type": "integer"},
+        "nothing_found": {"type": "integer", "description": "done tasks whose export found no recording"},
+        "at": {"type": "number"}, "at_iso": ISO,
         "files": {"type": "integer"}, "bytes": {"type": "integer"}, "drained": {"type": "boolean"},
         "paused": {"type": "boolean"},
         "last_drain": {"type": "object", "nullable": True, "description": "the summary of the latest drain"},
         "workers": {"type": "array", "items": _obj({
             "name": {"type": "string"}, "task": NULL_INT, "done": {"type": "integer"}, "failed": {"type": "integer"},
-            "last_seen_ago": {"type": "number"}, "lost": {"type": "boolean"},
+            "last_seen_ago": {"type": "number"}, "lost": {"type": "boolean"}, "last_seen": {"type": "number"},
+            "last_seen_iso": ISO,
             "state": {"type": "string", "enum": ["ok", "full", "fault", "stopped"]}, "detail": NULL_STRING})},
         "nvrs": {"type": "array", "items": _obj({
             "server": {"type": "string"}, "running": {"type": "integer"}, "queued": {"type": "integer"},
             "max_parallel": {"type": "integer"}, "resting_for": {"type": "number"}, "last_error": NULL_STRING,
             "done": {"type": "integer"}, "failed": {"type": "integer"}, "files": {"type": "integer"},
-            "bytes": {"type": "integer"}, "clock_offset": NULL_NUMBER,
+            "bytes": {"type": "integer"}, "clock_offset": NULL_NUMBER, "nothing_found": {"type": "integer"},
             "password_refused": {"type": "array", "items": _obj({
                 "username": {"type": "string"}, "error": NULL_STRING, "locked_for": {"type": "number"}})}})},
-    }, ("counts", "tasks", "files", "bytes", "drained", "workers", "nvrs")),
+    }, ("counts", "tasks", "files", "bytes", "drained", "workers", "nvrs", "nothing_found")),
 }
 
 HEARTBEAT = _obj({"lease": LEASE, "progress": _ref("Progress")}, ("lease",))
@@ -162,7 +169,16 @@ ADD = _obj({"tasks": {"type": "array", "items": {"type": "object"},
             "chunk": {"type": "string", "maxLength": 100}, "timezone": {"type": "string", "maxLength": 100}},
            ("tasks",), extra=False)
 ADDED = _obj({"added": {"type": "integer"}, "existing": {"type": "integer"}, "updated": {"type": "integer"},
-              "ids": {"type": "array", "items": {"type": "integer"}}}, ("added", "existing", "ids"))
+              "ids": {"type": "array", "items": {"type": "integer"}, "description": "the tasks added"},
+              "existing_ids": {"type": "array", "items": {"type": "integer"},
+                               "description": "the tasks of the request that were there already"}},
+             ("added", "existing", "ids", "existing_ids"))
+LEASE_STATE = _obj({
+    "current": {"type": "boolean"}, "state": {"type": "string", "enum": [s.value for s in State]},
+    "reason": {"type": "string", "nullable": True,
+               "enum": [None, "cancelled", "expired", "taken over", "released", "finished", "unknown"]},
+    "detail": {"type": "string", "nullable": True, "description": "e.g. cancelled by an admin from 10.0.0.9"}},
+    ("current", "state", "reason"))
 STATE = _obj({"ok": {"type": "boolean"}, "state": {"type": "string"}}, ("ok", "state"))
 PAGE = [_query("page", {"type": "integer", "minimum": 1, "maximum": 10**9}, "page number, from 1")]
 
@@ -204,6 +220,12 @@ def _paths() -> dict:
             "what a worker host says of itself", {200: ok}, WRITE, body=_obj({
                 "worker": WORKER, "state": {"type": "string", "enum": ["ok", "full", "fault", "stopped"]},
                 "detail": {"type": "string", "nullable": True, "maxLength": 100_000}}, ("state",)), tag="workers")},
+        "/api/tasks/{task_id}/lease": {"get": _op(
+            "is the lease still current, and if not, why (a running worker asks every few seconds)",
+            {200: _json(LEASE_STATE, "the lease's state")}, (*READ, 404), [TASK_ID, {
+                "name": "lease", "in": "query", "required": True, "schema": LEASE}], tag="workers")},
+        "/favicon.ico": {"get": _op("the dashboard's icon", {200: {"description": "an SVG icon", "content": {
+            "image/svg+xml": {"schema": {"type": "string"}}}}}, (421,), tag="pages")},
         "/api/tasks/{task_id}/files": {"get": _op("a task's files: host, path, size, SHA-256, camera, times",
                                                   {200: _json(_obj({"task": {"type": "integer"}, "files": {
                                                       "type": "array", "items": FILE}}, ("files",)), "files")},
@@ -274,15 +296,22 @@ def _paths() -> dict:
             {"ok": {"type": "boolean"}, "paused": {"type": "boolean"}}), "resumed")}, WRITE)},
         "/api/rows": {"get": _op("sheet rows with their chunks rolled up", {200: _json(_obj({
             "rows": {"type": "array", "items": _obj({
-                "row": {"type": "string"}, "server": {"type": "string"}, "tasks": {"type": "integer"},
-                "done": {"type": "integer"}, "failed": {"type": "integer"}, "files": {"type": "integer"},
-                "bytes": {"type": "integer"}})},
+                "row": {"type": "string"}, "name": {"type": "string"}, "server": {"type": "string"},
+                "tasks": {"type": "integer"}, "done": {"type": "integer"}, "failed": {"type": "integer"},
+                "cancelled": {"type": "integer"}, "active": {"type": "integer"},
+                "nothing_found": {"type": "integer", "description": "done tasks that found no recording"},
+                "files": {"type": "integer"}, "bytes": {"type": "integer"},
+                "state": {"type": "string", "enum": ["in progress", "failed", "cancelled", "partly cancelled",
+                                                     "done", "done, nothing found"]}})},
             "total": {"type": "integer"}, "page": {"type": "integer"}, "per_page": {"type": "integer"}},
             ("rows", "total")), "a page of rows")}, READ,
             [*PAGE, _query("per_page", {"type": "integer", "minimum": 1, "maximum": 500}, "page size")])},
         "/api/progress": {"get": _op("completions per minute, rate, ETA", {200: _json(_obj({
             "per_minute": {"type": "array", "items": {"type": "integer"}}, "rate_per_minute": {"type": "number"},
-            "left": {"type": "integer"}, "eta_seconds": NULL_NUMBER}, ("per_minute",)), "progress")}, READ)},
+            "measured": {"type": "boolean", "description": "false until enough work is done to give a rate"},
+            "paused": {"type": "boolean"}, "left": {"type": "integer"},
+            "eta_seconds": {**NULL_NUMBER, "description": "null while paused, or not measured yet"},
+            "at": {"type": "number"}, "at_iso": ISO}, ("per_minute",)), "progress")}, READ)},
         "/api/report.xlsx": {"get": _op("the Excel report", {200: {"description": "report.xlsx", "content": {
             "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet": {
                 "schema": {"type": "string", "format": "binary"}}}}}, READ)},

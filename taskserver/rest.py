@@ -3,6 +3,7 @@
     GET  /api/tasks?state=&nvr=&worker=&q=&order=id|newest|priority&page=1&per_page=50
     GET  /api/tasks/done?after=ID            ids of done tasks, for scripts that poll
     GET  /api/tasks/<id>/result              404 until the task is done
+    GET  /api/tasks/<id>/lease?lease=L       is the lease still current, and if not, why (a running worker asks)
     POST /api/tasks/<id>/requeue             a failed or cancelled task, with fresh attempts
     POST /api/tasks/<id>/cancel              a queued, waiting or running task
     POST /api/requeue                        every failed task ({"nvr": H}: one NVR's; {"cancelled": true}: those too)
@@ -18,12 +19,14 @@ from __future__ import annotations
 
 import io
 import logging
+from dataclasses import replace
+from datetime import UTC, datetime
 
 from flask import Blueprint, current_app, jsonify, request, send_file
 
 from . import api, validate
-from .errors import BadRequest, Conflict
-from .sheet import row_label
+from .errors import BadRequest, Conflict, SheetError
+from .sheet import row_label, row_name
 from .store import State
 
 log = logging.getLogger("taskserver")
@@ -63,12 +66,36 @@ def add_tasks():
     config = current_app.config["TASKSERVER"]
     chunk = validate.text(body.get("chunk"), "chunk", 100, optional=True)
     timezone = validate.text(body.get("timezone"), "timezone", 100, optional=True)
-    imported = load_rows(body["tasks"], chunk=chunk or config.chunk, timezone=timezone or config.timezone,
-                         now=api.store().clock())
+    now = api.store().clock()
+    try:
+        imported = load_rows(body["tasks"], chunk=chunk or config.chunk, timezone=timezone or config.timezone,
+                             now=now)
+    except SheetError as exc:
+        raise SheetError(exc.problems, what="the request") from None
+    imported = _stamped(imported, f"request of {datetime.fromtimestamp(now, UTC):%Y-%m-%d %H:%M:%S} UTC")
     result = imported.into(api.store())
-    log.info("API: %d task(s) added, %d already queued", result.added, result.existing)
+    new = set(result.ids)
+    existing = [i for i in api.store().task_ids([spec.key for spec in imported]) if i not in new]
+    log.info("API: %d task(s) added, %d already queued%s, by an admin from %s", result.added, result.existing,
+             f" ({_id_list(existing)})" if existing else "", request.remote_addr)
     return jsonify({"added": result.added, "existing": result.existing, "updated": result.updated,
-                    "ids": result.ids}), 201 if result.added else 200
+                    "ids": result.ids, "existing_ids": existing}), 201 if result.added else 200
+
+
+def _stamped(imported, origin: str):
+    """The request's tasks, each row named by the request it came in ("request of 2026-01-31 08:00:00 UTC, task 2").
+
+    Every batch numbers its tasks from 1, so without the request's time the rows of
+    different requests would all read "request, task 1" on the dashboard and in the report.
+    """
+    from .sheet import Imported
+
+    def stamp(source: str) -> str:
+        return origin + source[len("request"):] if source.startswith("request") else source
+
+    return Imported([replace(s, source=stamp(s.source)) for s in imported],
+                    [replace(s, template=replace(s.template, source=stamp(s.template.source)))
+                     for s in imported.schedules])
 
 
 @bp.get("/tasks/done")
@@ -86,22 +113,41 @@ def result(task_id: int):
     return jsonify({"id": task_id, "result": task["result"]})
 
 
+@bp.get("/tasks/<id:task_id>/lease")
+def lease_state(task_id: int):
+    """Is this lease still the task's current one, and if not, why? A read, polled by the task's worker.
+
+    Kept apart from the heartbeat (a write, every third of the lease) so that a worker
+    learns of a cancel within seconds without writing any more often; idle workers
+    never ask.
+    """
+    lease = request.args.get("lease")
+    if lease is None or not validate.LEASE.fullmatch(lease):
+        raise BadRequest("lease must be the lease id from the claim (1-64 letters, digits, - or _)")
+    return jsonify(api.store().lease_state(task_id, lease))
+
+
 @bp.post("/tasks/<id:task_id>/requeue")
 def requeue_one(task_id: int):
     """Queue a failed or cancelled task again with fresh attempts."""
     state = api.store().task(task_id)["state"]
-    if not api.store().requeue([task_id], cancelled=True):
+    if not api.store().requeue([task_id], cancelled=True, by=_admin()):
         raise Conflict(f"task {task_id} is {state}; only failed or cancelled tasks can be requeued")
-    log.info("task %s requeued", task_id)
+    log.info("task %s requeued %s", task_id, _admin())
     return jsonify({"ok": True, "state": State.QUEUED.value})
 
 
 @bp.post("/tasks/<id:task_id>/cancel")
 def cancel(task_id: int):
-    """Cancel a task; a running one's worker is refused at its next heartbeat."""
-    state = api.store().cancel(task_id)
-    log.info("task %s cancelled", task_id)
+    """Cancel a task; a running one's worker learns it within seconds (it polls its lease) and stops."""
+    state = api.store().cancel(task_id, by=_admin())
+    log.info("task %s cancelled %s", task_id, _admin())
     return jsonify({"ok": True, "state": state})
+
+
+def _admin() -> str:
+    """Who asked, as far as the coordinator knows: a token holder, from this address."""
+    return f"by an admin from {request.remote_addr}"
 
 
 @bp.post("/requeue")
@@ -112,8 +158,9 @@ def requeue_failed():
     if (set(body) - {"nvr", "cancelled"}
             or not (nvr is None or isinstance(nvr, str) and 0 < len(nvr) <= 300 and nvr.isprintable())):
         raise BadRequest('body must be empty or {"nvr": "host[:port]", "cancelled": true|false}')
-    ids = api.store().requeue(server=nvr.lower() if nvr else None, cancelled=validate.flag(body, "cancelled"))
-    log.info("%d task(s) requeued: %s", len(ids), _id_list(ids))
+    ids = api.store().requeue(server=nvr.lower() if nvr else None, cancelled=validate.flag(body, "cancelled"),
+                              by=_admin())
+    log.info("%d task(s) requeued %s: %s", len(ids), _admin(), _id_list(ids))
     return jsonify({"ok": True, "requeued": len(ids), "ids": ids})
 
 
@@ -152,6 +199,7 @@ def rows():
     page, per_page = _int_arg("page", 1, 1, 10**9), _int_arg("per_page", 100, 1, 500)
     found, total = api.store().rows(offset=(page - 1) * per_page, limit=per_page)
     for row in found:
+        row["name"] = row_name(row["name"], row["source"], row["server"])
         row["row"] = row_label(row.pop("source"))
     return jsonify({"rows": found, "total": total, "page": page, "per_page": per_page})
 

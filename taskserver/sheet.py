@@ -416,6 +416,14 @@ def row_label(source: str) -> str:
     return re.sub(r" \(.*chunk \d+/\d+\)$", "", source)
 
 
+def row_name(name: str, source: str, server: str) -> str:
+    """A sheet row's own name from one of its tasks: a chunk's name without what `split` added."""
+    if row_label(source) == source:
+        return name
+    base = re.sub(r"( cam \d+)? \d{4}-\d\d-\d\d \d\d:\d\d( UTC)?$", "", name)
+    return "" if base == server else base
+
+
 def split(spec: TaskSpec, step: timedelta) -> list[TaskSpec]:
     """One task per camera per `step` of the row's range.
 

@@ -78,7 +78,7 @@ def test_taskserver_watch_prints_changes_as_they_happen(procs, tmp_path, db):
     url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows(1), HEADER), db,
                             "--token", "tok").url
     watch = procs.start("watch", [PYTHON, "-m", "taskserver", "watch", "--url", url], env={"TASKSERVER_TOKEN": "tok"})
-    wait_for(lambda: "-- queued 1; 0 worker(s)" in watch.output(), what="watch to connect")
+    wait_for(lambda: "-- queued 1; 0 files, 0 B; 0 worker(s)" in watch.output(), what="watch to connect")
     answer = api(url, path="/api/claim?worker=site-a/w3", token="tok").json()
     api(url, "POST", "/api/tasks/1/complete", token="tok", json={"lease": answer["lease"]["id"]})
     wait_for(lambda: "task 1 done by site-a/w3" in watch.output(), what="watch to print the completion")

@@ -167,7 +167,7 @@ def test_hostile_values_reported_by_a_worker_show_as_text_and_run_nothing(procs,
     page.wait_for_selector("#detail >> text=now <img")
     assert XSS.format("current") in page.inner_text("#detail")
     assert XSS.format("error") in page.inner_text("#tasks")
-    assert page.inner_text(f"tr.task[data-id='{running}'] td:nth-child(8)") == "1/3"
+    assert page.inner_text(f"tr.task[data-id='{running}'] td.progress") == "1/3"
     assert page.evaluate("window.__xss") is None and dialogs == []
     assert page.locator("#tasks img, #detail img, #tasks script, #detail script").count() == 0
 
@@ -181,6 +181,6 @@ def test_hostile_values_reported_by_a_worker_show_as_text_and_run_nothing(procs,
     page.wait_for_selector(f"tr.task[data-id='{running}']")
     page.click(f"tr.task[data-id='{running}'] td:nth-child(1)")
     page.wait_for_selector(f"#detail >> text=task {running}:")
-    assert page.inner_text(f"tr.task[data-id='{running}'] td:nth-child(8)") == "0/0"
+    assert page.inner_text(f"tr.task[data-id='{running}'] td.progress") == "0/0"
     assert "0 files, 0.0 MB" in page.inner_text("#detail")
     assert page.evaluate("window.__xss") is None and dialogs == []

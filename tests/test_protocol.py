@@ -156,6 +156,28 @@ def test_listening_beyond_loopback_without_a_token_generates_one(procs, tmp_path
     assert claim(url, token=token).json()["status"] == "task"
 
 
+def test_a_running_worker_reads_its_lease_and_learns_who_cancelled_its_task(procs, tmp_path, two_tasks, db):
+    from taskclient.client import Coordinator
+
+    url = start_coordinator(procs, two_tasks, db, "--token", "tok", "--read-token", "look").url
+    worker = Coordinator([url], "host1/w0", token="tok")
+    task = worker.claim()
+    task_id, lease = task["task"]["id"], task["lease"]["id"]
+    assert worker.lease_state(task_id, lease) == {"current": True, "state": "leased", "reason": None, "detail": None}
+    feed = api(url, path="/api/events?follow=false&after=0", token="tok").text.count("event: task")
+    assert worker.lease_state(task_id, lease)["current"]  # asking again ...
+    assert api(url, path="/api/events?follow=false&after=0", token="tok").text.count("event: task") == feed  # writes nothing
+    # The lease belongs to the worker protocol: the read-only token cannot ask.
+    assert api(url, path=f"/api/tasks/{task_id}/lease?lease={lease}", token="look").status_code == 401
+    assert api(url, path=f"/api/tasks/{task_id}/lease?lease=bad%20lease", token="tok").status_code == 400
+
+    assert api(url, "POST", f"/api/tasks/{task_id}/cancel", token="tok").json()["state"] == "cancelled"
+    assert worker.lease_state(task_id, lease) == {"current": False, "state": "cancelled", "reason": "cancelled",
+                                                  "detail": "cancelled by an admin from 127.0.0.1"}
+    log = api(url, path=f"/api/tasks/{task_id}", token="tok").json()["attempt_log"]
+    assert (log[-1]["outcome"], log[-1]["error"]) == ("cancelled", "cancelled by an admin from 127.0.0.1")
+
+
 def test_status_command_shows_progress_before_any_dashboard(procs, tmp_path, two_tasks, db):
     url = start_coordinator(procs, two_tasks, db, "--token", "tok").url
     first = claim(url, "host1/w0", token="tok").json()
@@ -164,12 +186,12 @@ def test_status_command_shows_progress_before_any_dashboard(procs, tmp_path, two
     shown = subprocess.run([PYTHON, "-m", "taskserver", "status", "--url", url], capture_output=True, text=True,
                            env={**os.environ, "TASKSERVER_TOKEN": "tok"}, timeout=30)
     assert shown.returncode == 0, shown.stderr
-    assert "queued 1  leased 0  waiting 0  done 1  failed 0  cancelled 0" in shown.stdout
-    assert "tasks 2  files 4  bytes 4000  running" in shown.stdout
-    assert re.search(r"host1/w0 +idle +done 1 ", shown.stdout)
+    assert "tasks 2: queued 1  leased 0  waiting 0  done 1  failed 0  cancelled 0" in shown.stdout
+    assert f"coordinator {url}: running" in shown.stdout and "files 4  4.0 kB" in shown.stdout
+    assert re.search(r"host1/w0 +idle +1 ", shown.stdout)
     refused = subprocess.run([PYTHON, "-m", "taskserver", "status", "--url", url, "--token", "bad"],
                              capture_output=True, text=True, timeout=30)
-    assert refused.returncode == 1 and "answered 401" in refused.stderr
+    assert refused.returncode == 1 and "refused the token (HTTP 401)" in refused.stderr
 
 
 @pytest.mark.parametrize("argv", [["--app", "taskserver", "run"], ["run"]])
@@ -204,7 +226,8 @@ def test_work_held_back_by_an_nvr_cap_means_wait_not_drained(procs, tmp_path, db
     assert claim(url).json()["status"] == "wait"
     assert api(url).json()["nvrs"] == [{"server": "nvr-a", "running": 1, "queued": 1, "max_parallel": 1,
                                         "resting_for": 0, "last_error": None, "done": 0, "failed": 0, "files": 0,
-                                        "bytes": 0, "password_refused": [], "clock_offset": None}]
+                                        "bytes": 0, "password_refused": [], "clock_offset": None,
+                                        "nothing_found": 0}]
     api(url, "POST", f"/api/tasks/{first['task']['id']}/complete",
         json={"lease": first["lease"]["id"], "result": {"files": 2, "bytes": 5000}})
     nvr = api(url).json()["nvrs"][0]

@@ -1,9 +1,11 @@
 """Watching and steering a run from scripts, and taking the outcome back to Excel."""
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 import zipfile
+from datetime import UTC, datetime
 
 import pytest
 from openpyxl import load_workbook
@@ -104,25 +106,30 @@ def test_the_excel_report_matches_the_database_cell_by_cell_and_holds_no_passwor
             text = b"".join(archive.read(name) for name in archive.namelist())
         assert SIM_PASSWORD.encode() not in text and b"Wr0ng-pass" not in text
         book = load_workbook(path)
-        assert book.sheetnames == ["Rows", "NVRs", "Tasks"]
+        assert book.sheetnames == ["Rows", "NVRs", "Tasks", "Files"]
         tasks = book["Tasks"]
-        assert tasks.freeze_panes == "A2" and tasks.auto_filter.ref == "A1:P6" and tasks["A1"].font.bold
+        assert tasks.freeze_panes == "A2" and tasks.auto_filter.ref == "A1:Q6" and tasks["A1"].font.bold
         for line in tasks.iter_rows(min_row=2, values_only=True):
             task = api(coordinator.url, path=f"/api/tasks/{line[0]}").json()
             result = task["result"] or {}
+            last = task["attempt_log"][-1]
             assert line[1:10] == (task["source"], task["name"], task["server"], ",".join(task["cameras"]),
-                                  task["start"], task["end"], task["state"], task["attempts"], task["worker"])
-            assert line[13:16] == (result.get("files"), result.get("bytes"), task["last_error"])
-            assert line[12] == pytest.approx(task["finished"] - task["started"], abs=0.1)
+                                  datetime.fromisoformat(task["start"]), datetime.fromisoformat(task["end"]),
+                                  task["state"], task["attempts"], task["worker"])
+            assert line[14:17] == (result.get("files"), result.get("bytes"), task["last_error"])
+            # Started and the time taken are the last attempt's, as Attempts and Worker are.
+            assert line[10] == datetime.fromtimestamp(last["started"], UTC).replace(tzinfo=None, microsecond=0)
+            assert line[12].total_seconds() == pytest.approx(last["ended"] - last["started"], abs=1)
+            assert line[13] == datetime.fromtimestamp(task["started"], UTC).replace(tzinfo=None, microsecond=0)
         assert tasks["H2"].fill.start_color.rgb.endswith("C6EFCE")  # done in green
         rolled = [line for line in book["Rows"].iter_rows(min_row=2, values_only=True)]
         assert rolled == [
-            ("t.xlsx, sheet 'tasks', row 2", nvr.address, 4, 4, 0, 0, 24, sum(
+            ("t.xlsx, sheet 'tasks', row 2", "lobby", nvr.address, 4, 4, 0, 0, 0, 0, 24, sum(
                 len(b) for track in (101, 201) for b in nvr.expected(track, at(0), at(2)).values()), "done"),
-            ("t.xlsx, sheet 'tasks', row 3", nvr.address, 1, 0, 1, 0, 0, 0, "failed"),
+            ("t.xlsx, sheet 'tasks', row 3", "bad password", nvr.address, 1, 0, 0, 1, 0, 0, 0, 0, "failed"),
         ]
-        assert [line for line in book["NVRs"].iter_rows(min_row=2, values_only=True)][0][:6] == (
-            nvr.address, 5, 4, 1, 0, 0)
+        assert [line for line in book["NVRs"].iter_rows(min_row=2, values_only=True)][0][:7] == (
+            nvr.address, 5, 4, 0, 1, 0, 0)
 
 
 def test_metrics_for_prometheus_agree_with_the_run(procs, tmp_path, db):
@@ -157,6 +164,7 @@ def test_tasks_posted_through_the_api_are_checked_like_sheet_rows_and_added_all_
     bad.pop("start")
     refused = api(url, "POST", "/api/tasks", json={"tasks": [good, bad, "x"]})
     assert refused.status_code == 400
+    assert refused.json()["message"].splitlines()[0] == "3 problem(s) in the request; nothing was imported:"
     assert refused.json()["message"].splitlines()[1:] == [
         "request, row 2, column colour: unknown field (known: cameras, chunk, endtime, id, max_parallel, name,"
         " password, priority, schedule, server, starttime, timezone, tls_fingerprint, username)",
@@ -168,9 +176,11 @@ def test_tasks_posted_through_the_api_are_checked_like_sheet_rows_and_added_all_
     added = api(url, "POST", "/api/tasks", json={"tasks": [good], "chunk": "1h"})
     assert added.status_code == 201 and added.json()["added"] == 4  # 2 cameras x 2 hours
     again = api(url, "POST", "/api/tasks", json={"tasks": [good], "chunk": "1h"}).json()
-    assert (again["added"], again["existing"]) == (0, 4)
+    assert (again["added"], again["existing"], again["ids"]) == (0, 4, [])
+    assert again["existing_ids"] == added.json()["ids"]  # a task posted again answers with the id it has
     task = api(url, path="/api/tasks/1").json()
-    assert task["source"] == "request, task 1 (cam 101 chunk 1/2)" and "Api-secret" not in str(task)
+    assert re.fullmatch(r"request of \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, task 1 \(cam 101 chunk 1/2\)", task["source"])
+    assert "Api-secret" not in str(task)
 
 
 @pytest.mark.parametrize("body, status, message", [
@@ -201,8 +211,9 @@ def test_the_report_opens_in_libreoffice(procs, tmp_path):
         capture_output=True, text=True, timeout=120)
     assert converted.returncode == 0, converted.stderr
     lines = (tmp_path / "csv" / "report.csv").read_text().splitlines()  # the first sheet: Rows
-    assert lines[0] == "Sheet row,NVR,Tasks,Done,Failed,Other,Files,Bytes,State"
-    assert lines[1:] == [f"\"t.xlsx, sheet 'tasks', row {r}\",nvr-1,1,0,0,1,0,0,in progress" for r in (2, 3, 4)]
+    assert lines[0] == "Sheet row,Name,NVR,Tasks,Done,Nothing found,Failed,Cancelled,Other,Files,Bytes,State"
+    assert lines[1:] == [f"\"t.xlsx, sheet 'tasks', row {r}\",hour {r - 2},nvr-1,1,0,0,0,0,1,0,0,in progress"
+                         for r in (2, 3, 4)]
 
 
 def test_the_manifest_says_which_host_holds_each_file_and_scripts_find_a_camera_hour(procs, tmp_path, db):

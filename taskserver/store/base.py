@@ -225,8 +225,11 @@ class Store(ABC):
 
     @abstractmethod
     def requeue(self, task_ids: list[int] | None = None, server: str | None = None,
-                cancelled: bool = False) -> list[int]:
-        """Give failed tasks (and cancelled ones too, when asked) fresh attempts; return their ids."""
+                cancelled: bool = False, by: str | None = None) -> list[int]:
+        """Give failed tasks (and cancelled ones too, when asked) fresh attempts; return their ids.
+
+        `by` says who asked ("by an admin from 10.0.0.9"), for the change feed.
+        """
 
     @abstractmethod
     def claim(self, worker: str) -> Claim:
@@ -264,8 +267,12 @@ class Store(ABC):
         """Give a leased task back unrun (shutdown, host fault): queued, no attempt charged."""
 
     @abstractmethod
-    def cancel(self, task_id: int) -> str:
-        """Cancel a task that is not finished (a running one's worker is refused at its next report)."""
+    def cancel(self, task_id: int, by: str | None = None) -> str:
+        """Cancel a task that is not finished; a running one's worker learns it from `lease_state`.
+
+        `by` says who cancelled ("by an admin from 10.0.0.9"): it goes into the change
+        feed and the attempt log, so that the worker and the dashboard can say so.
+        """
 
     @abstractmethod
     def retry_login(self, server: str, username: str | None = None) -> int:
@@ -299,7 +306,7 @@ class Store(ABC):
 
     @abstractmethod
     def all_tasks(self):
-        """Every task's public view in id order, streamed (for the report)."""
+        """Every task's public view in id order, streamed (for the report), with `last_attempt` {started, ended}."""
 
     @abstractmethod
     def rows(self, offset: int = 0, limit: int = 100) -> tuple[list[dict], int]:
@@ -310,8 +317,8 @@ class Store(ABC):
         """Completions per minute over the last `minutes`, the recent rate and the ETA of what is left."""
 
     @abstractmethod
-    def events(self, after: int, limit: int = 500) -> list[dict]:
-        """Changes recorded after event id `after`, oldest first (the feed behind /api/events)."""
+    def events(self, after: int, limit: int = 500, kinds: list[str] | None = None) -> list[dict]:
+        """Changes recorded after event id `after`, oldest first (the feed behind /api/events); only `kinds` if given."""
 
     @abstractmethod
     def last_event(self) -> int:
@@ -320,6 +327,23 @@ class Store(ABC):
     @abstractmethod
     def metrics(self) -> dict:
         """Figures for /metrics, from durable state: tasks by state, attempts by outcome, bytes, NVR load."""
+
+    @abstractmethod
+    def text_widths(self) -> dict[str, int]:
+        """The longest task and file texts (name, source, server, worker, cameras; file_host, file_path,
+        file_camera_name), so that the report's columns show them whole."""
+
+    @abstractmethod
+    def task_ids(self, keys: list[str]) -> list[int]:
+        """Ids of the tasks with these keys, in the order given (keys not stored are left out)."""
+
+    @abstractmethod
+    def lease_state(self, task_id: int, lease_id: str) -> dict:
+        """Whether `lease_id` is still the task's current lease and, if not, why; reads only.
+
+        {"current", "state", "reason": None|"cancelled"|"expired"|"taken over"|"released"|"finished"|"unknown",
+        "detail"}. Raises TaskNotFound.
+        """
 
     @abstractmethod
     def task(self, task_id: int) -> dict:

@@ -6,12 +6,21 @@ stay readable; it uses that class's connection, clock and expiry helpers.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 from ..errors import TaskNotFound
 from .base import ACTIVE, State
 
 Q, L, W, D, F, C = (f"'{s.value}'" for s in State)  # states as SQL literals, from the one enum
 LIVE = ", ".join(f"'{s.value}'" for s in sorted(ACTIVE))
+# "Done, nothing found": an export that finished without a single file. Not a state of its own (the task
+# did what it was asked), but shown apart everywhere, because an empty range usually means wrong times,
+# wrong tracks or a device clock that is off. Written as the partial index tasks_empty is, so that
+# counting them reads that index alone.
+EMPTY = f"state = {D} AND files = 0 AND mode = 'export'"
+NOTHING_FOUND = "nothing found"  # the label, in views, the event stream, status and the report
+ETA_MIN_DONE = 3  # completions needed before a rate (and an ETA) is given
+ETA_MIN_WINDOW = 60.0  # seconds of work needed before a rate is given
 STOPPED_SHOWN = 3600.0  # seconds a worker that said it stopped stays in the list
 LOST_SHOWN = 86400.0  # seconds a worker that went silent stays in the list (marked lost)
 
@@ -61,16 +70,24 @@ class SQLReads:
         db = self._db()
         total = db.execute("SELECT count(DISTINCT grp) FROM tasks").fetchone()[0]
         found = db.execute(
-            "SELECT grp, min(source) AS source, min(server) AS server, count(*) AS tasks,"
+            "SELECT grp, min(source) AS source, min(server) AS server, min(name) AS name, count(*) AS tasks,"
             f" count(*) FILTER (WHERE state = {D}) AS done, count(*) FILTER (WHERE state = {F}) AS failed,"
-            f" count(*) FILTER (WHERE state IN ({LIVE})) AS active,"
+            f" count(*) FILTER (WHERE state = {C}) AS cancelled, count(*) FILTER (WHERE state IN ({LIVE})) AS active,"
+            f" count(*) FILTER (WHERE {EMPTY}) AS nothing_found,"
             " CAST(coalesce(sum(files), 0) AS BIGINT) AS files, CAST(coalesce(sum(bytes), 0) AS BIGINT) AS bytes"
             " FROM tasks GROUP BY grp ORDER BY min(id) LIMIT ? OFFSET ?",
             (limit, offset),
         )
-        return [dict(r) for r in found], total
+        return [{**dict(r), "state": row_state(r)} for r in found], total
 
     def progress(self, minutes: int = 60) -> dict:
+        """Completions per minute, and a rate measured only over time the run was actually working.
+
+        The rate counts the last 10 minutes, or less when the run began more recently
+        (from its first attempt in that window), so that it is not diluted early on; no
+        rate (and no ETA) until a few tasks and a minute of work are behind it. A paused
+        run has no ETA: nothing is handed out.
+        """
         now = self.clock()
         since = now - minutes * 60
         db = self._db()
@@ -81,15 +98,29 @@ class SQLReads:
         ):
             per_minute[min(minutes - 1, max(0, row["m"]))] += row["n"]
         left = db.execute(f"SELECT count(*) FROM tasks WHERE state IN ({LIVE})").fetchone()[0]
-        recent = sum(per_minute[-10:]) / 10  # tasks per minute over the last 10 minutes
-        return {"per_minute": per_minute, "rate_per_minute": recent, "left": left,
-                "eta_seconds": round(left / recent * 60) if recent and left else None}
+        recent = max(since, now - 600)
+        window = db.execute("SELECT min(started) AS first, count(*) FILTER (WHERE outcome = 'done') AS done"
+                            " FROM attempts WHERE ended >= ? OR ended IS NULL", (recent,)).fetchone()
+        worked = now - max(recent, window["first"]) if window["first"] is not None else 0.0
+        measured = window["done"] >= ETA_MIN_DONE and worked >= ETA_MIN_WINDOW
+        rate = window["done"] / worked * 60 if measured else None
+        paused = self._paused()
+        return {"per_minute": per_minute, "rate_per_minute": round(rate, 2) if rate is not None else 0.0,
+                "measured": measured, "left": left, "paused": paused,
+                "eta_seconds": round(left / rate * 60) if rate and left and not paused else None,
+                "at": now, "at_iso": iso(now)}
 
-    def events(self, after: int, limit: int = 500) -> list[dict]:
-        return [dict(r) for r in self._db().execute(
-            "SELECT id, at, kind, task_id, state, worker, detail FROM events WHERE id > ? ORDER BY id LIMIT ?",
-            (after, limit),
-        )]
+    def events(self, after: int, limit: int = 500, kinds: list[str] | None = None) -> list[dict]:
+        # A done task that found nothing says so on the stream (done is final, so this never changes).
+        only = f" AND e.kind IN ({','.join('?' * len(kinds))})" if kinds else ""
+        rows = self._db().execute(
+            "SELECT e.id, e.at, e.kind, e.task_id, e.state, e.worker, e.detail,"
+            " e.kind = 'done' AND EXISTS (SELECT 1 FROM tasks t WHERE t.id = e.task_id AND t.files = 0"
+            " AND t.mode = 'export') AS empty"
+            f" FROM events e WHERE e.id > ?{only} ORDER BY e.id LIMIT ?",
+            (after, *(kinds or ()), limit),
+        ).fetchall()
+        return [event_view(r) for r in rows]
 
     def last_event(self) -> int:
         return self._db().execute("SELECT coalesce(max(id), 0) FROM events").fetchone()[0]
@@ -108,10 +139,17 @@ class SQLReads:
         }
 
     def all_tasks(self):
+        """Every task in id order, each with its last attempt's start and end (for the report)."""
         now = self.clock()
         self._expire_if_due(now)
-        for row in self._db().execute("SELECT * FROM tasks ORDER BY id"):
-            yield _public(row, now)
+        for row in self._db().execute(
+            "SELECT t.*, a.started AS attempt_started, a.ended AS attempt_ended FROM tasks t"
+            " LEFT JOIN attempts a ON a.id = (SELECT max(l.id) FROM attempts l WHERE l.task_id = t.id)"
+            " ORDER BY t.id"
+        ):
+            view = _public(row, now)
+            view["last_attempt"] = {"started": row["attempt_started"], "ended": row["attempt_ended"]}
+            yield view
 
     def task(self, task_id: int) -> dict:
         now = self.clock()
@@ -122,12 +160,67 @@ class SQLReads:
             raise TaskNotFound(task_id)
         view = _public(row, now)
         view["attempt_log"] = [
-            dict(a) for a in db.execute(
+            {**dict(a), "started_iso": iso(a["started"]), "ended_iso": iso(a["ended"])} for a in db.execute(
                 "SELECT worker, started, ended, outcome, error FROM attempts WHERE task_id = ? ORDER BY id",
                 (task_id,),
             )
         ]
         return view
+
+    def text_widths(self) -> dict[str, int]:
+        """The longest text of each column the report shows (tasks, files), so that its widths fit whole names."""
+        db = self._db()
+        tasks = db.execute("SELECT max(length(name)) AS name, max(length(source)) AS source, max(length(server))"
+                           " AS server, max(length(worker)) AS worker, max(length(cameras)) AS cameras FROM tasks"
+                           ).fetchone()
+        files = db.execute("SELECT max(length(host)) AS host, max(length(path)) AS path, max(length(camera_name))"
+                           " AS camera_name FROM files").fetchone()
+        return {**{k: tasks[k] or 0 for k in ("name", "source", "server", "worker", "cameras")},
+                **{f"file_{k}": files[k] or 0 for k in ("host", "path", "camera_name")}}
+
+    def task_ids(self, keys: list[str]) -> list[int]:
+        """The ids of the tasks with these keys, in the order given (keys not stored are left out)."""
+        found: dict[str, int] = {}
+        for start in range(0, len(keys), 500):
+            batch = keys[start:start + 500]
+            found.update((r["key"], r["id"]) for r in self._db().execute(
+                f"SELECT key, id FROM tasks WHERE key IN ({','.join('?' * len(batch))})", batch))
+        return [found[k] for k in keys if k in found]
+
+    def lease_state(self, task_id: int, lease_id: str) -> dict:
+        """Whether a lease is still its task's current one, and if not, why: a cheap read for a running worker.
+
+        Reads only (a lease that ran out but was not expired yet is reported expired),
+        so that polling it every few seconds costs the coordinator no write.
+        """
+        now = self.clock()
+        db = self._db()
+        task = db.execute("SELECT state, lease_id, lease_expires FROM tasks WHERE id = ?", (task_id,)).fetchone()
+        if task is None:
+            raise TaskNotFound(task_id)
+        attempt = db.execute("SELECT outcome, error, ended FROM attempts WHERE lease_id = ? AND task_id = ?",
+                             (lease_id, task_id)).fetchone()
+        answer = {"current": False, "state": task["state"], "reason": None, "detail": None}
+        if attempt is None:
+            answer["reason"] = "unknown"
+        elif task["state"] == State.LEASED and task["lease_id"] == lease_id:
+            if task["lease_expires"] is not None and task["lease_expires"] < now:
+                answer["reason"] = "expired"
+            else:
+                answer["current"] = True
+        elif attempt["outcome"] == "cancelled":
+            answer.update(reason="cancelled", detail=attempt["error"])
+        elif attempt["outcome"] in ("expired", "released"):
+            answer["reason"] = attempt["outcome"]
+            if task["state"] == State.LEASED:
+                answer["reason"] = "taken over"
+        elif attempt["outcome"] is None:  # not ended, yet not the task's lease: cannot happen, but say so
+            answer["reason"] = "taken over"
+        else:  # reported already (done, failed, NVR rest...)
+            answer["reason"] = "finished"
+        if answer["detail"] is None and answer["reason"] not in (None, "cancelled"):
+            answer["detail"] = LEASE_REASONS[answer["reason"]]
+        return answer
 
     FILE_COLUMNS = ("task_id", "host", "path", "size", "sha256", "camera", "camera_name", "start", "end", "kind",
                     "location")
@@ -158,6 +251,8 @@ class SQLReads:
         for row in db.execute("SELECT server, state, count(*) AS n FROM tasks GROUP BY server, state"):
             counts[row["state"]] += row["n"]
             per_nvr.setdefault(row["server"], {s.value: 0 for s in State})[row["state"]] += row["n"]
+        empty = {r["server"]: r["n"] for r in db.execute(f"SELECT server, count(*) AS n FROM tasks WHERE {EMPTY}"
+                                                          " GROUP BY server")}
         refused: dict[str, list[dict]] = {}
         for login in db.execute("SELECT server, username, error, locked_until FROM logins"
                                 " WHERE refused_at IS NOT NULL ORDER BY server, username"):
@@ -174,10 +269,12 @@ class SQLReads:
                 "resting_for": round(n["backoff_until"] - now, 1) if n["backoff_until"] > now else 0,
                 "last_error": n["last_error"], "done": tasks["done"], "failed": tasks["failed"],
                 "files": n["files"], "bytes": n["bytes"], "password_refused": refused.get(n["server"], []),
-                "clock_offset": n["clock_offset"],
+                "clock_offset": n["clock_offset"], "nothing_found": empty.get(n["server"], 0),
             })
         return {
+            "at": now, "at_iso": iso(now),
             "counts": counts,
+            "nothing_found": sum(empty.values()),
             "tasks": sum(counts.values()),
             "files": sum(n["files"] for n in nvrs),
             "bytes": sum(n["bytes"] for n in nvrs),
@@ -207,10 +304,52 @@ class SQLReads:
             known["last_seen"] = max(known["last_seen"], when)
         return [
             {"name": w["name"], "task": w["task_id"], "done": w["done"], "failed": w["failed"],
-             "last_seen_ago": round(now - w["last_seen"], 1), "state": w["state"], "detail": w["detail"],
+             "last_seen_ago": round(now - w["last_seen"], 1), "last_seen": w["last_seen"],
+             "last_seen_iso": iso(w["last_seen"]), "state": w["state"], "detail": w["detail"],
              "lost": w["state"] != "stopped" and now - w["last_seen"] > lost_after}
             for w in sorted(seen.values(), key=lambda w: w["name"])
         ]
+
+
+LEASE_REASONS = {
+    "unknown": "no such lease for this task",
+    "expired": "the lease ran out: the worker was silent too long",
+    "taken over": "the lease ran out and the task went to another worker",
+    "released": "the task was given back",
+    "finished": "the task's outcome was reported already",
+}
+
+
+def iso(at: float | None) -> str | None:
+    """An epoch time as ISO 8601 in UTC ("2026-01-31T08:00:00.000Z"), for people and tools that read dates."""
+    if at is None:
+        return None
+    return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def found_nothing(task: dict) -> bool:
+    """A done export without a single file (a row of the tasks table; task views carry it as `nothing_found`)."""
+    return task["state"] == State.DONE and task["mode"] == "export" and task["files"] == 0
+
+
+def row_state(row) -> str:
+    """A sheet row's state from its tasks' counts: in progress while any runs or waits, then what they came to."""
+    if row["active"]:
+        return "in progress"
+    if row["failed"]:
+        return "failed"
+    if row["cancelled"]:
+        return "cancelled" if row["cancelled"] == row["tasks"] else "partly cancelled"
+    return f"done, {NOTHING_FOUND}" if row["nothing_found"] == row["tasks"] else "done"
+
+
+def event_view(row) -> dict:
+    """A change feed event as the stream sends it: a done task that found nothing says so."""
+    event = {k: row[k] for k in ("id", "at", "kind", "task_id", "state", "worker", "detail")}
+    if row["empty"] and not event["detail"]:
+        event["detail"] = NOTHING_FOUND
+    event["at_iso"] = iso(event["at"])
+    return event
 
 
 def _public(row, now: float) -> dict:
@@ -227,5 +366,6 @@ def _public(row, now: float) -> dict:
         "progress": json.loads(row["progress"]) if row["progress"] else None,
         "result": json.loads(row["result"]) if row["result"] else None,
         "last_error": row["last_error"], "created": row["created"], "started": row["started"],
-        "finished": row["finished"],
+        "finished": row["finished"], "created_iso": iso(row["created"]), "started_iso": iso(row["started"]),
+        "finished_iso": iso(row["finished"]), "nothing_found": found_nothing(row),
     }

@@ -165,6 +165,11 @@ CREATE INDEX IF NOT EXISTS tasks_schedule ON tasks (schedule_id, state)
     """
 ALTER TABLE tasks ADD COLUMN options TEXT
 """,
+    # 7: exports done with no file at all ("done, nothing found"), counted per NVR for every status
+    # from this small index rather than from every done task.
+    """
+CREATE INDEX IF NOT EXISTS tasks_empty ON tasks (server) WHERE state = 'done' AND files = 0 AND mode = 'export'
+""",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = ("schedules", "tasks", "attempts", "nvrs", "events", "settings", "workers", "logins", "files")  # in foreign-key order

@@ -11,6 +11,7 @@ source states, whose changed rows each get one event in the change feed.
 """
 from __future__ import annotations
 
+import collections
 import functools
 import json
 import random
@@ -30,6 +31,7 @@ PRUNE_EVERY = 100  # write transactions between two prunings of the event feed
 IDLE_WRITE = 15.0  # seconds between two writes of an idle worker's last poll (at most half a lease)
 HELD = 1e18  # ready_at of a task held for a refused password: never ready until released
 Q, L, W, D, F, C = (f"'{s.value}'" for s in State)  # states as SQL literals, from the one enum
+MADE_HERE_KINDS = frozenset({"imported", "requeued", "schedule fired", "scheduled", "cancelled", "paused", "resumed"})
 _REQUEUE = "attempts = 0, ready_at = 0, lease_id = NULL, finished = NULL, requeued = requeued + 1"
 
 
@@ -71,6 +73,9 @@ class SQLStore(SQLReads, Store):
         self._idle_written: dict[str, float] = {}
         self._feed_writes = 0  # transactions that wrote events, for pruning now and then
         self._passwords: dict[str, str] = {}  # sealed -> plain, so that a claim opens each password once
+        # (at, kind) of the changes of MADE_HERE_KINDS this process wrote: the coordinator logs those
+        # it did not make itself (a command's import or requeue, another coordinator's schedule).
+        self.made_here: collections.deque = collections.deque(maxlen=10_000)
 
     # --- connections and transactions (the dialect's part) --------------------------
     def _begin(self, db) -> None:
@@ -156,6 +161,7 @@ class SQLStore(SQLReads, Store):
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        self.made_here.extend(e[:2] for e in self._local.events if e[1] in MADE_HERE_KINDS)
 
     def _move(self, db, name: str, where: str, params: tuple = (), sets: str = "", values: tuple = (),
               now: float | None = None, detail: str | None = None) -> list:
@@ -288,7 +294,7 @@ class SQLStore(SQLReads, Store):
 
     @retried
     def requeue(self, task_ids: list[int] | None = None, server: str | None = None,
-                cancelled: bool = False) -> list[int]:
+                cancelled: bool = False, by: str | None = None) -> list[int]:
         now = self.clock()
         where, params = f"state IN ({F}{', ' + C if cancelled else ''})", []
         if task_ids is not None:
@@ -298,7 +304,7 @@ class SQLStore(SQLReads, Store):
             where += " AND server = ?"
             params.append(server)
         with self._write() as db:
-            return sorted(r["id"] for r in self._requeue(db, where, tuple(params), now))
+            return sorted(r["id"] for r in self._requeue(db, where, tuple(params), now, by and f"requeued {by}"))
 
     def _requeue(self, db, where: str, params: tuple, now: float, detail: str | None = None) -> list:
         """Fresh attempts for the tasks matching `where`; their NVRs start with a clean slate too."""
@@ -643,16 +649,17 @@ class SQLStore(SQLReads, Store):
 
     # --- steering ------------------------------------------------------------------
     @retried
-    def cancel(self, task_id: int) -> str:
+    def cancel(self, task_id: int, by: str | None = None) -> str:
         now = self.clock()
+        why = f"cancelled {by or 'by an admin'}"
         with self._write() as db:
-            moved = self._move(db, "cancelled", "id = ?", (task_id,), now=now,
+            moved = self._move(db, "cancelled", "id = ?", (task_id,), now=now, detail=why,
                                sets="lease_id = NULL, lease_expires = NULL, finished = ?", values=(now,))
             if moved:  # a running task: end its attempt (RETURNING gives the new, empty lease)
                 lease = db.execute("SELECT lease_id FROM attempts WHERE task_id = ? AND ended IS NULL",
                                    (task_id,)).fetchone()
                 if lease is not None:
-                    self._end_attempt(db, lease["lease_id"], now, "cancelled", None)
+                    self._end_attempt(db, lease["lease_id"], now, "cancelled", why)
             state = self._current_state(db, task_id)
         if not moved and state != State.CANCELLED:
             raise Conflict(f"task {task_id} is {state}; only queued, waiting or running tasks can be cancelled")
