@@ -79,7 +79,12 @@ class Exporter:
 
     @property
     def owner(self) -> str:
-        return f"{self.task['id']}:{self.task.get('key') or ''}"
+        return self.owner_of(self.task)
+
+    @staticmethod
+    def owner_of(task: dict) -> str:
+        """Who a path belongs to in the ledger: the task (id and key)."""
+        return f"{task['id']}:{task.get('key') or ''}"
 
     def reserve(self, outputs: list[Output]) -> None:
         """Reserve each output's path in the host's ledger (its own again on a retry, else a free one)."""

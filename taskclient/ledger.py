@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from filelock import FileLock
 
 from .errors import SetupError
+from .layout import place, prune
 
 FOLDER = ".taskclient"
 SUMS = "SHA256SUMS"
@@ -97,6 +98,26 @@ class Ledger:
                 entry.update(path=f["path"], size=f["size"], sha256=f["sha256"])
             lines = sorted((e["path"], e["sha256"]) for e in entries.values() if e.get("sha256"))
             _write_atomic(self.downloads / SUMS, "".join(f"{digest}  {path}\n" for path, digest in lines))
+
+    def discard(self, owner: str) -> tuple[int, int]:
+        """Remove the files an owner wrote and its reservations (a cancelled task); return files and bytes."""
+        removed = size = 0
+        with self._open() as entries:
+            for stem in [s for s, e in entries.items() if e.get("owner") == owner]:
+                entry = entries.pop(stem)
+                if not entry.get("path"):
+                    continue
+                path = place(self.downloads, entry["path"], "")
+                try:
+                    size += path.stat().st_size
+                    path.unlink()
+                    removed += 1
+                except OSError:
+                    continue
+                prune(self.downloads, path)
+            lines = sorted((e["path"], e["sha256"]) for e in entries.values() if e.get("sha256"))
+            _write_atomic(self.downloads / SUMS, "".join(f"{digest}  {path}\n" for path, digest in lines))
+        return removed, size
 
     def _on_disk(self, stem: str) -> bool:
         """A file of this stem exists already (made by hand, or before the ledger was lost)."""

@@ -39,6 +39,7 @@ from ..export import Exporter
 from ..footage import Footage
 from ..hikwire import bound
 from ..isapi import NVR
+from ..ledger import Ledger
 from ..listing import Recording, Unsupported, search
 from ..pieces import Piece, cut
 from ..tls import TLSChoice
@@ -79,6 +80,10 @@ class HikloadRunner:
                              f" ({type(exc).__name__}); listing is unreliable") from None
         finally:
             nvr.close()
+
+    def discard(self, task: dict, downloads: Path) -> tuple[int, int]:
+        """Remove the files a task wrote wherever the layout put them (a cancelled task); files and bytes."""
+        return Ledger(downloads).discard(Exporter.owner_of(task))
 
     def _run(self, nvr: NVR, server, task: dict, export, downloads: Path, progress: Progress,
              cancel: threading.Event) -> dict:
