@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     device.add_argument("--resolution", default="160x120", help="the realistic payload's picture size")
     device.add_argument("--fps", type=int, default=4, help="the realistic payload's frames per second")
     device.add_argument("--gop", type=int, default=2, help="seconds between keyframes (where the device cuts)")
+    device.add_argument("--noise", type=int, default=0,
+                        help="grain in the realistic payload's pictures (0-20): camera-like bitrates")
     device.add_argument("--picture-interval", type=int, default=300,
                         help="seconds between the pictures (track x03) of each channel")
     device.add_argument("--channel-name", action="append", default=[], metavar="N=NAME",
@@ -144,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.payload == "realistic":
         from .payload import load_pattern
 
-        pattern = load_pattern(args.codec, args.resolution, args.fps, args.gop)
+        pattern = load_pattern(args.codec, args.resolution, args.fps, args.gop, args.noise)
     catalogue = Catalogue(args.channels, args.start, args.end, args.interval, args.size, video, pattern, args.gop,
                           args.picture_interval)
     device = Device(catalogue, args.user, args.password, args.name, faults, analog=args.analog)

@@ -112,28 +112,31 @@ def _bytes_before(pattern: Pattern, index: int) -> int:
 
 
 def load_pattern(codec: str = "h264", resolution: str = "160x120", fps: int = 4, gop_seconds: int = 2,
-                 cache: Path | None = None) -> Pattern:
-    """The encoded pattern for these settings, from the cache or made once with ffmpeg."""
+                 noise: int = 0, cache: Path | None = None) -> Pattern:
+    """The encoded pattern for these settings, from the cache or made once with ffmpeg.
+
+    `noise` (0-20) adds grain the encoder must spend bits on: camera-like bitrates for benchmarks.
+    """
     if codec not in ENCODERS:
         raise ValueError(f"codec {codec!r}: choose from {', '.join(ENCODERS)}")
-    if not re.fullmatch(r"\d{2,4}x\d{2,4}", resolution) or fps < 1 or gop_seconds < 1:
-        raise ValueError("resolution is WxH, fps and GOP at least 1")
+    if not re.fullmatch(r"\d{2,4}x\d{2,4}", resolution) or fps < 1 or gop_seconds < 1 or not 0 <= noise <= 20:
+        raise ValueError("resolution is WxH, fps and GOP at least 1, noise 0-20")
     gop = fps * gop_seconds
     seconds = max(PATTERN_SECONDS // gop_seconds, 1) * gop_seconds
     folder = cache or Path(os.environ.get("NVRSIM_CACHE") or Path.home() / ".cache" / "nvrsim")
     version = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True, check=True).stdout.split("\n")[0]
-    tag = hashlib.sha256(f"{codec}/{resolution}/{fps}/{gop}/{seconds}/{version}".encode()).hexdigest()[:16]
-    path = folder / f"pattern-{codec}-{resolution}-{fps}fps-{gop}-{tag}.es"
+    tag = hashlib.sha256(f"{codec}/{resolution}/{fps}/{gop}/{seconds}/{noise}/{version}".encode()).hexdigest()[:16]
+    path = folder / f"pattern-{codec}-{resolution}-{fps}fps-{gop}-{noise}-{tag}.es"
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
-        _encode(path, codec, resolution, fps, gop, seconds)
+        _encode(path, codec, resolution, fps, gop, seconds, noise)
     units = _access_units(path.read_bytes(), codec)
     if len(units) != seconds * fps:
         raise RuntimeError(f"{path}: {len(units)} frames, expected {seconds * fps}; delete it to make it again")
     return Pattern(codec, fps, gop, tuple(units))
 
 
-def _encode(path: Path, codec: str, resolution: str, fps: int, gop: int, seconds: int) -> None:
+def _encode(path: Path, codec: str, resolution: str, fps: int, gop: int, seconds: int, noise: int) -> None:
     params = {"h264": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:repeat-headers=1:aud=1:threads=1",
               "h265": f"keyint={gop}:min-keyint={gop}:scenecut=0:bframes=0:repeat-headers=1:aud=1:pools=1:"
                       "frame-threads=1:log-level=error"}[codec]
@@ -141,7 +144,8 @@ def _encode(path: Path, codec: str, resolution: str, fps: int, gop: int, seconds
     os.close(fd)
     try:
         subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i",
-                        f"testsrc=size={resolution}:rate={fps}:duration={seconds}", *ENCODERS[codec], params,
+                        f"testsrc=size={resolution}:rate={fps}:duration={seconds}",
+                        *(["-vf", f"noise=alls={noise}:allf=t:all_seed=7"] if noise else []), *ENCODERS[codec], params,
                         "-threads", "1", "-pix_fmt", "yuv420p", "-fflags", "+bitexact", "-flags", "+bitexact",
                         "-f", "hevc" if codec == "h265" else "h264", "-y", tmp],
                        check=True, timeout=300, capture_output=True)

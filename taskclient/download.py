@@ -19,6 +19,7 @@ task's own NVR; a video by `ContentMgmt/download` with the playback URI in the b
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import subprocess
 import threading
@@ -86,11 +87,11 @@ def download(nvr: NVR, rec: Recording, part: Path, name: str, progress, cancel: 
                     chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
                     digest = hashlib.sha256()
                     with _create(part) as out:
-                        for block in response.iter_content(BLOCK):
+                        for block in _blocks(response):
                             if cancel.is_set():
                                 raise Cancelled("cancelled")
                             if len(head) < 8:
-                                head += block[:8]
+                                head += bytes(block[:8])
                             out.write(block)
                             digest.update(block)
                             written += len(block)
@@ -118,6 +119,28 @@ def download(nvr: NVR, rec: Recording, part: Path, name: str, progress, cancel: 
         raise TaskFailed(f"{nvr.label}: {name}: connection lost after {written} bytes: {reason(exc)}") from None
     except requests.RequestException as exc:
         raise TaskFailed(f"{nvr.label}: {name}: connection lost after {written} bytes: {reason(exc)}") from None
+
+
+def _blocks(response: requests.Response):
+    """The body as the socket delivers it, one read per block (urllib3's layers copy every block twice).
+
+    http.client's own reader keeps the framing: it stops at the Content-Length (a shorter body is
+    caught by the length check), and chunked encoding that ends early raises IncompleteRead.
+    """
+    reader = getattr(response.raw, "_fp", None)
+    if not hasattr(reader, "read1") or response.headers.get("Content-Encoding"):
+        yield from response.iter_content(BLOCK)
+        return
+    while True:
+        try:
+            block = reader.read1(BLOCK)
+        except http.client.IncompleteRead as exc:  # as requests names them, for one set of messages
+            raise requests.exceptions.ChunkedEncodingError(exc) from None
+        except (http.client.HTTPException, OSError) as exc:  # the connection, not this host's disk
+            raise requests.ConnectionError(exc) from None
+        if not block:
+            return
+        yield block
 
 
 def _create(part: Path):

@@ -236,7 +236,8 @@ def file_name(rec, camera: str | None = None, extension: str = ".bin") -> str:
 
 
 def start_nvr(procs: Processes, channels: int = 2, hours: int = 4, interval: int = 600, size: int = 40_000,
-              password: str = SIM_PASSWORD, extra: tuple[str, ...] = (), codec: str | None = None) -> NVR:
+              password: str = SIM_PASSWORD, extra: tuple[str, ...] = (), codec: str | None = None,
+              resolution: str = "160x120", fps: int = 4, noise: int = 0) -> NVR:
     """Start nvrsim on a free port with recordings from 2026-01-01 00:00 for `hours` hours.
 
     With a `codec` (h264, h265) it serves the realistic payload (real video, keyframes every 2 s).
@@ -247,8 +248,9 @@ def start_nvr(procs: Processes, channels: int = 2, hours: int = 4, interval: int
     if codec:
         from nvrsim.payload import load_pattern
 
-        pattern = load_pattern(codec)  # made once here, so the simulator finds it cached
-        extra = ("--payload", "realistic", "--codec", codec, *extra)
+        pattern = load_pattern(codec, resolution, fps, 2, noise)  # made once here: the simulator finds it cached
+        extra = ("--payload", "realistic", "--codec", codec, "--resolution", resolution, "--fps", str(fps),
+                 "--noise", str(noise), *extra)
     catalogue = Catalogue(channels, start, end, interval, size, pattern=pattern)
     proc = procs.start("nvrsim", [
         PYTHON, "-m", "nvrsim", "--port", "0", "--user", "admin", "--channels", str(channels),
