@@ -101,7 +101,7 @@ def case(ws: Workspace, label: str, nvr, recordings, end: datetime, outputs: dic
 def main() -> None:
     args = options(__doc__)
     big = 50_000_000 if args.quick else 257_000_000  # ~1.17x this after the simulator's size spread
-    minutes = 2 if args.quick else 8
+    count, minutes = (2, 1) if args.quick else (3, 10)  # devices store files of 10 minutes to an hour
     raw = {"raw": {"format": "raw"}}
     playable = {"raw": {"format": "raw"}, "remuxed mp4": {"format": "mp4"},
                 "joined mp4": {"format": "mp4", "join": True}}
@@ -109,10 +109,10 @@ def main() -> None:
         nvr = start_nvr(ws.procs, channels=1, hours=1, interval=3600, size=big)
         end = T + timedelta(hours=1)
         results = case(ws, "1 large recording", nvr, nvr.catalogue.recordings(101, T, end), end, raw, True)
-        video = start_nvr(ws.procs, channels=1, hours=1, interval=60, codec="h264", **VIDEO)
-        end = T + timedelta(minutes=minutes)
-        results += case(ws, f"{minutes} x 1 min of 720p video", video, video.catalogue.recordings(101, T, end), end,
-                        playable, False)
+        video = start_nvr(ws.procs, channels=1, hours=1, interval=60 * minutes, codec="h264", **VIDEO)
+        end = T + timedelta(minutes=minutes * count)
+        results += case(ws, f"{count} x {minutes} min of 720p video", video, video.catalogue.recordings(101, T, end),
+                        end, playable, False)
     rows = []
     for r in results:
         base = next(x for x in results if x["case"] == r["case"] and x["tool"].startswith("curl"))

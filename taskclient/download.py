@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import os
+import queue
 import subprocess
 import threading
 from dataclasses import dataclass
@@ -58,10 +59,12 @@ def extension(head: bytes) -> str:
 
 
 def download(nvr: NVR, rec: Recording, part: Path, name: str, progress, cancel: threading.Event,
-             check_video: bool = False) -> Fetched:
+             check_video: bool = False, pipe=None) -> Fetched:
     """Download `rec` into `part` (made with its folders); TaskFailed/Cancelled/HostFault on failure.
 
     The caller owns `part`: it renames it when the download returns, and removes it when it raises.
+    `pipe(first_block)` may return a stream to write into instead (ffmpeg's standard input): then
+    nothing is written to `part` and the digest is of what went into the pipe.
     """
     if rec.content == "picture":
         split = urlsplit(rec.uri)
@@ -85,28 +88,34 @@ def download(nvr: NVR, rec: Recording, part: Path, name: str, progress, cancel: 
                         _methods[nvr.base] = method
                     expected = _framing(nvr, response, rec, name, check_video and rec.content == "video", what)
                     chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
-                    digest = hashlib.sha256()
-                    with _create(part) as out:
+                    sink = None
+                    try:
                         for block in _blocks(response):
                             if cancel.is_set():
                                 raise Cancelled("cancelled")
+                            if sink is None:
+                                piped = pipe(block) if pipe is not None else None
+                                sink = _Sink(piped) if piped is not None else _Sink(_create(part), durable=True)
                             if len(head) < 8:
                                 head += bytes(block[:8])
-                            out.write(block)
-                            digest.update(block)
+                            sink.put(block)
                             written += len(block)
                             progress.add_bytes(len(block))
-                        out.flush()
-                        os.fsync(out.fileno())
+                        sink = sink or _Sink(_create(part), durable=True)
+                    except BaseException:
+                        if sink is not None:
+                            sink.stop()
+                        raise
+                    digest = sink.finish()
                 break
             except NotSupported:
                 if (method, path, body) == attempts[-1]:
                     raise
         if expected is not None and written != expected:
             raise TaskFailed(f"{nvr.label}: {name}: download cut after {written} of {expected} bytes")
-        if check_video and rec.content == "video":
+        if check_video and rec.content == "video" and part.exists():
             check_duration(part, rec, nvr.label, name)
-        return Fetched(digest.hexdigest(), written, extension(head))
+        return Fetched(digest, written, extension(head))
     except requests.exceptions.ChunkedEncodingError as exc:  # requests' name for any cut while reading the body
         if chunked:
             raise TaskFailed(f"{nvr.label}: {name}: download cut after {written} bytes (chunked encoding ended"
@@ -119,6 +128,63 @@ def download(nvr: NVR, rec: Recording, part: Path, name: str, progress, cancel: 
         raise TaskFailed(f"{nvr.label}: {name}: connection lost after {written} bytes: {reason(exc)}") from None
     except requests.RequestException as exc:
         raise TaskFailed(f"{nvr.label}: {name}: connection lost after {written} bytes: {reason(exc)}") from None
+
+
+class _Sink:
+    """Writes and hashes a download's blocks on a thread of its own while the next block arrives.
+
+    Socket reads, file writes and SHA-256 all release the GIL, so they overlap; at most
+    QUEUED blocks wait in between (memory stays bounded). A write error (disk full)
+    is raised in the downloading thread, as if it had written the block itself.
+    """
+
+    QUEUED = 8
+
+    def __init__(self, out, durable: bool = False):
+        self.out = out
+        self.durable = durable  # a file: fsynced and closed at the end (a pipe is closed by its reader's owner)
+        self.digest = hashlib.sha256()
+        self.error: BaseException | None = None
+        self.queue: queue.Queue = queue.Queue(self.QUEUED)
+        self.thread = threading.Thread(target=self._write, daemon=True, name="download-writer")
+        self.thread.start()
+
+    def _write(self) -> None:
+        while (block := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    self.out.write(block)
+                    self.digest.update(block)
+                except BaseException as exc:  # handed to the downloading thread
+                    self.error = exc
+
+    def put(self, block) -> None:
+        if self.error is not None:
+            raise self.error
+        self.queue.put(block)
+
+    def stop(self) -> None:
+        """The download failed: let the writer end (what it wrote is removed by the caller)."""
+        self.error = self.error or Cancelled("stopped")
+        self.queue.put(None)
+        self.thread.join()
+        if self.durable:
+            self.out.close()
+
+    def finish(self) -> str:
+        """Wait for every block to be written, flush and fsync; the SHA-256 (hex) of what was written."""
+        self.queue.put(None)
+        self.thread.join()
+        try:
+            if self.error is not None:
+                raise self.error
+            self.out.flush()
+            if self.durable:
+                os.fsync(self.out.fileno())
+        finally:
+            if self.durable:
+                self.out.close()
+        return self.digest.hexdigest()
 
 
 def _blocks(response: requests.Response):

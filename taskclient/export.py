@@ -23,7 +23,7 @@ from .footage import Export
 from .isapi import NVR
 from .layout import Layout, fields, place, prune
 from .ledger import Ledger
-from .media import convert, probe
+from .media import Remux, convert, probe
 from .pieces import Piece
 
 MAX_PREROLL = 20.0  # seconds a device may start before the window (its keyframe interval, with H.264+ long)
@@ -129,13 +129,18 @@ class Exporter:
         name = final_base.name
         temps: list[Path] = []
         try:
+            fmt = self.export.video_format if output.content == "video" else "raw"
             fetched = []
-            for i, piece in enumerate(output.pieces):
+            if fmt != "raw" and len(output.pieces) == 1 and self.export.window != "exact":
+                done = self._remux_while_downloading(output, final_base, temps)
+                if isinstance(done, dict):
+                    return done
+                fetched.append(done)  # not a program stream: in its temporary file, for convert()
+            for i, piece in enumerate(output.pieces[len(fetched):]):
                 part = final_base.with_name(f".{name}{'.' + str(i) if len(output.pieces) > 1 else ''}.part")
                 temps.append(part)
                 fetched.append(download(self.nvr, piece.request(), part, name, self.progress, self.cancel,
                                         self.check_video))
-            fmt = self.export.video_format if output.content == "video" else "raw"
             if fmt == "raw":
                 final = place(self.downloads, output.stem, fetched[0].extension)
                 os.replace(temps[0], final)
@@ -146,10 +151,7 @@ class Exporter:
             head, length = self._trim(output, temps[0]) if self.export.window == "exact" else (0.0, None)
             convert(temps[:len(output.pieces)], target, fmt, self.nvr.label, self.cancel, head, length,
                     self.export.transcode)
-            digest = file_sha256(target)
-            size = target.stat().st_size
-            os.replace(target, final)
-            return self._entry(output, final, size, digest)
+            return self._seal(output, target, final)
         except BaseException:
             for temp in temps:
                 temp.unlink(missing_ok=True)
@@ -158,6 +160,41 @@ class Exporter:
         finally:
             for temp in temps:
                 temp.unlink(missing_ok=True)
+
+    def _remux_while_downloading(self, output: Output, final_base: Path, temps: list[Path]):
+        """One piece, no trim: the download goes straight into ffmpeg; the manifest entry. When the device's
+        stream is no program stream ffmpeg can read from a pipe, it lands in the piece's temporary file
+        (the first of `temps`) and its Fetched is returned, for `convert`."""
+        fmt = self.export.video_format
+        final = place(self.downloads, output.stem, f".{fmt}")
+        target = final.with_name(f".{final.name}.part")
+        part = final_base.with_name(f".{final_base.name}.part")
+        temps += [part, target]
+        remux = Remux(target, fmt, self.nvr.label, self.export.transcode)
+        try:
+            fetched = download(self.nvr, output.first.request(), part, final_base.name, self.progress, self.cancel,
+                               pipe=remux.start)
+        except BrokenPipeError:  # ffmpeg stopped reading: its own words say why
+            if remux.proc is None:
+                raise
+            remux.finish(self.cancel, output.first.span, MAX_PREROLL)
+            raise TaskFailed(f"{self.nvr.label}: ffmpeg stopped reading {final.name}") from None
+        except BaseException:
+            remux.abort()
+            raise
+        if remux.proc is None:
+            return fetched
+        remux.finish(self.cancel, output.first.span, MAX_PREROLL)
+        return self._seal(output, target, final)
+
+    def _seal(self, output: Output, target: Path, final: Path) -> dict:
+        """An ffmpeg output checked by ffprobe: its SHA-256 read once, fsynced, renamed to its final name."""
+        digest = file_sha256(target)
+        with open(target, "rb+") as f:
+            os.fsync(f.fileno())
+        size = target.stat().st_size
+        os.replace(target, final)
+        return self._entry(output, final, size, digest)
 
     def _trim(self, output: Output, first: Path) -> tuple[float, float]:
         """(head, length) of an exact window: what the device sent before the window, and the window's length."""
