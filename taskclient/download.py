@@ -49,6 +49,7 @@ class Fetched:
     sha256: str
     size: int
     extension: str
+    head: bytes = b""  # the first block (up to 64 KiB): what the stream says of itself
 
 
 def extension(head: bytes) -> str:
@@ -96,8 +97,8 @@ def download(nvr: NVR, rec: Recording, part: Path, name: str, progress, cancel: 
                             if sink is None:
                                 piped = pipe(block) if pipe is not None else None
                                 sink = _Sink(piped) if piped is not None else _Sink(_create(part), durable=True)
-                            if len(head) < 8:
-                                head += bytes(block[:8])
+                            if len(head) < 65536:
+                                head += bytes(block[:65536 - len(head)])
                             sink.put(block)
                             written += len(block)
                             progress.add_bytes(len(block))
@@ -115,7 +116,7 @@ def download(nvr: NVR, rec: Recording, part: Path, name: str, progress, cancel: 
             raise TaskFailed(f"{nvr.label}: {name}: download cut after {written} of {expected} bytes")
         if check_video and rec.content == "video" and part.exists():
             check_duration(part, rec, nvr.label, name)
-        return Fetched(digest, written, extension(head))
+        return Fetched(digest, written, extension(head), head)
     except requests.exceptions.ChunkedEncodingError as exc:  # requests' name for any cut while reading the body
         if chunked:
             raise TaskFailed(f"{nvr.label}: {name}: download cut after {written} bytes (chunked encoding ended"

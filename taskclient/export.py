@@ -23,7 +23,7 @@ from .footage import Export
 from .isapi import NVR
 from .layout import Layout, fields, place, prune
 from .ledger import Ledger
-from .media import Remux, convert, probe
+from .media import Remux, convert, probe, stream_codecs
 from .pieces import Piece
 
 MAX_PREROLL = 20.0  # seconds a device may start before the window (its keyframe interval, with H.264+ long)
@@ -149,8 +149,12 @@ class Exporter:
             target = final.with_name(f".{final.name}.part")
             temps.append(target)
             head, length = self._trim(output, temps[0]) if self.export.window == "exact" else (0.0, None)
+            codecs = [stream_codecs(f.head) if f.extension == ".ps" else None for f in fetched]
+            known = None
+            if all(codecs) and len(set(codecs)) == 1:  # program streams that name their codecs: no probe needed
+                known = (codecs[0], sum(p.span for p in output.pieces), MAX_PREROLL * len(output.pieces))
             convert(temps[:len(output.pieces)], target, fmt, self.nvr.label, self.cancel, head, length,
-                    self.export.transcode)
+                    self.export.transcode, known)
             return self._seal(output, target, final)
         except BaseException:
             for temp in temps:

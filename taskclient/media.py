@@ -71,20 +71,28 @@ def probe(path: Path, label: str) -> Probe:
 
 
 def convert(sources: list[Path], target: Path, fmt: str, label: str, cancel: threading.Event,
-            head: float = 0.0, length: float | None = None, transcode: str | None = None) -> Probe:
+            head: float = 0.0, length: float | None = None, transcode: str | None = None,
+            known: tuple[tuple[str, str | None], float, float] | None = None) -> Probe:
     """Write `sources` (one file, or pieces to join) as one `fmt` file at `target` (a temporary name).
 
     `head` seconds at the start are not shown and `length` bounds what is (exact
     windows). Returns the output's probe after checking its duration against the
-    sources'; TaskFailed when ffmpeg fails or the duration is off.
+    sources'; TaskFailed when ffmpeg fails or the duration is off. `known` spares the
+    sources' probes: their codecs (from their program stream map), the seconds asked
+    for and the most a device may add before them.
     """
-    probes = [probe(s, label) for s in sources]
-    if any(p.duration is None or p.video is None for p in probes):
-        raise TaskFailed(f"{label}: {target.name.lstrip('.')}: no video that ffmpeg can read in the device's stream")
-    expected = sum(p.duration for p in probes) - head
+    extra = 0.0
+    if known is None:
+        probes = [probe(s, label) for s in sources]
+        if any(p.duration is None or p.video is None for p in probes):
+            raise TaskFailed(f"{label}: {target.name.lstrip('.')}: no video that ffmpeg can read in the device's"
+                             " stream")
+        expected = sum(p.duration for p in probes) - head
+        codec, audio = probes[0].video, probes[0].audio
+    else:
+        (codec, audio), expected, extra = known  # the seconds asked for: the device's pre-roll comes on top
     if length is not None:
-        expected = min(expected, length)
-    codec = probes[0].video
+        expected, extra = min(expected, length), 0.0
     recode = transcode == "h264" and codec == "hevc"
     argv = ["ffmpeg", "-nostdin", "-v", "error", "-y"]
     offset = ["-ss", f"{head:.3f}"] if recode and head else ["-itsoffset", f"{-head:.3f}"] if head else []
@@ -95,14 +103,15 @@ def convert(sources: list[Path], target: Path, fmt: str, label: str, cancel: thr
     else:
         listing = None
         argv += [*offset, "-i", str(sources[0])]
-    argv += _output(fmt, codec, probes[0].audio, transcode, length, target)
+    argv += _output(fmt, codec, audio, transcode, length, target)
     try:
         _run(argv, label, target.name.lstrip("."), cancel)
     finally:
         if listing is not None:
             listing.unlink(missing_ok=True)
     result = probe(target, label)
-    if result.duration is None or abs(result.duration - expected) > max(0.5, 0.01 * expected):
+    slack = max(0.5, 0.01 * expected)
+    if result.duration is None or not expected - slack <= result.duration <= expected + extra + slack:
         shown = "unknown" if result.duration is None else f"{result.duration:.2f} s"
         raise TaskFailed(f"{label}: {target.name.lstrip('.')}: ffmpeg wrote {shown} of video, {expected:.2f} s"
                          " expected; not kept")
