@@ -206,6 +206,9 @@ def _blocks(response: requests.Response):
         except (http.client.HTTPException, OSError) as exc:  # the connection, not this host's disk
             raise requests.ConnectionError(exc) from None
         if not block:
+            # The body was read to its end: the connection may carry the next request (keep-alive),
+            # as when requests reads it, rather than a new connection while the device winds this one down.
+            response._content_consumed = True
             return
         yield block
 
