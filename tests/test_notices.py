@@ -81,6 +81,8 @@ def test_webhooks_tell_of_failures_refused_passwords_hosts_and_the_drained_run_o
     assert (drained["files"], drained["bytes"]) == (3, 3000)
     assert [(t["name"], t["last_error"]) for t in drained["failed"]] == [("lobby", "NVR has no camera 101 <!channel>")]
 
+    # Targets are posted to one after the other: wait for the last one to have the drained notice too.
+    wait_for(lambda: sum(p == "/ntfy" for p, _, _ in receiver.received) == 4, what="every target's notices")
     slack = [json.loads(body) for p, _, body in receiver.received if p == "/slack"]
     assert len(slack) == 4 and "&lt;!channel&gt;" in slack[0]["text"] and "<!channel>" not in slack[0]["text"]
     ntfy = [(headers, body.decode()) for p, headers, body in receiver.received if p == "/ntfy"]
