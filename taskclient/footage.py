@@ -50,7 +50,8 @@ class Footage:
         needs = self.needs_ffmpeg()
         missing = missing_tools() if needs else []
         if missing:
-            raise SetupError(f"{needs} needs ffmpeg, and {' and '.join(missing)} is not on PATH on this host:"
+            raise SetupError(f"{needs} needs ffmpeg, and {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'}"
+                             " not on PATH on this host:"
                              " install ffmpeg (apt-get install ffmpeg; on Windows put ffmpeg.exe and ffprobe.exe"
                              " on PATH), or run without it (--format raw, --window device)")
         return layout

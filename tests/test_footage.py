@@ -153,7 +153,7 @@ def test_a_host_without_ffmpeg_says_so_at_start_and_claims_nothing(procs, tmp_pa
     without = {"PATH": str(empty)}
     refused = start_client(procs, coordinator.url, tmp_path / "dl", 1, "--format", "mp4", env=without)
     assert refused.wait(30) == 2
-    assert "--format mp4 needs ffmpeg, and ffmpeg and ffprobe is not on PATH on this host" in refused.output()
+    assert "--format mp4 needs ffmpeg, and ffmpeg and ffprobe are not on PATH on this host" in refused.output()
     assert api(coordinator.url, path="/api/tasks/1").json()["attempt_log"] == []  # nothing claimed
 
     # A raw host starts, but a row asking for an exact window goes back to the queue, uncharged.
