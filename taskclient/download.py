@@ -201,10 +201,10 @@ def _blocks(response: requests.Response):
     while True:
         try:
             block = reader.read1(BLOCK)
-        except http.client.IncompleteRead as exc:  # as requests names them, for one set of messages
-            raise requests.exceptions.ChunkedEncodingError(exc) from None
-        except (http.client.HTTPException, OSError) as exc:  # the connection, not this host's disk
+        except TimeoutError as exc:  # named as requests names them when it reads a body, for one set of messages
             raise requests.ConnectionError(exc) from None
+        except (http.client.HTTPException, OSError) as exc:  # a cut or reset: the connection, not this host's disk
+            raise requests.exceptions.ChunkedEncodingError(exc) from None
         if not block:
             # The body was read to its end: the connection may carry the next request (keep-alive),
             # as when requests reads it, rather than a new connection while the device winds this one down.
