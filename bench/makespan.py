@@ -1,11 +1,14 @@
-"""Makespan: 200 tasks with heavy-tailed durations on 3 hosts x 2 workers, 5 NVRs capped at 2.
+"""Makespan: heavy-tailed tasks on 3 worker hosts x 2 workers, 5 NVRs capped at 2, in interleaved rounds.
 
-Real NVR exports run from minutes to an hour; here seconds, scaled down. The
-lower bound is max(total work / workers, longest task). taskserver hands out the
-longest ranges first; "sheet order" gives every task the same range length so
-only the order of the sheet remains, isolating what scheduling is worth. The
-blog-post client fetches 2 tasks and waits for both before fetching again.
-Run: python -m bench.makespan [--quick]
+Real NVR exports run from minutes to an hour. Here the task durations are scaled
+down to seconds; the product's timings are not: the coordinator runs with its
+default settings (leases, retries, the "ask again after" hint of up to 5 s) and each
+host is the shipped worker pool, `python -m taskclient --runner command --command
+'sleep {name}'`, which polls as it does in production. The lower bound is
+max(total work / workers, longest task). taskserver hands out the longest ranges
+first; "sheet order" gives every task the same range length, so only the order of
+the sheet remains. The blog-post client fetches 2 tasks and waits for both before
+fetching again. Run: python -m bench.makespan [--quick] [--rounds K]
 """
 from __future__ import annotations
 
@@ -13,34 +16,21 @@ import random
 import time
 from datetime import datetime, timedelta
 
-from bench.common import Workspace, options, report, run_parallel, store_at
-from tests.harness import PYTHON, start_coordinator
+import requests
+
+from bench.common import Workspace, fmt, goal, interleaved, options, report, run_parallel, spread, store_at
+from tests.harness import PYTHON, start_client, start_coordinator, wait_for
 
 HOSTS, PER_HOST, NVRS = 3, 2, 5
 
 
-def durations(n: int, seed: int = 7) -> list[float]:
-    """Many short tasks, a few long ones, in shuffled sheet order."""
+def durations(n: int, scale: float, seed: int = 7) -> list[float]:
+    """Many short tasks, a few long ones (a heavy tail), in shuffled sheet order."""
     rng = random.Random(seed)
-    values = [rng.uniform(0.5, 2.0) if rng.random() < 0.12 else rng.uniform(0.02, 0.15) for _ in range(n)]
+    values = [round(scale * (rng.uniform(10, 30) if rng.random() < 0.12 else rng.uniform(1, 4)), 2)
+              for _ in range(n)]
     rng.shuffle(values)
     return values
-
-
-def ours_worker(url: str, name: str) -> int:
-    from taskclient.client import Coordinator
-
-    api = Coordinator([url], name)
-    answer, done = api.claim(), 0
-    while answer["status"] != "drained":
-        if answer["status"] == "wait":
-            time.sleep(min(0.05, answer["retry_after"]))
-            answer = api.claim()
-            continue
-        time.sleep(float(answer["task"]["name"]))  # the task's work
-        answer = api.complete(answer["task"]["id"], answer["lease"]["id"], {}, True)
-        done += 1
-    return done
 
 
 def blog_host(url: str) -> int:
@@ -53,19 +43,31 @@ def _sleep_row(row: str) -> None:
     time.sleep(float(row.split(",")[4]))
 
 
+DEFAULTS = ("--lease-seconds", "60", "--backoff-base", "10", "--backoff-max", "600", "--max-wait", "5",
+            "--nvr-backoff", "5", "--per-nvr", "2")  # the product's defaults, over the tests' short timings
+
+
 def bench_ours(ws: Workspace, work: list[float], spans: bool) -> float:
     from taskserver.store import TaskSpec
 
-    db = ws.path / f"ours-{spans}.db"
+    db = ws.path / f"ours-{spans}-{time.monotonic_ns()}.db"
     store = store_at(str(db))
     t0 = datetime(2026, 1, 1)
     store.add([TaskSpec(key=f"t{i}", server=f"nvr-{i % NVRS}", username="u", password="p", cameras=("101",),
                         start=t0.isoformat(), end=(t0 + timedelta(hours=d if spans else 1)).isoformat(),
                         name=repr(d)) for i, d in enumerate(work)])
     store.close()
-    url = start_coordinator(ws.procs, None, db, "--per-nvr", "2", "--max-wait", "0.05").url
-    wall, counts = run_parallel(ours_worker, [(url, f"h{h}/w{w}") for h in range(HOSTS) for w in range(PER_HOST)])
-    assert sum(counts) == len(work)
+    coordinator = start_coordinator(ws.procs, None, db, *DEFAULTS)
+    t = time.perf_counter()
+    hosts = [start_client(ws.procs, coordinator.url, ws.path / f"downloads-{h}", PER_HOST, "--runner", "command",
+                          "--command", "sleep {name}", "--name", f"host{h}") for h in range(HOSTS)]
+    # Makespan ends when the last task is done; idle workers then notice the sentinel at their next poll.
+    wait_for(lambda: requests.get(coordinator.url + "/api/status", timeout=30).json()["counts"]["done"] == len(work),
+             timeout=1800, interval=0.05, what="every task done")
+    wall = time.perf_counter() - t
+    for host in hosts:
+        assert host.wait(60) == 0, host.output()[-2000:]
+    coordinator.kill()
     return wall
 
 
@@ -76,6 +78,7 @@ def bench_blog(ws: Workspace, work: list[float]) -> float:
     proc = ws.procs.start("blogpost", [PYTHON, "-m", "bench.baselines.blogpost", str(sheet), "0"],
                           ready=r"listening on (http://\S+)", cwd=str(ws_repo()))
     wall, counts = run_parallel(blog_host, [(proc.url,)] * HOSTS)
+    proc.kill()
     assert sum(counts) == len(work)
     return wall
 
@@ -88,21 +91,27 @@ def ws_repo():
 
 def main() -> None:
     args = options(__doc__)
-    work = durations(60 if args.quick else 200)
+    work = durations(12, 0.25) if args.quick else durations(36, 1.0)
     bound = max(sum(work) / (HOSTS * PER_HOST), max(work))
+    labels = {"spans": "taskserver, longest range first, NVR caps", "order": "taskserver, sheet order, NVR caps",
+              "blog": "blog-post client (batches of 2, no caps)"}
+    shapes = {"spans": f"{HOSTS} x `taskclient --workers {PER_HOST} --runner command`, default settings",
+              "order": f"{HOSTS} x `taskclient --workers {PER_HOST} --runner command`, default settings",
+              "blog": f"{HOSTS} processes x pool of {PER_HOST}"}
     with Workspace() as ws:
-        results = {"taskserver (longest first, NVR caps)": bench_ours(ws, work, spans=True),
-                   "taskserver, sheet order (NVR caps)": bench_ours(ws, work, spans=False),
-                   "blog-post client (batches of 2, no caps)": bench_blog(ws, work)}
-    rows = [[name, len(work), wall, wall / bound] for name, wall in results.items()]
-    ours = results["taskserver (longest first, NVR caps)"] / bound
-    blog = results["blog-post client (batches of 2, no caps)"] / bound
-    report("makespan", f"Makespan: {len(work)} heavy-tailed tasks, {HOSTS} hosts x {PER_HOST} workers, {NVRS} NVRs",
-           ["system", "tasks", "makespan s", "x lower bound"], rows,
-           [f"Lower bound {bound:.2f} s (total work {sum(work):.1f} s / {HOSTS * PER_HOST} workers, longest"
-            f" {max(work):.2f} s). Goal: ours <= 1.05x: {ours:.3f}x ({'met' if ours <= 1.05 else 'MISSED'});"
-            f" the batch barrier costs the blog-post client {blog:.3f}x."],
-           {"bound": bound, "results": results})
+        runs = interleaved({"spans": lambda: bench_ours(ws, work, spans=True),
+                            "order": lambda: bench_ours(ws, work, spans=False),
+                            "blog": lambda: bench_blog(ws, work)}, args.rounds)
+    walls = {name: spread(values) for name, values in runs.items()}
+    bounds = {name: spread([w / bound for w in values]) for name, values in runs.items()}
+    rows = [[labels[name], shapes[name], len(work), fmt(walls[name]), fmt(bounds[name])] for name in runs]
+    report("makespan", f"Makespan: {len(work)} heavy-tailed tasks, {HOSTS} hosts x {PER_HOST} workers, {NVRS} NVRs,"
+           f" {args.rounds} interleaved round(s)",
+           ["system", "client shape", "tasks", "makespan s, median (range)", "x lower bound"], rows,
+           [f"Lower bound {bound:.1f} s (total work {sum(work):.1f} s / {HOSTS * PER_HOST} workers, longest"
+            f" {max(work):.1f} s).", goal("taskserver <= 1.05x the lower bound", bounds["spans"],
+                                          bounds["spans"]["median"] <= 1.05, "x")],
+           {"bound": bound, "work": work, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ from urllib.parse import urlsplit
 
 import requests
 
-from .errors import AuthError, LeaseLost, SetupError, Stopped
+from .errors import AuthError, LeaseLost, SetupError, Stopped, TLSRefused
+from .tls import describe_tls_error
 
 RETRY_STATUS = {500, 502, 503, 504}
 log = logging.getLogger("taskclient")
@@ -43,8 +44,8 @@ class Coordinator:
                 raise AuthError("--token / TASKSERVER_TOKEN must be printable ASCII without spaces;"
                                 " the coordinator would refuse this one")
             self.session.headers["Authorization"] = f"Bearer {token}"
-        if ca_file:
-            self.session.verify = ca_file
+        # Given with each request: a session's own `verify` loses to REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE.
+        self.verify = ca_file or True
 
     def claim(self) -> dict:
         """One claim answer: {"status": "task"|"wait"|"drained", ...}."""
@@ -67,6 +68,16 @@ class Coordinator:
         """Report success; returns the next claim answer when `claim_next` (one round trip per task)."""
         body = {"lease": lease, "result": result, "next": claim_next, "worker": self.worker}
         return self._request("POST", f"/api/tasks/{task_id}/complete", json=body).get("next")
+
+    def exchange(self, done: list[dict], claim: int) -> dict:
+        """Opt-in batches for short tasks: report finished ones and lease up to `claim` more in one request.
+
+        `done` holds {"id", "lease", "result"} objects. The answer lists each one's
+        outcome ({"id", "ok", "error"}) and "status": "task" with "tasks" (each with its
+        own lease), "wait" with "retry_after", or "drained".
+        """
+        body = {"worker": self.worker, "done": done, "claim": claim}
+        return self._request("POST", "/api/batch", json=body, stop=self.stop_claims if not done else None)
 
     def fail(self, task_id: int, lease: str, error: str, permanent: bool = False, device: str | None = None,
              locked_for: int | None = None) -> str:
@@ -122,8 +133,12 @@ class Coordinator:
         while True:
             url = self.urls[self._current] + path
             try:
-                response = self.session.request(method, url, timeout=self.timeout, **kwargs)
+                response = self.session.request(method, url, timeout=self.timeout, verify=self.verify, **kwargs)
             except requests.RequestException as exc:
+                if isinstance(exc, requests.exceptions.SSLError) and "certificate verify failed" in str(exc).lower():
+                    # A certificate this host does not trust stays untrusted: say so once, do not retry.
+                    raise TLSRefused(f"{url.split('/api/')[0]}: TLS refused: {describe_tls_error(str(exc))};"
+                                     " give the CA that signed it with --ca-file (TASKCLIENT_CA_FILE)") from None
                 # The next request, retried or not, goes to the next coordinator.
                 self._current = (self._current + 1) % len(self.urls)
                 if not retry:

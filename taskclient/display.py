@@ -16,6 +16,8 @@ class Display:
         self.started = time.monotonic()
         self.lines: dict[int, str] = {i: "starting" for i in range(workers)}
         self.labels: dict[int, str] = {}
+        self.waiting: set[int] = set()  # service mode: workers that found the queue drained
+        self.announced = False  # ... and the host said so, once per drain
         self.done = self.failed = self.files = self.bytes = 0
         self.drawn = 0
         self.last_draw = 0.0
@@ -24,6 +26,8 @@ class Display:
     def handle(self, kind: str, index: int, data: dict) -> None:
         """One event from worker `index`."""
         if kind == "start":
+            self.waiting.discard(index)
+            self.announced = False
             self.labels[index] = data["label"]
             self.lines[index] = f"{data['label']} (attempt {data['attempt']}) starting"
             self._event(f"w{index} started {data['label']} (attempt {data['attempt']})")
@@ -62,6 +66,12 @@ class Display:
             self._event(f"w{index} stopping this host after repeated host faults: {data['reason']}", err=True)
         elif kind == "idle":
             self.lines[index] = f"waiting for work (asking again within {data['retry_after']} s)"
+        elif kind == "drained" and data.get("service"):
+            self.lines[index] = "queue drained; waiting for new work"
+            self.waiting.add(index)
+            if len(self.waiting) == len(self.lines) and not self.announced:
+                self.announced = True
+                self._event(f"queue drained; waiting for new work (asking every {data['poll']:g} s or so)")
         elif kind == "drained":
             self.lines[index] = "queue drained"
         elif kind == "died":

@@ -10,6 +10,10 @@ class AuthError(ClientError):
     """Raised when the coordinator refuses the token (HTTP 401/403); fatal for the whole host."""
 
 
+class TLSRefused(ClientError):
+    """Raised when the coordinator's certificate (or its proxy's) is not trusted: fatal, never retried."""
+
+
 class SetupError(ClientError):
     """Raised when the worker host is misconfigured (unknown runner, bad folder, bad URL); fatal."""
 

@@ -96,8 +96,13 @@ class Ledger:
             for f in files:
                 entry = entries.setdefault(f["stem"], {"owner": "", "item": ""})
                 entry.update(path=f["path"], size=f["size"], sha256=f["sha256"])
-            lines = sorted((e["path"], e["sha256"]) for e in entries.values() if e.get("sha256"))
-            _write_atomic(self.downloads / SUMS, "".join(f"{digest}  {path}\n" for path, digest in lines))
+            self._write_sums(entries)
+
+    def _write_sums(self, entries: dict) -> None:
+        """SHA256SUMS: every complete file still here (one moved away by --upload-delete drops out)."""
+        lines = sorted((e["path"], e["sha256"]) for e in entries.values()
+                       if e.get("sha256") and (self.downloads / e["path"]).is_file())
+        _write_atomic(self.downloads / SUMS, "".join(f"{digest}  {path}\n" for path, digest in lines))
 
     def discard(self, owner: str) -> tuple[int, int]:
         """Remove the files an owner wrote and its reservations (a cancelled task); return files and bytes."""
@@ -115,8 +120,7 @@ class Ledger:
                 except OSError:
                     continue
                 prune(self.downloads, path)
-            lines = sorted((e["path"], e["sha256"]) for e in entries.values() if e.get("sha256"))
-            _write_atomic(self.downloads / SUMS, "".join(f"{digest}  {path}\n" for path, digest in lines))
+            self._write_sums(entries)
         return removed, size
 
     def _on_disk(self, stem: str) -> bool:

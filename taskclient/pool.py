@@ -3,7 +3,8 @@
 Ctrl-C once: claim nothing more, let running tasks finish, exit.
 Ctrl-C twice, or SIGTERM: give running tasks back to the coordinator (release) and exit now.
 A worker killed from outside is replaced, and its task comes back to the queue
-when its lease expires.
+when its lease expires. In service mode the host never ends on its own: a stop is
+its normal end, and exits 0 (what service managers expect of a requested stop).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import signal
 import time
 
 from .display import Display
-from .worker import AUTH, DRAINED, HOST_FAULT, SETUP, STOPPED, Events, Settings, worker_main
+from .worker import AUTH, DRAINED, HOST_FAULT, SETUP, STOPPED, TLS, Events, Settings, worker_main
 
 log = logging.getLogger("taskclient")
 
@@ -24,9 +25,12 @@ EXIT_ERROR = 1  # workers kept dying
 EXIT_USAGE = 2  # bad options or configuration
 EXIT_AUTH = 3  # the coordinator refused the token
 EXIT_HOST_FAULT = 4  # this host failed tasks itself (disk full, permission denied, missing tool) 3 times in a row
+EXIT_TLS = 5  # the coordinator's certificate (or its proxy's) is not trusted: --ca-file
 EXIT_INTERRUPTED = 130  # stopped by Ctrl-C / SIGTERM before the queue was drained
+EXIT_STOPPED = 0  # service mode: stopped on request (SIGTERM, Ctrl-C)
 
-MAX_RESTARTS = 20  # replacements of crashed workers before the host gives up
+MAX_RESTARTS = 20  # replacements of crashed workers within RESTART_WINDOW before the host gives up
+RESTART_WINDOW = 3600.0  # seconds; a service that runs for months may lose a worker now and then
 
 
 class Pool:
@@ -42,7 +46,7 @@ class Pool:
         self.display = display or Display(workers, settings.downloads)
         self.procs: dict[int, multiprocessing.process.BaseProcess] = {}
         self.finished: dict[int, int] = {}
-        self.restarts = 0
+        self.restarts: list[float] = []  # when crashed workers were replaced (monotonic)
         self.interrupts = 0
 
     def run(self) -> int:
@@ -76,17 +80,20 @@ class Pool:
             proc.join()
             del self.procs[index]
             code = proc.exitcode
-            if code in (AUTH, SETUP, HOST_FAULT):
+            if code in (AUTH, SETUP, HOST_FAULT, TLS):
                 self.events.stop.set()
                 self.events.abort.set()
-            if code in (DRAINED, STOPPED, AUTH, SETUP, HOST_FAULT) or self.events.stop.is_set():
+            if code in (DRAINED, STOPPED, AUTH, SETUP, HOST_FAULT, TLS) or self.events.stop.is_set():
                 self.finished[index] = code
                 continue
-            if self.restarts >= MAX_RESTARTS:
-                log.error("worker %d died (exit %s); %d restarts already, giving up", index, code, self.restarts)
+            now = time.monotonic()
+            self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW]
+            if len(self.restarts) >= MAX_RESTARTS:
+                log.error("worker %d died (exit %s); %d restarts within an hour already, giving up", index, code,
+                          len(self.restarts))
                 self.finished[index] = code
                 continue
-            self.restarts += 1
+            self.restarts.append(now)
             log.warning("worker %d died (exit %s); starting a replacement", index, code)
             self.display.handle("died", index, {})
             self._start(index)
@@ -124,11 +131,16 @@ class Pool:
             if proc.is_alive():
                 proc.terminate()
                 proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
 
     def _exit_code(self) -> int:
         codes = set(self.finished.values())
         if AUTH in codes:
             return EXIT_AUTH
+        if TLS in codes:
+            return EXIT_TLS
         if SETUP in codes:
             return EXIT_USAGE
         if HOST_FAULT in codes:
@@ -136,7 +148,7 @@ class Pool:
         if codes == {DRAINED}:
             return EXIT_DRAINED
         if self.events.stop.is_set():
-            return EXIT_INTERRUPTED
+            return EXIT_STOPPED if self.settings.service and codes <= {STOPPED} else EXIT_INTERRUPTED
         return EXIT_ERROR
 
 

@@ -24,15 +24,16 @@ from pathlib import Path
 import requests
 
 from .client import Coordinator
-from .errors import AuthError, Cancelled, HostFault, LeaseLost, SetupError, Stopped, TaskFailed
+from .errors import AuthError, Cancelled, HostFault, LeaseLost, SetupError, Stopped, TaskFailed, TLSRefused
 from .paths import task_folder
 from .runners import Progress, make_runner
 from .untrusted import clean_text
+from .upload import Uploader
 
 log = logging.getLogger("taskclient")
 
 # Worker process exit codes, read by the pool.
-DRAINED, STOPPED, AUTH, SETUP, HOST_FAULT = 0, 10, 11, 12, 13
+DRAINED, STOPPED, AUTH, SETUP, HOST_FAULT, TLS = 0, 10, 11, 12, 13, 14
 MAX_HOST_FAULTS = 3  # consecutive host faults before the host stops
 SPACE_POLL = 5.0  # seconds between free-space checks while the host is full
 FULL_RETRY = 300.0  # a host short of space for one task claims again after this, to try smaller ones
@@ -54,6 +55,9 @@ class Settings:
     ca_file: str | None = None
     host: str = field(default_factory=socket.gethostname)
     min_free: int = 0  # bytes to keep free in `downloads`; below it the host claims nothing
+    service: bool = False  # stay when the queue drains, and ask for new work every `drained_poll` seconds
+    drained_poll: float = 30.0
+    upload: Uploader | None = None  # where done tasks' files go before the completion is reported
 
 
 @dataclass
@@ -67,6 +71,8 @@ class Events:
 def worker_main(index: int, settings: Settings, events: Events, queue) -> None:
     """Entry point of a worker process; its exit code tells the pool why it ended."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the pool decides what Ctrl-C means
+    # A service manager may send SIGTERM to every process of the host at once: stop as the pool would.
+    signal.signal(signal.SIGTERM, lambda signum, frame: _stop_soon(events))
     root = logging.getLogger()
     root.handlers[:] = [logging.handlers.QueueHandler(queue)]
     root.setLevel(logging.INFO)
@@ -84,6 +90,9 @@ def worker_main(index: int, settings: Settings, events: Events, queue) -> None:
     except SetupError as exc:
         log.error("%s", exc)
         code = SETUP
+    except TLSRefused as exc:
+        log.error("%s", exc)
+        code = TLS
     if worker is not None and code in (DRAINED, STOPPED):
         worker.api.worker_state("stopped", "queue drained" if code == DRAINED else "host stopping")
     raise SystemExit(code)
@@ -110,9 +119,10 @@ class Worker:
         self.queue.put((kind, self.index, data))
 
     def run(self) -> int:
-        """Claim and run tasks until the sentinel, a stop, or a dead parent."""
+        """Claim and run tasks until the sentinel (in service mode: until a stop), a stop, or a dead parent."""
         idle = 0.1
         answer = None
+        drained = False
         while True:
             if self.events.stop.is_set() or not self._parent_alive():
                 return STOPPED
@@ -129,8 +139,16 @@ class Worker:
                 return STOPPED
             status = answer["status"]
             if status == "drained":
-                self.send("drained")
-                return DRAINED
+                if not self.settings.service:
+                    self.send("drained")
+                    return DRAINED
+                if not drained:
+                    drained = True
+                    self.send("drained", service=True, poll=self.settings.drained_poll)
+                answer = None
+                self.events.stop.wait(self.settings.drained_poll * random.uniform(0.8, 1.2))
+                continue
+            drained = False
             if status == "wait":
                 self.send("idle", retry_after=answer["retry_after"])
                 # Poll gently: start fast, grow to the coordinator's hint, with jitter.
@@ -158,6 +176,7 @@ class Worker:
         beat.start()
         try:
             result = self.runner.run(task, folder, progress, cancel)
+            self._upload(result, progress, cancel)
         except Cancelled:
             return self._abandon(task, lease, lost)
         except TaskFailed as exc:
@@ -180,9 +199,6 @@ class Worker:
         self.host_faults = 0
         if lost.is_set():
             return self._lost(task, lease)
-        for entry in result.get("manifest") or []:  # which host holds each file
-            if isinstance(entry, dict):
-                entry.setdefault("host", self.settings.host)
         try:
             answer = self.api.complete(task["id"], lease["id"], result, claim_next=not self.events.stop.is_set())
         except LeaseLost:
@@ -192,6 +208,18 @@ class Worker:
             return None
         self.send("done", task=task["id"], files=result.get("files", 0), bytes=result.get("bytes", 0))
         return answer
+
+    def _upload(self, result: dict, progress: Progress, cancel: threading.Event) -> None:
+        """Note which host holds each file; with --upload, copy them to the destination first (verified).
+
+        Runs while heartbeats still extend the lease. An upload that fails raises
+        TaskFailed: the attempt fails, the local files stay, and the retry uploads again.
+        """
+        manifest = [entry for entry in result.get("manifest") or [] if isinstance(entry, dict)]
+        for entry in manifest:
+            entry.setdefault("host", self.settings.host)
+        if self.settings.upload is not None and manifest:
+            self.settings.upload.send(manifest, progress, cancel)
 
     def _report_failure(self, task, lease, error: str, permanent: bool, lost, device: str | None = None,
                         locked_for: int | None = None) -> None:
@@ -269,7 +297,7 @@ class Worker:
                 self.api.worker_state("ok", "space returned")
                 self.send("ok")
                 return None
-            if self.api.drained():
+            if not self.settings.service and self.api.drained():
                 self.send("drained")
                 return DRAINED
         return STOPPED
@@ -365,6 +393,12 @@ def _remove_task_files(folder: Path) -> tuple[int, int]:
     size = sum(p.stat().st_size for p in files)
     shutil.rmtree(folder, ignore_errors=True)
     return len(files), size
+
+
+def _stop_soon(events: Events) -> None:
+    """Set the host's stop flags from a signal handler: on a thread of its own, because this thread may
+    hold the flags' lock at the moment the signal arrives."""
+    threading.Thread(target=lambda: (events.stop.set(), events.abort.set()), daemon=True).start()
 
 
 def _remove_if_empty(folder: Path) -> None:

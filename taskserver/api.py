@@ -6,6 +6,8 @@
     POST /api/tasks/<id>/fail                {"lease", "error", "permanent": bool,
                                               "device": "busy"|"unreachable"|"auth", "locked_for": seconds}
     POST /api/tasks/<id>/release             {"lease", "reason": text}
+    POST /api/batch                          {"worker", "done": [{"id", "lease", "result"}], "claim": N}
+                                             -> {"done": [{"id", "ok"}], "status", "tasks": [{"task", "lease"}]}
     POST /api/workers/state                  {"worker", "state": "ok"|"full"|"fault"|"stopped", "detail": text}
     GET  /api/tasks/<id>                     public view of one task (no password)
     GET  /api/status                         counts per state, totals, workers
@@ -132,6 +134,37 @@ def release(task_id: int):
     store().release(task_id, validate.lease(body), reason)
     log.info("task %s released%s", task_id, f": {reason[:200]}" if reason else "")
     return jsonify({"ok": True})
+
+
+BATCH = 100  # tasks completed or leased by one batch request, at most
+
+
+@bp.post("/batch")
+def batch():
+    """Opt-in batches for short tasks: complete several and lease up to N more, each with its own lease.
+
+    One task per claim stays the protocol's default; a worker that runs many short
+    tasks may save round trips this way. Each completion is fenced by its lease, and
+    each task leased counts against its NVR's cap, exactly as single requests do.
+    """
+    body = validate.json_body()
+    worker = validate.worker(body.get("worker"))
+    count = validate.whole(body.get("claim", 0), "claim", 0, BATCH)
+    done = body.get("done", [])
+    if not isinstance(done, list) or len(done) > BATCH or not all(isinstance(d, dict) for d in done):
+        raise BadRequest(f"'done' must be a list of at most {BATCH} objects with \"id\", \"lease\" and \"result\"")
+    reports = [(validate.whole(d.get("id"), "done.id", 0, validate.MAX_ID), validate.lease(d), validate.result(d.get("result")))
+               for d in done]
+    outcomes, claims = store().exchange(worker, reports, count)
+    answer: dict = {"ok": True, "done": [{"id": d["id"], "ok": error is None, **({"error": str(error)} if error else {})}
+                                         for d, error in zip(done, outcomes, strict=True)]}
+    if claims:  # the leased tasks, or one "wait" / "drained" answer
+        answer["status"] = claims[0].status
+        answer["tasks"] = [{"task": c.task, "lease": c.lease} for c in claims if c.status == "task"]
+        if claims[0].status == "wait":
+            answer["retry_after"] = claims[0].retry_after
+    log.info("batch from %s: %d done, %d leased", worker, sum(e is None for e in outcomes), len(answer.get("tasks", [])))
+    return jsonify(answer)
 
 
 @bp.post("/workers/state")

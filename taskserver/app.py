@@ -12,7 +12,7 @@ from werkzeug.exceptions import HTTPException
 from . import logs, security
 from .config import Config
 from .errors import ConfigError, TaskServerError
-from .sheet import load_sheet
+from .sheet import spool_sheet
 from .store import Clock, Store
 from .validate import TaskId
 
@@ -102,5 +102,9 @@ def load_tasks(store: Store, config: Config) -> None:
             log.warning("no %s in %s; serving the tasks already in %s", path, Path.cwd(), store.url)
             return
         raise ConfigError(f"task sheet {path} not found")
-    result = load_sheet(path, chunk=config.chunk, timezone=config.timezone, now=store.clock()).into(store)
+    spooled = spool_sheet(path, chunk=config.chunk, timezone=config.timezone, now=store.clock())
+    try:
+        result = spooled.into(store)
+    finally:
+        spooled.close()
     log.info("%s: %d task(s) added, %d already queued", path, result.added, result.existing)

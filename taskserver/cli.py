@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import secrets
@@ -138,15 +139,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Validate the whole sheet, then queue its rows in one transaction."""
-    from .sheet import Imported, load_sheet
+    from .sheet import spool_sheet
 
     config = _config(args)
-    imported = load_sheet(args.sheet, chunk=config.chunk, timezone=config.timezone)
+    imported = spool_sheet(args.sheet, chunk=config.chunk, timezone=config.timezone)
     if args.dry_run:
         if imported.schedules:
             print(f"{args.sheet}: {len(imported.schedules)} row(s) on a schedule are left out of the dry run")
-        imported = Imported(dry_runs(imported))
-    with _store(config, create=args.create) as store:
+        imported.schedules, imported.convert = [], dry_run
+    with _store(config, create=args.create) as store, contextlib.closing(imported):
         result = imported.into(store)
         updated = f" ({result.updated} with a corrected password)" if result.updated else ""
         what = "dry run(s)" if args.dry_run else "task(s)"
@@ -154,12 +155,12 @@ def cmd_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def dry_runs(specs: list) -> list:
-    """The same rows as dry runs: their own keys, so that the real export can be imported afterwards."""
+def dry_run(spec):
+    """The same row as a dry run: its own key, so that the real export can be imported afterwards."""
     from dataclasses import replace
 
-    return [replace(s, key=f"list:{s.key}", group=f"list:{s.group or s.key}", mode="list",
-                    name=f"dry run: {s.name}" if s.name else "dry run") for s in specs]
+    return replace(spec, key=f"list:{spec.key}", group=f"list:{spec.group or spec.key}", mode="list",
+                   name=f"dry run: {spec.name}" if spec.name else "dry run")
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:

@@ -159,6 +159,18 @@ FAIL = _obj({"lease": LEASE, "error": {"type": "string", "minLength": 1, "patter
              "locked_for": {"type": "number", "minimum": 0, "maximum": 86400, "nullable": True,
                             "description": "auth: seconds the device said the account stays locked"}},
             ("lease", "error"))
+BATCH = _obj({"worker": WORKER,
+              "done": {"type": "array", "maxItems": 100, "items": _obj(
+                  {"id": {"type": "integer", "minimum": 0, "maximum": validate.MAX_ID}, "lease": LEASE,
+                   "result": _ref("Result")}, ("id", "lease"))},
+              "claim": {"type": "integer", "minimum": 0, "maximum": 100}})
+BATCHED = _obj({"ok": {"type": "boolean"},
+                "done": {"type": "array", "items": _obj({"id": {"type": "integer"}, "ok": {"type": "boolean"},
+                                                         "error": {"type": "string"}}, ("id", "ok"))},
+                "status": {"type": "string", "enum": ["task", "wait", "drained"]},
+                "tasks": {"type": "array", "items": _obj({"task": {"type": "object"}, "lease": {"type": "object"}},
+                                                         ("task", "lease"))},
+                "retry_after": {"type": "number", "minimum": 0}}, ("ok", "done"))
 FILE = _obj({"id": {"type": "integer"}, "task_id": {"type": "integer"}, "server": {"type": "string"},
              "host": {"type": "string"}, "path": {"type": "string"}, "size": {"type": "integer"},
              "sha256": NULL_STRING, "camera": NULL_STRING, "camera_name": NULL_STRING, "start": NULL_STRING,
@@ -216,6 +228,10 @@ def _paths() -> dict:
             _obj({"lease": LEASE, "reason": {"type": "string", "nullable": True, "maxLength": 100_000,
                                              "description": "e.g. a fault of the worker host's own; cut to 1000"}},
                  ("lease",)), tag="workers")},
+        "/api/batch": {"post": _op(
+            "opt-in batches: report finished tasks and lease up to `claim` more, each with its own lease",
+            {200: _json(BATCHED, "each report's outcome, and the tasks leased (or wait, or drained)")}, WRITE,
+            body=BATCH, tag="workers")},
         "/api/workers/state": {"post": _op(
             "what a worker host says of itself", {200: ok}, WRITE, body=_obj({
                 "worker": WORKER, "state": {"type": "string", "enum": ["ok", "full", "fault", "stopped"]},

@@ -53,7 +53,7 @@ ROW_COLUMNS = [("Sheet row", None), ("Name", None), ("NVR", None), ("Tasks", 7),
 NVR_COLUMNS = [("NVR", None), ("Tasks", 8), ("Done", 8), ("Nothing found", 9), ("Failed", 8), ("Cancelled", 10),
                ("Other", 8), ("Files", 8), ("Bytes", 15)]
 FILE_COLUMNS = [("Task", 7), ("NVR", None), ("Host", None), ("Path", None), ("Size", 13), ("SHA-256", 34),
-                ("Camera", 8), ("Camera name", None), ("Start", 20), ("End", 20)]
+                ("Camera", 8), ("Camera name", None), ("Start", 20), ("End", 20), ("Location", 40)]
 # Fitted widths: (least, most) characters; a longer text wraps, so that it shows whole and the widest
 # sheet still prints one page wide at a readable size.
 WIDE = {"Sheet row": (12, 24), "Name": (8, 24), "NVR": (6, 20), "Cameras": (8, 12), "Worker": (8, 18),
@@ -139,13 +139,14 @@ def _figures(totals: dict) -> list:
 
 
 def _write_files(store: Store, sheet) -> int:
-    """The manifest, a page at a time: which host holds each file, where, and its checksum."""
+    """The manifest, a page at a time: which host holds each file, where, its checksum, and where it was uploaded."""
     count, after = 0, 0
     while page := store.files(after=after, limit=FILES_PAGE):
         for f in page:
             sheet.append([f["task_id"], _text(sheet, f["server"]), _text(sheet, f["host"]),
                           _text(sheet, f["path"], WRAP), _number(f["size"]), _text(sheet, f["sha256"], WRAP),
-                          _text(sheet, f["camera"]), _text(sheet, f["camera_name"]), *_range_cells(sheet, f)])
+                          _text(sheet, f["camera"]), _text(sheet, f["camera_name"]), *_range_cells(sheet, f),
+                          _text(sheet, f["location"], WRAP)])
             count += 1
         after = page[-1]["id"]
     return count

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import pickle
 import re
+import tempfile
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -66,6 +68,68 @@ class Imported(list):
             result.existing += scheduled.existing
             result.updated += scheduled.updated
         return result
+class Spooled(Imported):
+    """A big sheet's tasks, spooled to a temporary file in batches as the rows are checked.
+
+    A million rows checked and queued in memory would take gigabytes; spooled, the
+    import holds one batch at a time, and the store still adds them all in one
+    transaction once every row has passed (all or nothing). Reading it gives the
+    tasks in sheet order, as often as needed; `convert` changes each on the way out.
+    """
+
+    BATCH = 10_000
+
+    def __init__(self):
+        super().__init__()
+        self._file = tempfile.TemporaryFile(prefix="taskserver-import-")
+        self._batch: list[TaskSpec] = []
+        self._count = 0
+        self.convert = None
+
+    def append(self, spec: TaskSpec) -> None:
+        self._batch.append(spec)
+        self._count += 1
+        if len(self._batch) >= self.BATCH:
+            self._spill()
+
+    def extend(self, specs) -> None:
+        for spec in specs:
+            self.append(spec)
+
+    def _spill(self) -> None:
+        pickle.dump(self._batch, self._file, protocol=pickle.HIGHEST_PROTOCOL)  # our own objects, read back here
+        self._batch = []
+
+    def __len__(self) -> int:
+        return self._count
+
+    def __bool__(self) -> bool:
+        return self._count > 0
+
+    def __iter__(self):
+        if self._batch:
+            self._spill()
+        self._file.seek(0)
+        while True:
+            try:
+                batch = pickle.load(self._file)
+            except EOFError:
+                return
+            yield from (map(self.convert, batch) if self.convert else batch)
+
+    def into(self, store) -> ImportResult:
+        result = store.add(self) if self else ImportResult()
+        if self.schedules:
+            scheduled = store.add_schedules(self.schedules)
+            result.added += scheduled.added
+            result.existing += scheduled.existing
+            result.updated += scheduled.updated
+        return result
+
+    def close(self) -> None:
+        self._file.close()
+
+
 # The header-less layout of sheets made for the original blog-post task server.
 HEADERLESS = ("username", "password", "server", "cameras", "starttime", "endtime")
 
@@ -81,7 +145,21 @@ def load_sheet(path: str | Path, chunk: str | None = None, timezone: str | None 
     path = Path(path)
     defaults = _defaults(path.name, chunk, timezone, now)
     with open_table(path) as table:
-        return _read_rows(path.name, table, defaults)
+        return _read_rows(path.name, table, defaults, Imported())
+
+
+def spool_sheet(path: str | Path, chunk: str | None = None, timezone: str | None = None,
+                now: float | None = None) -> Spooled:
+    """`load_sheet` for sheets of any size: the checked tasks wait in a temporary file, not in memory."""
+    path = Path(path)
+    defaults = _defaults(path.name, chunk, timezone, now)
+    spooled = Spooled()
+    try:
+        with open_table(path) as table:
+            return _read_rows(path.name, table, defaults, spooled)
+    except BaseException:
+        spooled.close()
+        raise
 
 
 def load_rows(rows, chunk=None, timezone=None, origin: str = "request",
@@ -141,11 +219,11 @@ class _Problems:
 class _Acceptor:
     """Collects valid rows: refuses duplicates and contradictory NVR caps, counts and splits chunked rows."""
 
-    def __init__(self, problem: _Problems, max_tasks: int, what: str):
+    def __init__(self, problem: _Problems, max_tasks: int, what: str, into: list | None = None):
         self.problem, self.max_tasks, self.what = problem, max_tasks, what
-        self.specs: list[TaskSpec] = []
+        self.specs: list[TaskSpec] = [] if into is None else into
         self.schedules: list[Schedule] = []
-        self.seen: dict[str, int] = {}
+        self.seen: dict[bytes, int] = {}  # a digest of each task key: a million keys in tens of MB, not hundreds
         self.caps: dict[str, tuple[int, int]] = {}
         self.passwords: dict[tuple[str, str], tuple[str, int]] = {}
         self.total = 0
@@ -154,11 +232,12 @@ class _Acceptor:
         if row is None:
             return
         spec, step, schedule = row
-        if spec.key in self.seen:
+        digest = hashlib.blake2b(spec.key.encode(), digest_size=16).digest()
+        if digest in self.seen:
             what = "id" if spec.key.startswith("id:") else "NVR, cameras and time range"
-            self.problem(f"same {what} as row {self.seen[spec.key]}: each task must appear once", rownum)
+            self.problem(f"same {what} as row {self.seen[digest]}: each task must appear once", rownum)
             return
-        self.seen[spec.key] = rownum
+        self.seen[digest] = rownum
         if spec.max_parallel is not None:
             cap, first = self.caps.setdefault(spec.server, (spec.max_parallel, rownum))
             if cap != spec.max_parallel:
@@ -199,7 +278,7 @@ def _defaults(origin: str, chunk, timezone, now: float | None) -> dict:
     return defaults
 
 
-def _read_rows(fname: str, table, defaults: dict) -> list[TaskSpec]:
+def _read_rows(fname: str, table, defaults: dict, into: Imported) -> Imported:
     problem = _Problems(fname, table.title)
     first = table.first_row()
     if first is None:
@@ -211,7 +290,7 @@ def _read_rows(fname: str, table, defaults: dict) -> list[TaskSpec]:
     elif any(field not in columns.values() for field in _required(columns.values())):
         raise SheetError(problem.found)  # rows cannot be checked without their required columns
 
-    accept = _Acceptor(problem, MAX_IMPORT_TASKS, "sheet")
+    accept = _Acceptor(problem, MAX_IMPORT_TASKS, "sheet", into)
     where_of = {field: f"{_letter(i)} ({field})" for i, field in columns.items()}
     source = f"{fname}, sheet {table.title!r}" if table.title is not None else fname
     for rownum, cells in table.rows(1 if headerless else 2, max(columns) + 1):
@@ -223,7 +302,8 @@ def _read_rows(fname: str, table, defaults: dict) -> list[TaskSpec]:
         problem("no task rows below the header")
     if problem.found:
         raise SheetError(problem.found)
-    return Imported(accept.specs, accept.schedules)
+    into.schedules = accept.schedules
+    return into
 
 
 def _required(fields) -> tuple[str, ...]:

@@ -356,3 +356,12 @@ def worker_processes(client: Proc) -> list:
             pass
     return found
 
+
+
+def free_port() -> int:
+    """A loopback port free right now, for programs that cannot pick their own (sshd, nginx, containers)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

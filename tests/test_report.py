@@ -22,7 +22,7 @@ from .harness import TEST_KEY, FakeClock
 T0 = datetime(2026, 1, 1)
 NAME = "Entrée principale, caméra du quai de chargement nord " * 3  # long, accented: must show whole
 HEADERS = {"Rows": ("Sheet row", "State"), "NVRs": ("NVR", "Bytes"), "Tasks": ("Task", "Last error"),
-           "Files": ("Task", "End")}
+           "Files": ("Task", "Location")}
 
 
 def spec(n: int, group: str, name: str, chunk: str = "", **extra) -> TaskSpec:
@@ -49,7 +49,8 @@ def store(db, clock):
 def manifest(task: int) -> list[dict]:
     return [{"path": f"{task:06d}-lobby/2026010100{m:02d}00-101.mp4", "size": 1000 + m, "sha256": f"{m:x}" * 64,
              "camera": "101", "camera_name": "Lobby", "start": f"2026-01-01T00:{m:02d}:00",
-             "end": f"2026-01-01T00:{m + 10:02d}:00"} for m in (0, 10)]
+             "end": f"2026-01-01T00:{m + 10:02d}:00",
+             "location": f"nas:cctv/{task:06d}-lobby/2026010100{m:02d}00-101.mp4" if m else None} for m in (0, 10)]
 
 
 def run_story(store, clock) -> None:
@@ -114,7 +115,8 @@ def test_the_report_says_what_came_of_each_row_and_times_the_last_attempt(store,
 
     files = list(book["Files"].iter_rows(min_row=2, values_only=True))
     assert files == [(1, "10.0.0.5:8000", "host-a", f["path"], f["size"], f["sha256"], "101", "Lobby",
-                      datetime.fromisoformat(f["start"]), datetime.fromisoformat(f["end"])) for f in manifest(1)]
+                      datetime.fromisoformat(f["start"]), datetime.fromisoformat(f["end"]), f["location"])
+                     for f in manifest(1)]  # where an upload put it, if it was uploaded
     widths = {name: book["Tasks"].column_dimensions[chr(ord("A") + i)].width for name, i in column.items()}
     assert widths["NVR"] == len("10.0.0.5:8000") + 2  # as wide as the longest name in it ...
     assert widths["Name"] == 24 and book["Tasks"]["C6"].alignment.wrap_text  # ... within a cap; longer ones wrap

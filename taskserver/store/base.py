@@ -12,7 +12,7 @@ import enum
 import random
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 Clock = Callable[[], float]  # seconds since the epoch, like time.time
@@ -199,8 +199,11 @@ class Store(ABC):
         self.clock = clock
 
     @abstractmethod
-    def add(self, specs: list[TaskSpec]) -> ImportResult:
+    def add(self, specs: Iterable[TaskSpec]) -> ImportResult:
         """Queue new tasks atomically; specs whose key is already stored are counted, not added.
+
+        `specs` may be any collection that can be read twice, such as a big sheet spooled
+        to disk: it is inserted in batches, inside the one transaction.
 
         A password that differs from the stored one for the same NVR and user corrects
         it, and releases that user's tasks held for a refused password.
@@ -248,6 +251,17 @@ class Store(ABC):
 
         With `next_for` (a worker name), also claim that worker's next task in the same
         transaction and return the claim: one commit per task at steady state.
+        """
+
+    @abstractmethod
+    def exchange(self, worker: str, done: list[tuple[int, str, dict]], count: int) -> tuple[list, list[Claim]]:
+        """Complete several tasks and lease up to `count` more to `worker`, in one transaction (opt-in batches).
+
+        `done` holds (task id, lease id, result) triples; each is fenced by its own
+        lease as `complete` does, and its outcome is None (done, or a harmless repeat)
+        or the LeaseLost / TaskNotFound error `complete` would raise. Each task leased
+        gets a lease of its own, under the same caps as single claims. Returns the
+        outcomes and the claims: the leased tasks, else one "wait" or "drained" claim.
         """
 
     @abstractmethod

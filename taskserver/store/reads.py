@@ -30,11 +30,8 @@ class SQLReads:
 
     def _expire_if_due(self, now: float) -> None:
         """Reads show the truth: leases that ran out are expired first (a write only when one did)."""
-        if self._db().execute(
-            f"SELECT EXISTS (SELECT 1 FROM tasks WHERE (state = {L} AND lease_expires < ?) OR (state = {W} AND"
-            " ready_at <= ?)) OR EXISTS (SELECT 1 FROM logins WHERE refused_at <= ?)",
-            (now, now, now - self.policy.nvr_give_up),
-        ).fetchone()[0]:
+        due, params = self._due(now)
+        if self._db().execute(f"SELECT {due}", params).fetchone()[0]:
             with self._write() as db:
                 self._expire(db, now)
 

@@ -18,8 +18,9 @@ import random
 import secrets
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from itertools import islice
 
 from ..errors import ConfigError, Conflict, LeaseLost, TaskNotFound
 from ..vault import CHECK, Vault
@@ -27,6 +28,7 @@ from .base import TRANSITIONS, Claim, Clock, ImportResult, Policy, Schedule, Sta
 from .reads import SQLReads
 from .schema import MIGRATIONS, SCHEMA_VERSION, TABLES
 
+ADD_BATCH = 5000  # tasks inserted per statement batch by an import
 PRUNE_EVERY = 100  # write transactions between two prunings of the event feed
 IDLE_WRITE = 15.0  # seconds between two writes of an idle worker's last poll (at most half a lease)
 HELD = 1e18  # ready_at of a task held for a refused password: never ready until released
@@ -78,9 +80,6 @@ class SQLStore(SQLReads, Store):
         self.made_here: collections.deque = collections.deque(maxlen=10_000)
 
     # --- connections and transactions (the dialect's part) --------------------------
-    def _begin(self, db) -> None:
-        db.execute("BEGIN")
-
     def _insert_many(self, db, sql: str, rows: list[tuple]) -> list[int | None]:
         """Run an INSERT ... ON CONFLICT DO NOTHING per row; each new row's id, or None where it existed."""
         raise NotImplementedError
@@ -137,31 +136,46 @@ class SQLStore(SQLReads, Store):
         raise NotImplementedError
 
     @contextmanager
-    def _write(self) -> Iterator:
-        """One write transaction: committed on success, rolled back on any error.
-
-        Events are gathered while it runs and written last, so that the feed's ids
-        follow commit order even with several coordinators writing at once.
-        """
+    def _transaction(self) -> Iterator:
+        """A transaction on this thread's connection: committed on success, rolled back on any error."""
         db = self._db()
-        self._begin(db)
-        self._local.events = []
+        db.execute("BEGIN")
         try:
             yield db
-            if self._local.events:
-                self._before_feed(db)
-                db.executemany("INSERT INTO events (at, kind, task_id, state, worker, detail) VALUES (?,?,?,?,?,?)",
-                               self._local.events)
-                self._feed_writes += 1
-                if self._feed_writes % PRUNE_EVERY == 0:
-                    # The feed serves streams that reconnect, not history (attempts keep that).
-                    db.execute("DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
-                               (self.policy.events_kept,))
         except BaseException:
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+
+    @contextmanager
+    def _write(self) -> Iterator:
+        """One write transaction: committed (durably) before it returns, rolled back on any error.
+
+        Events are gathered while it runs and written last, so that the feed's ids
+        follow commit order even with several coordinators writing at once.
+        """
+        with self._transaction() as db:
+            self._local.events = []
+            self._local.writing = db
+            try:
+                yield db
+                self._write_events(db)
+            finally:
+                self._local.writing = None
+        # Committed, whichever way the dialect commits: the coordinator's log tells its own changes apart.
         self.made_here.extend(e[:2] for e in self._local.events if e[1] in MADE_HERE_KINDS)
+
+    def _write_events(self, db) -> None:
+        """Write the transaction's gathered events, last before its commit; prune the feed now and then."""
+        if self._local.events:
+            self._before_feed(db)
+            db.executemany("INSERT INTO events (at, kind, task_id, state, worker, detail) VALUES (?,?,?,?,?,?)",
+                           self._local.events)
+            self._feed_writes += 1
+            if self._feed_writes % PRUNE_EVERY == 0:
+                # The feed serves streams that reconnect, not history (attempts keep that).
+                db.execute("DELETE FROM events WHERE id <= (SELECT max(id) FROM events) - ?",
+                           (self.policy.events_kept,))
 
     def _move(self, db, name: str, where: str, params: tuple = (), sets: str = "", values: tuple = (),
               now: float | None = None, detail: str | None = None) -> list:
@@ -171,16 +185,25 @@ class SQLStore(SQLReads, Store):
         task never moves along a path the table does not allow, and each row it
         changed gets one event in the feed.
         """
+        rows = db.execute(*self._move_sql(name, where, params, sets, values)).fetchall()
+        self._moved(name, rows, now, detail)
+        return rows
+
+    def _move_sql(self, name: str, where: str, params: tuple = (), sets: str = "", values: tuple = (),
+                  returning: str = "id, worker, lease_id") -> tuple[str, tuple]:
+        """The guarded UPDATE of transition `name` and its parameters (see `_move`)."""
         move = TRANSITIONS[name]
         sources = sorted(s.value for s in move.sources)
-        rows = db.execute(
-            f"UPDATE tasks SET state = ?{', ' + sets if sets else ''} WHERE ({where})"
-            f" AND state IN ({','.join('?' * len(sources))}) RETURNING id, worker, lease_id",
-            (move.target.value, *values, *params, *sources),
-        ).fetchall()
+        return (f"UPDATE tasks SET state = ?{', ' + sets if sets else ''} WHERE ({where})"
+                f" AND state IN ({','.join('?' * len(sources))}) RETURNING {returning}",
+                (move.target.value, *values, *params, *sources))
+
+    def _moved(self, name: str, rows: list, now: float | None = None, detail=None) -> None:
+        """One feed event per row that transition `name` changed (`detail`: text, or a function of the row)."""
         at = self.clock() if now is None else now
-        self._local.events.extend((at, name, r["id"], move.target.value, r["worker"], detail) for r in rows)
-        return rows
+        target = TRANSITIONS[name].target.value
+        self._local.events.extend((at, name, r["id"], target, r["worker"], detail(r) if callable(detail) else detail)
+                                  for r in rows)
 
     def _begin_snapshot(self, db) -> None:
         """Start a read-only transaction that sees one instant of the database throughout."""
@@ -224,14 +247,19 @@ class SQLStore(SQLReads, Store):
 
     # --- import ------------------------------------------------------------------
     @retried
-    def add(self, specs: list[TaskSpec]) -> ImportResult:
+    def add(self, specs: Iterable[TaskSpec]) -> ImportResult:
         result = ImportResult()
         with self._write() as db:
             self._add(db, specs, self.clock(), result)
         return result
 
-    def _add(self, db, specs: list[TaskSpec], now: float, result: ImportResult, schedule_id: int | None = None) -> None:
-        """Queue specs not stored yet, inside the caller's transaction; count what happened in `result`."""
+    def _add(self, db, specs: Iterable[TaskSpec], now: float, result: ImportResult,
+             schedule_id: int | None = None) -> None:
+        """Queue specs not stored yet, inside the caller's transaction; count what happened in `result`.
+
+        `specs` is read twice (a list, or a sheet spooled to disk): first for the NVRs'
+        caps and passwords, then inserted in batches.
+        """
         caps: dict[str, int | None] = {}  # per NVR, the last cap the rows give; None keeps the stored one
         passwords: dict[tuple[str, str], str | None] = {}  # per NVR and user, the last password the rows give
         for spec in specs:
@@ -241,20 +269,23 @@ class SQLStore(SQLReads, Store):
         db.executemany("INSERT INTO nvrs (server, max_parallel) VALUES (?, ?) ON CONFLICT (server) DO UPDATE"
                        " SET max_parallel = coalesce(excluded.max_parallel, nvrs.max_parallel)", list(caps.items()))
         refused = self._store_passwords(db, passwords, now, result)
-        ids = self._insert_many(
-            db,
-            "INSERT INTO tasks (key, name, server, username, cameras, start, \"end\", priority, source, grp,"
-            " span, takes_earlier, timezone, tls_fingerprint, mode, options, schedule_id, created)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (key) DO NOTHING",
-            [(spec.key, spec.name, spec.server, spec.username, ",".join(spec.cameras), spec.start, spec.end,
-              spec.priority, spec.source, spec.group or spec.key, spec.span, int(spec.takes_earlier),
-              spec.timezone, spec.tls_fingerprint, spec.mode, _json(dict(spec.options)) if spec.options else None,
-              schedule_id, now) for spec in specs],
-        )
-        new_ids = [i for i in ids if i is not None]
+        new_ids, count = [], 0
+        for batch in _batches(specs, ADD_BATCH):  # a million rows need not be in memory twice
+            ids = self._insert_many(
+                db,
+                "INSERT INTO tasks (key, name, server, username, cameras, start, \"end\", priority, source, grp,"
+                " span, takes_earlier, timezone, tls_fingerprint, mode, options, schedule_id, created)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (key) DO NOTHING",
+                [(spec.key, spec.name, spec.server, spec.username, ",".join(spec.cameras), spec.start, spec.end,
+                  spec.priority, spec.source, spec.group or spec.key, spec.span, int(spec.takes_earlier),
+                  spec.timezone, spec.tls_fingerprint, spec.mode, _json(dict(spec.options)) if spec.options else None,
+                  schedule_id, now) for spec in batch],
+            )
+            new_ids += [i for i in ids if i is not None]
+            count += len(batch)
         result.ids += new_ids
         result.added += len(new_ids)
-        result.existing += len(specs) - len(new_ids)
+        result.existing += count - len(new_ids)
         for server, username in refused:  # new tasks of a user whose password is still refused wait with it
             self._hold(db, server, username, now)
         if new_ids:
@@ -410,11 +441,15 @@ class SQLStore(SQLReads, Store):
         self._seen(db, worker, now, task["id"])
         login = db.execute("SELECT password FROM logins WHERE server = ? AND username = ?",
                            (task["server"], task["username"])).fetchone()
+        return self._handout(task, lease_id, attempt, login["password"] if login else None)
+
+    def _handout(self, task, lease_id: str, attempt: int, sealed: str | None) -> Claim:
+        """A claim's answer for a leased task row: what its worker needs, its password opened."""
         return Claim(
             "task",
             task={
                 "id": task["id"], "key": task["key"], "name": task["name"], "server": task["server"],
-                "username": task["username"], "password": self._open(login["password"]) if login else "",
+                "username": task["username"], "password": self._open(sealed) if sealed else "",
                 "cameras": [c for c in task["cameras"].split(",") if c],
                 "start": task["start"], "end": task["end"], "takes_earlier": bool(task["takes_earlier"]),
                 "timezone": task["timezone"], "tls_fingerprint": task["tls_fingerprint"], "mode": task["mode"],
@@ -434,12 +469,15 @@ class SQLStore(SQLReads, Store):
 
     def _anything_ready(self, now: float) -> bool:
         """A read-only look: is there queued work, an expired lease, a retry or a give-up due?"""
-        return bool(self._db().execute(
-            f"SELECT EXISTS (SELECT 1 FROM tasks WHERE state = {Q})"
-            f" OR EXISTS (SELECT 1 FROM tasks WHERE state = {L} AND lease_expires < ?)"
-            f" OR EXISTS (SELECT 1 FROM tasks WHERE state = {W} AND ready_at <= ?)"
-            " OR EXISTS (SELECT 1 FROM logins WHERE refused_at <= ?)", (now, now, now - self.policy.nvr_give_up),
-        ).fetchone()[0])
+        due, params = self._due(now)
+        return bool(self._db().execute(f"SELECT EXISTS (SELECT 1 FROM tasks WHERE state = {Q}) OR {due}",
+                                       params).fetchone()[0])
+
+    def _due(self, now: float) -> tuple[str, tuple]:
+        """An SQL condition, true when `_expire` has something to do: a lease ran out, a wait or a refusal is over."""
+        return (f"EXISTS (SELECT 1 FROM tasks WHERE state = {L} AND lease_expires < ?)"
+                f" OR EXISTS (SELECT 1 FROM tasks WHERE state = {W} AND ready_at <= ?)"
+                " OR EXISTS (SELECT 1 FROM logins WHERE refused_at <= ?)", (now, now, now - self.policy.nvr_give_up))
 
     def _next(self, db, now: float):
         """The task to hand out: the best head among the NVR queues that may take one more.
@@ -501,32 +539,16 @@ class SQLStore(SQLReads, Store):
 
     @retried
     def complete(self, task_id: int, lease_id: str, result: dict, next_for: str | None = None) -> Claim | None:
+        return self._complete(task_id, lease_id, result, next_for)
+
+    def _complete(self, task_id: int, lease_id: str, result: dict, next_for: str | None) -> Claim | None:
         now = self.clock()
         lost = None
         answer = None
-        files, size = _int(result.get("files")), _int(result.get("bytes"))
-        manifest = result.get("manifest")
-        result = {k: v for k, v in result.items() if k != "manifest"}  # kept once, in the files table
         with self._write() as db:
             self._expire(db, now)
-            if self._move(db, "done", "id = ? AND lease_id = ?", (task_id, lease_id), now=now,
-                          sets="result = ?, files = ?, bytes = ?, finished = ?, lease_expires = NULL,"
-                               " last_error = NULL, progress = NULL",
-                          values=(_json(result), files, size, now)):
-                self._end_attempt(db, lease_id, now, "done", None, done=1)
-                if isinstance(manifest, list):
-                    self._record_files(db, task_id, lease_id, manifest)
-                # The NVR answered: it is well again, and its figures grow.
-                db.execute(
-                    "UPDATE nvrs SET files = files + ?, bytes = bytes + ?, failures = 0, down_since = NULL,"
-                    " backoff_until = 0, last_error = NULL WHERE server = (SELECT server FROM tasks WHERE id = ?)",
-                    (files or 0, size or 0, task_id),
-                )
-                offset = _number((result.get("device") or {}).get("clock_offset")
-                                 if isinstance(result.get("device"), dict) else None)
-                if offset is not None:
-                    db.execute("UPDATE nvrs SET clock_offset = ?, clock_at = ? WHERE server ="
-                               " (SELECT server FROM tasks WHERE id = ?)", (offset, now, task_id))
+            if self._move(db, *self._done_move(task_id, lease_id, result, now), now=now):
+                self._finish(db, task_id, lease_id, result, now)
             elif db.execute(
                 f"SELECT 1 FROM tasks WHERE id = ? AND lease_id = ? AND state = {D}", (task_id, lease_id)
             ).fetchone() is None:
@@ -537,6 +559,60 @@ class SQLStore(SQLReads, Store):
         if lost is not None:
             raise lost
         return answer
+
+    @retried
+    def exchange(self, worker: str, done: list[tuple[int, str, dict]], count: int) -> tuple[list, list[Claim]]:
+        now = self.clock()
+        outcomes: list = []
+        claims: list[Claim] = []
+        with self._write() as db:
+            self._expire(db, now)
+            for task_id, lease_id, result in done:
+                outcomes.append(None)
+                if self._move(db, *self._done_move(task_id, lease_id, result, now), now=now):
+                    self._finish(db, task_id, lease_id, result, now)
+                elif db.execute(f"SELECT 1 FROM tasks WHERE id = ? AND lease_id = ? AND state = {D}",
+                                (task_id, lease_id)).fetchone() is None:
+                    try:
+                        outcomes[-1] = LeaseLost(task_id, self._current_state(db, task_id))
+                    except TaskNotFound as exc:
+                        outcomes[-1] = exc
+            paused = self._paused()
+            while len(claims) < count:
+                claim = self._claim(db, worker, now, paused)
+                if claim.status != "task":
+                    claims = claims or [claim]
+                    break
+                claims.append(claim)
+        return outcomes, claims
+
+    def _done_move(self, task_id: int, lease_id: str, result: dict, now: float) -> tuple:
+        """The arguments of the "done" transition for a completion (its manifest is kept in the files table)."""
+        result = {k: v for k, v in result.items() if k != "manifest"}
+        return ("done", "id = ? AND lease_id = ?", (task_id, lease_id),
+                "result = ?, files = ?, bytes = ?, finished = ?, lease_expires = NULL, last_error = NULL,"
+                " progress = NULL", (_json(result), _int(result.get("files")), _int(result.get("bytes")), now))
+
+    def _finish(self, db, task_id: int, lease_id: str, result: dict, now: float) -> None:
+        """What a completion records besides the task's state: its attempt, its files, its NVR's figures.
+
+        Runs statements only (no result is read but a manifest's worker), so that the
+        PostgreSQL store can send them in one round trip with the rest.
+        """
+        self._end_attempt(db, lease_id, now, "done", None, done=1)
+        if isinstance(result.get("manifest"), list):
+            self._record_files(db, task_id, lease_id, result["manifest"])
+        # The NVR answered: it is well again, and its figures grow.
+        db.execute(
+            "UPDATE nvrs SET files = files + ?, bytes = bytes + ?, failures = 0, down_since = NULL,"
+            " backoff_until = 0, last_error = NULL WHERE server = (SELECT server FROM tasks WHERE id = ?)",
+            (_int(result.get("files")) or 0, _int(result.get("bytes")) or 0, task_id),
+        )
+        device = result.get("device")
+        offset = _number(device.get("clock_offset")) if isinstance(device, dict) else None
+        if offset is not None:
+            db.execute("UPDATE nvrs SET clock_offset = ?, clock_at = ? WHERE server ="
+                       " (SELECT server FROM tasks WHERE id = ?)", (offset, now, task_id))
 
     @retried
     def fail(self, task_id: int, lease_id: str, error: str, permanent: bool = False,
@@ -755,6 +831,9 @@ class SQLStore(SQLReads, Store):
     # --- helpers inside a transaction ----------------------------------------------
     def _expire(self, db, now: float) -> None:
         """Re-queue (or fail) tasks whose lease ran out; make waiting tasks ready; give up on refused users."""
+        due, params = self._due(now)
+        if not db.execute(f"SELECT {due}", params).fetchone()[0]:
+            return  # the usual case: one read of three indexes instead of three statements
         for row in db.execute(
             f"SELECT id, attempts, worker, lease_id FROM tasks WHERE state = {L} AND lease_expires < ?"
             + self.LOCK_ROWS, (now,)
@@ -840,3 +919,10 @@ def _text(value) -> str | None:
 
 def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _batches(items: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of at most `size` items."""
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch

@@ -1,9 +1,11 @@
 """The embedded store: one SQLite file in WAL mode.
 
-Each thread gets its own connection in autocommit mode; every state change runs
-in an explicit `BEGIN IMMEDIATE` transaction, which holds the whole file, so two
-claims can never pick the same row, and is committed with synchronous=FULL
-before the method returns. The transactions themselves are in `sql.py`.
+Each thread reads on its own connection in autocommit mode. Every state change
+runs on the one write connection of the process, inside an explicit `BEGIN
+IMMEDIATE` transaction that holds the whole file, so two claims can never pick the
+same row; the changes of threads that queue behind each other are committed
+together, with synchronous=FULL, before any of their methods returns (group
+commit, `commits.py`). The transactions themselves are in `sql.py`.
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from pathlib import Path
 from ..errors import ConfigError
 from ..vault import Vault
 from .base import Clock, Policy
+from .commits import GroupCommit
 from .sql import SQLStore
 
 
@@ -31,6 +34,7 @@ class SQLiteStore(SQLStore):
         self._lock = threading.Lock()
         self.path = str(path)
         self.url = f"sqlite:///{self.path}"
+        self._group = GroupCommit(self._connect)
         if not Path(self.path).exists():
             if not create:
                 raise ConfigError(f"no database at {Path(self.path).resolve()}: run this where the coordinator's"
@@ -47,8 +51,8 @@ class SQLiteStore(SQLStore):
             raise
 
     def _db(self) -> sqlite3.Connection:
-        """This thread's connection: each thread keeps its own (SQLite connections are cheap)."""
-        db = getattr(self._local, "db", None)
+        """The write connection inside a write transaction; else this thread's own (they are cheap)."""
+        db = getattr(self._local, "writing", None) or getattr(self._local, "db", None)
         if db is None:
             db = self._local.db = self._connect()
             with self._lock:
@@ -63,6 +67,7 @@ class SQLiteStore(SQLStore):
                 except sqlite3.ProgrammingError:
                     pass  # closed from another thread already
             self._all.clear()
+        self._group.close()
         self._local = threading.local()
 
     def _connect(self) -> sqlite3.Connection:
@@ -79,8 +84,8 @@ class SQLiteStore(SQLStore):
     TYPES = {"id": "INTEGER PRIMARY KEY", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
              "real": "REAL", "bigint": "INTEGER"}
 
-    def _begin(self, db) -> None:
-        db.execute("BEGIN IMMEDIATE")
+    def _transaction(self):
+        return self._group.transaction()
 
     def _insert_many(self, db, sql: str, rows: list[tuple]) -> list[int | None]:
         ids = []
