@@ -98,10 +98,18 @@ class Ledger:
                 entry.update(path=f["path"], size=f["size"], sha256=f["sha256"])
             self._write_sums(entries)
 
+    def checksums(self) -> None:
+        """Rewrite SHA256SUMS now (files were moved away, by --upload-delete)."""
+        with self._open() as entries:
+            self._write_sums(entries)
+
     def _write_sums(self, entries: dict) -> None:
-        """SHA256SUMS: every complete file still here (one moved away by --upload-delete drops out)."""
+        """SHA256SUMS: every complete file still here (one moved away drops out); none when no file is left."""
         lines = sorted((e["path"], e["sha256"]) for e in entries.values()
                        if e.get("sha256") and (self.downloads / e["path"]).is_file())
+        if not lines:
+            (self.downloads / SUMS).unlink(missing_ok=True)
+            return
         _write_atomic(self.downloads / SUMS, "".join(f"{digest}  {path}\n" for path, digest in lines))
 
     def discard(self, owner: str) -> tuple[int, int]:

@@ -220,6 +220,8 @@ class Worker:
             entry.setdefault("host", self.settings.host)
         if self.settings.upload is not None and manifest:
             self.settings.upload.send(manifest, progress, cancel)
+            if self.settings.upload.delete and hasattr(self.runner, "checksums"):
+                self.runner.checksums(self.downloads)  # the host's SHA256SUMS lists only files still here
 
     def _report_failure(self, task, lease, error: str, permanent: bool, lost, device: str | None = None,
                         locked_for: int | None = None) -> None:

@@ -309,8 +309,8 @@ def status(url: str, token: str | None = None) -> dict:
 
 
 def exported(downloads: Path) -> list[Path]:
-    """Every exported file under the downloads folder (not the checksum file, the ledger or temporary files)."""
-    return sorted(p for p in downloads.rglob("*") if p.is_file() and p.name != "SHA256SUMS"
+    """Every exported file under the downloads folder (not the checksum files, the ledger or temporary files)."""
+    return sorted(p for p in downloads.rglob("*") if p.is_file() and not p.name.startswith("SHA256SUMS")
                   and not any(part.startswith(".") for part in p.relative_to(downloads).parts))
 
 

@@ -81,6 +81,10 @@ class HikloadRunner:
         finally:
             nvr.close()
 
+    def checksums(self, downloads: Path) -> None:
+        """Rewrite the host's SHA256SUMS (after --upload-delete moved files away)."""
+        Ledger(downloads).checksums()
+
     def discard(self, task: dict, downloads: Path) -> tuple[int, int]:
         """Remove the files a task wrote wherever the layout put them (a cancelled task); files and bytes."""
         return Ledger(downloads).discard(Exporter.owner_of(task))
