@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path, PurePosixPath
@@ -45,6 +46,11 @@ class Output:
     @property
     def content(self) -> str:
         return self.first.rec.content
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
 
 
 class Exporter:
@@ -188,14 +194,22 @@ class Exporter:
             raise
         if remux.proc is None:
             return fetched
-        remux.finish(self.cancel, output.first.span, MAX_PREROLL)
-        return self._seal(output, target, final)
+        remux.wait(self.cancel)
+        return self._seal(output, target, final, lambda: remux.check(output.first.span, MAX_PREROLL))
 
-    def _seal(self, output: Output, target: Path, final: Path) -> dict:
-        """An ffmpeg output checked by ffprobe: its SHA-256 read once, fsynced, renamed to its final name."""
-        digest = file_sha256(target)
-        with open(target, "rb+") as f:
-            os.fsync(f.fileno())
+    def _seal(self, output: Output, target: Path, final: Path, check=None) -> dict:
+        """An ffmpeg output: its SHA-256 read once while it is fsynced and `check`ed (ffprobe), then renamed.
+
+        The three overlap (each waits on the disk or another process); the rename comes
+        only after all of them succeeded.
+        """
+        with ThreadPoolExecutor(2) as pool:
+            synced = pool.submit(_fsync, target)
+            checked = pool.submit(check) if check is not None else None
+            digest = file_sha256(target)
+            synced.result()
+            if checked is not None:
+                checked.result()
         size = target.stat().st_size
         os.replace(target, final)
         return self._entry(output, final, size, digest)

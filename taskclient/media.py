@@ -181,6 +181,11 @@ class Remux:
 
     def finish(self, cancel: threading.Event, span: float, preroll: float) -> Probe:
         """Close ffmpeg's input, wait for it, and check what it wrote lasts `span` s (+ the device's preroll)."""
+        self.wait(cancel)
+        return self.check(span, preroll)
+
+    def wait(self, cancel: threading.Event) -> None:
+        """Close ffmpeg's input and wait for it to finish writing; TaskFailed with its words if it failed."""
         name = self.target.name.lstrip(".")
         try:
             self.proc.stdin.close()
@@ -195,6 +200,10 @@ class Remux:
             self.proc.stderr.close()
             text = b"".join(self.errors)[-MAX_STDERR:].decode(errors="replace").strip().splitlines()
             raise TaskFailed(f"{self.label}: ffmpeg could not write {name}: {' | '.join(text[-2:]) or self.proc.returncode}")
+
+    def check(self, span: float, preroll: float) -> Probe:
+        """ffprobe's word on what ffmpeg wrote: it must last `span` s, plus at most the device's preroll."""
+        name = self.target.name.lstrip(".")
         result = probe(self.target, self.label)
         slack = max(0.5, 0.01 * span)
         if result.duration is None or not span - slack <= result.duration <= span + preroll + slack:
