@@ -54,6 +54,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="last recording's end, device-local time")
     device.add_argument("--interval", type=int, default=600, help="seconds per recording")
     device.add_argument("--size", type=int, default=256 * 1024, help="nominal bytes per recording")
+    device.add_argument("--payload", choices=["synthetic", "realistic"], default="synthetic",
+                        help="synthetic: numbered pseudo-random blocks (no ffmpeg needed); realistic: the device's"
+                             " IMKH + MPEG-PS stream with real video (encoded once with ffmpeg, cached in"
+                             " $NVRSIM_CACHE or ~/.cache/nvrsim)")
+    device.add_argument("--codec", choices=["h264", "h265"], default="h264", help="the realistic payload's codec")
+    device.add_argument("--resolution", default="160x120", help="the realistic payload's picture size")
+    device.add_argument("--fps", type=int, default=4, help="the realistic payload's frames per second")
+    device.add_argument("--gop", type=int, default=2, help="seconds between keyframes (where the device cuts)")
+    device.add_argument("--noise", type=int, default=0,
+                        help="grain in the realistic payload's pictures (0-20): camera-like bitrates")
+    device.add_argument("--picture-interval", type=int, default=300,
+                        help="seconds between the pictures (track x03) of each channel")
+    device.add_argument("--channel-name", action="append", default=[], metavar="N=NAME",
+                        help="name of channel N on every channel list (repeatable)")
     device.add_argument("--video", action="store_true", help="serve a real MP4 clip (made with ffmpeg) as each recording")
     device.add_argument("--video-seconds", type=float,
                         help="length of that clip (default: the recording interval; shorter simulates a cut file)")
@@ -95,6 +109,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                           help=f"channel lists answering Invalid Operation, of {', '.join(CHANNEL_LISTS)}")
     firmware.add_argument("--xml-busy", type=_list(AREAS), default=d.xml_busy,
                           help=f"areas answering statusCode 2 deviceBusy in XML, of {', '.join(AREAS)}")
+    firmware.add_argument("--no-pictures", action="store_true", help="picture tracks (x03) answer notSupport")
+    firmware.add_argument("--no-record-types", action="store_true",
+                          help="a search filtered by record type (metadataList) answers notSupport")
     firmware.add_argument("--lock-after", type=int, help="lock logins after K failed ones (as devices do)")
     firmware.add_argument("--lock-for", type=float, default=d.lock_for, help="seconds a lock lasts")
     return p.parse_args(argv)
@@ -118,14 +135,20 @@ def main(argv: list[str] | None = None) -> int:
         total_matches=args.total_matches, ignore_track=args.ignore_track, clip=args.clip,
         search_methods=args.search_methods, download_methods=args.download_methods,
         refuse_lists=args.refuse_lists, xml_busy=args.xml_busy, lock_after=args.lock_after, lock_for=args.lock_for,
-        clock_offset=args.clock_offset, zone=args.zone, time_mode=args.time_mode,
+        clock_offset=args.clock_offset, zone=args.zone, time_mode=args.time_mode, no_pictures=args.no_pictures,
+        no_record_types=args.no_record_types, names=dict(n.split("=", 1) for n in args.channel_name if "=" in n),
     )
-    video = None
+    video = pattern = None
     if args.video or args.video_seconds:
         from .recordings import make_clip
 
         video = make_clip(args.video_seconds or args.interval)
-    catalogue = Catalogue(args.channels, args.start, args.end, args.interval, args.size, video)
+    if args.payload == "realistic":
+        from .payload import load_pattern
+
+        pattern = load_pattern(args.codec, args.resolution, args.fps, args.gop, args.noise)
+    catalogue = Catalogue(args.channels, args.start, args.end, args.interval, args.size, video, pattern, args.gop,
+                          args.picture_interval)
     device = Device(catalogue, args.user, args.password, args.name, faults, analog=args.analog)
     tls = fingerprint = None
     if args.https:

@@ -49,6 +49,10 @@ class Faults:
     endless_more: bool = False  # always a full page of new items and "MORE"
     hostile: dict = field(default_factory=dict)  # replace search item values: startTime, endTime, trackID,
     #                                              playbackURI, contentType, name (the URI's name=)
+    no_pictures: bool = False  # picture tracks (x03): search and download answer notSupport
+    no_record_types: bool = False  # a search with record types in its metadataList answers notSupport
+    # the channels
+    names: dict = field(default_factory=dict)  # channel number (as text) -> name on every channel list
     # the clock
     clock_offset: float = 0.0  # the device clock runs this many seconds ahead of the real time
     zone: str = "CST+0:00:00"  # POSIX TZ the device reports (read the way the C library reads it)

@@ -1,8 +1,10 @@
 """A simulated Hikvision NVR: the part of ISAPI that hikload and taskclient use.
 
 It speaks HTTP/1.1 (or HTTPS with a self-signed certificate) with digest
-authentication, lists channels (Streaming, IP and analog lists), tells its clock,
-searches recordings page by page, and streams each recording's deterministic bytes.
+authentication, lists channels (Streaming, IP and analog lists) with their names,
+tells its clock, searches recordings and pictures page by page (by record type too),
+streams each recording's deterministic bytes (cut at a keyframe when the playback
+URI asks for part of it), and serves pictures to a plain GET of their URI.
 Switches (faults.py) make it behave like real devices on bad days or with other
 firmware; `/sim/faults` (POST, JSON) changes them at run time and `/sim/stats`
 reports what happened, so tests can assert on the device's side too.
@@ -18,6 +20,7 @@ import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field, fields
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from xml.sax.saxutils import escape
 
@@ -89,6 +92,8 @@ class Handler(BaseHTTPRequestHandler):
             "/ISAPI/ContentMgmt/download": ("download", self._download, tuple(faults.download_methods)),
         }
         area, handler, methods = routes.get(path, (None, None, ()))
+        if handler is None and path.startswith("/ISAPI/Streaming/tracks/"):
+            area, handler, methods = "download", self._picture, ("GET",)
         if handler is None:
             return self._status(404, "Invalid Operation", "notSupport")
         if method not in methods:
@@ -159,13 +164,14 @@ class Handler(BaseHTTPRequestHandler):
         )
 
     def _channel_name(self, number: int) -> str:
-        return f"{'Analog' if number <= self.device.analog else 'Camera'} {number:02d}"
+        given = self.device.faults.names.get(str(number))
+        return given if given is not None else f"{'Analog' if number <= self.device.analog else 'Camera'} {number:02d}"
 
     def _channels(self, body: bytes) -> None:
         if "streaming" in self.device.faults.refuse_lists:
             return self._status(403, "Invalid Operation", "invalidOperation")
         items = "".join(
-            f"<StreamingChannel><id>{track}</id><channelName>{self._channel_name(track // 100)}</channelName>"
+            f"<StreamingChannel><id>{track}</id><channelName>{escape(self._channel_name(track // 100))}</channelName>"
             "<enabled>true</enabled></StreamingChannel>"
             for track in self.device.catalogue.tracks()
         )
@@ -176,7 +182,7 @@ class Handler(BaseHTTPRequestHandler):
         if "proxy" in self.device.faults.refuse_lists:
             return self._status(403, "Invalid Operation", "invalidOperation")
         numbers = [t // 100 for t in self.device.catalogue.tracks() if t // 100 > self.device.analog]
-        items = "".join(f"<InputProxyChannel><id>{n}</id><name>{self._channel_name(n)}</name>"
+        items = "".join(f"<InputProxyChannel><id>{n}</id><name>{escape(self._channel_name(n))}</name>"
                         f"<sourceInputPortDescriptor><ipAddress>192.0.2.{n}</ipAddress></sourceInputPortDescriptor>"
                         "</InputProxyChannel>" for n in numbers)
         self.send_text(200, f'<?xml version="1.0" encoding="UTF-8"?><InputProxyChannelList version="2.0" '
@@ -187,7 +193,7 @@ class Handler(BaseHTTPRequestHandler):
             return self._status(403, "Invalid Operation", "invalidOperation")
         numbers = [t // 100 for t in self.device.catalogue.tracks() if t // 100 <= self.device.analog]
         items = "".join(f"<VideoInputChannel><id>{n}</id><inputPort>{n}</inputPort>"
-                        f"<name>{self._channel_name(n)}</name></VideoInputChannel>" for n in numbers)
+                        f"<name>{escape(self._channel_name(n))}</name></VideoInputChannel>" for n in numbers)
         self.send_text(200, f'<?xml version="1.0" encoding="UTF-8"?><VideoInputChannelList version="2.0" '
                             f'xmlns="{XMLNS}">{items}</VideoInputChannelList>')
 
@@ -205,6 +211,8 @@ class Handler(BaseHTTPRequestHandler):
             query = search.parse(body, faults.position_field)
         except search.BadSearch:
             return self._status(400, "Invalid XML Content", "badXmlContent", code=6)
+        if (faults.no_pictures and query["track"] % 100 == 3) or (faults.no_record_types and query["types"]):
+            return self._status(200, "Invalid Operation", "notSupport", code=4)
         self.send_text(200, search.answer(self.device, query, self.headers.get("Host", "127.0.0.1")))
 
     def _download(self, body: bytes) -> None:
@@ -218,9 +226,23 @@ class Handler(BaseHTTPRequestHandler):
             except ET.ParseError:
                 return self._status(400, "Invalid XML Content", "badXmlContent", code=6)
         parsed = parse_playback_uri(uri)
-        rec = self.device.catalogue.find(*parsed) if parsed else None
+        rec = self.device.catalogue.locate(*parsed[:3]) if parsed else None
         if rec is None:
             return self._status(404, "Invalid Operation", "noRecordFound")
+        self._send_recording(rec.cut(parsed[2], parsed[3] or rec.end))
+
+    def _picture(self, body: bytes) -> None:
+        """A picture, fetched by a plain GET of its playback URI's path and query."""
+        parsed = parse_playback_uri(self.path)
+        if self.device.faults.no_pictures:
+            return self._status(200, "Invalid Operation", "notSupport", code=4)
+        pictures = self.device.catalogue.pictures(parsed[0], parsed[2], parsed[2] + timedelta(seconds=1)) \
+            if parsed else []
+        if not pictures or pictures[0].start != parsed[2]:
+            return self._status(404, "Invalid Operation", "noRecordFound")
+        self._send_recording(pictures[0], "image/jpeg")
+
+    def _send_recording(self, rec, kind: str = "video/mp4") -> None:
         dev = self.device
         if dev.faults.download_error:
             return self._status(dev.faults.download_error, "Device Error", "deviceError")
@@ -245,14 +267,14 @@ class Handler(BaseHTTPRequestHandler):
         if busy:
             return self._status(503, "Device Busy", "deviceBusy", code=2)
         try:
-            self._stream(rec, drop_after, mode, delay, framing)
+            self._stream(rec, drop_after, mode, delay, framing, kind)
         finally:
             with dev.lock:
                 dev.stats.concurrent -= 1
 
-    def _stream(self, rec, drop_after: int | None, mode: str, delay: float, framing: str) -> None:
+    def _stream(self, rec, drop_after: int | None, mode: str, delay: float, framing: str, kind: str) -> None:
         self.send_response(200)
-        self.send_header("Content-Type", "video/mp4")
+        self.send_header("Content-Type", kind)
         if framing == "length":
             self.send_header("Content-Length", str(rec.size))
         elif framing == "chunked":
@@ -263,7 +285,8 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         chunked = framing == "chunked"
         sent = 0
-        for block in rec.chunks():
+        blocks = rec.chunks() if hasattr(rec, "chunks") else [rec.content()]
+        for block in blocks:
             if drop_after is not None and sent + len(block) > drop_after:
                 part = block[: max(0, drop_after - sent)]
                 self.wfile.write(_frame(part, chunked) if part else b"")

@@ -40,12 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     return run_pool(settings, config.workers, config.start_method)
 
 
+def footage(config: HostConfig) -> dict:
+    """The exported files' settings for the hikload runner (window, format, join, transcode, layout)."""
+    return {"window": config.window, "format": config.format, "join": config.join, "transcode": config.transcode,
+            "layout": config.layout}
+
+
 def worker_settings(config: HostConfig) -> Settings:
     """What every worker process gets; checks here fail once, at start, rather than in every worker."""
     options = ({"command": config.command} if config.runner == "command"
                else {"timeout": config.nvr_timeout, "ca_file": config.nvr_ca_file, "verify": config.verify,
                      "insecure": config.nvr_insecure, "fingerprints": TLSChoice.parse_pins(config.nvr_fingerprint),
-                     "min_free": config.min_free})
+                     "min_free": config.min_free, "footage": footage(config)})
     if config.verify == "ffprobe" and shutil.which("ffprobe") is None:
         raise SetupError("--verify ffprobe needs ffprobe on PATH (install ffmpeg)")
     downloads = Path(config.downloads).resolve()

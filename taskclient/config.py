@@ -22,6 +22,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from .errors import SetupError
+from .layout import DEFAULT as LAYOUT
+from .layout import FIELDS as LAYOUT_FIELDS
 
 PREFIX = "TASKCLIENT_"
 CONFIG_VARIABLE = "TASKCLIENT_CONFIG"
@@ -107,7 +109,8 @@ class HostConfig:
 
     # --- the host ---
     workers: int = setting(2, "worker processes", whole, metavar="N")
-    downloads: str = setting("downloads", "folder for the task folders", metavar="DIR", shown="./downloads")
+    downloads: str = setting("downloads", "where exported files go (in the --layout), with SHA256SUMS", metavar="DIR",
+                             shown="./downloads")
     min_free: int = setting(2 * 1024**3, "keep this much free in --downloads; below it, claim nothing (0 turns the"
                             " guard off)", size, metavar="SIZE", shown="2G")
     service: bool = setting(False, "run as a service: stay when the queue drains and wait for new work; a stop"
@@ -130,6 +133,18 @@ class HostConfig:
                                  flag)
     verify: str | None = setting(None, "also check each video's duration (needs ffmpeg's ffprobe)",
                                  choice("ffprobe"))
+
+    # --- exported files (README "Exported files") ---
+    window: str = setting("device", "for rows without a window: whole stored files, the NVR's cut of the window,"
+                          " or exact (trimmed with ffmpeg)", choice("whole", "device", "exact"))
+    format: str = setting("raw", "raw: the device's stream as sent (.ps); mp4 (faststart) or mkv: remuxed with"
+                          " ffmpeg, not re-encoded", choice("raw", "mp4", "mkv"))
+    join: bool = setting(False, "one file per camera and task instead of one per recording (needs --format mp4"
+                         " or mkv)", flag)
+    transcode: str | None = setting(None, "re-encode H.265 material to H.264 (needs --format mp4 or mkv; H.264 is"
+                                    " copied)", choice("h264"))
+    layout: str = setting(LAYOUT, "folders and file name under --downloads, from "
+                          + " ".join("{" + f + "}" for f in LAYOUT_FIELDS), metavar="TEMPLATE")
 
     # --- footage in one place ---
     upload: str | None = setting(None, "copy each done task's files here with rclone (remote:folder, or a local"

@@ -220,6 +220,8 @@ class Worker:
             entry.setdefault("host", self.settings.host)
         if self.settings.upload is not None and manifest:
             self.settings.upload.send(manifest, progress, cancel)
+            if self.settings.upload.delete and hasattr(self.runner, "checksums"):
+                self.runner.checksums(self.downloads)  # the host's SHA256SUMS lists only files still here
 
     def _report_failure(self, task, lease, error: str, permanent: bool, lost, device: str | None = None,
                         locked_for: int | None = None) -> None:
@@ -322,7 +324,9 @@ class Worker:
             # Asked again just before: a task requeued meanwhile may be running here again, in the same folder.
             now = self._ask_lease(task["id"], lease) or {}
             if now.get("state") == "cancelled":
-                files, size = _remove_task_files(task_folder(self.downloads, task))
+                remove = getattr(self.runner, "discard", None)  # a runner that places files itself removes them
+                files, size = remove(task, self.downloads) if remove else _remove_task_files(
+                    task_folder(self.downloads, task))
                 if files:
                     reason += f"; removed the {files} file(s), {size / 1e6:.1f} MB, it had written"
         log.warning("task %s stopped: %s", task["id"], reason)

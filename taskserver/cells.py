@@ -16,8 +16,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 TEXT_LIMITS = {
     "server": 255, "username": 64, "password": 128, "name": 200, "id": 128, "cameras": 4000,
     "starttime": 64, "endtime": 64, "priority": 32, "chunk": 32, "max_parallel": 32, "timezone": 64,
-    "tls_fingerprint": 128, "schedule": 64,
+    "tls_fingerprint": 128, "schedule": 64, "window": 16, "content": 16, "record_type": 100,
 }
+WINDOWS = ("whole", "device", "exact")  # whole stored files; the device's cut of the window; trimmed exactly
+CONTENTS = {"video": "video", "videos": "video", "pictures": "pictures", "picture": "pictures", "photos": "pictures",
+            "both": "both"}
+RECORD_TYPES = ("continuous", "motion", "alarm", "manual", "event")
 PRIORITY_RANGE = (-1_000_000, 1_000_000)
 MAX_PARALLEL_RANGE = (1, 1000)
 YEAR_RANGE = (1970, 2100)  # recordings outside these years are a typo, and far dates overflow time zone arithmetic
@@ -324,9 +328,45 @@ def fingerprint(value) -> str | None:
     return digits
 
 
+def window(value) -> str | None:
+    """What of each recording a row exports: whole, device or exact."""
+    raw = text(value)
+    if raw is None:
+        return None
+    if raw.lower() not in WINDOWS:
+        raise ValueError(f"{shown(raw)} is not a window: whole (stored files whole), device (the NVR cuts at a"
+                         " keyframe) or exact (trimmed to the second)")
+    return raw.lower()
+
+
+def content(value) -> str | None:
+    """What a row exports: video, pictures or both."""
+    raw = text(value)
+    if raw is None:
+        return None
+    if raw.lower() not in CONTENTS:
+        raise ValueError(f"{shown(raw)} is not a content: video, pictures or both")
+    return CONTENTS[raw.lower()]
+
+
+def record_type(value) -> str | None:
+    """`all`, or the record types to export (motion, alarm, ...), separated by commas."""
+    raw = text(value)
+    if raw is None:
+        return None
+    types = [t for t in TRACK_SEPARATORS.split(raw.lower()) if t]
+    if types == ["all"]:
+        return "all"
+    wrong = [t for t in types if t not in RECORD_TYPES]
+    if wrong or not types:
+        raise ValueError(f"{shown(wrong[0] if wrong else raw)} is not a record type: all, or one or more of"
+                         f" {', '.join(RECORD_TYPES)} (e.g. motion,alarm)")
+    return ",".join(dict.fromkeys(types))
+
+
 PARSERS = {"server": server, "cameras": cameras, "starttime": date_time, "endtime": date_time, "priority": priority,
            "chunk": chunk, "max_parallel": max_parallel, "timezone": zone, "tls_fingerprint": fingerprint,
-           "schedule": schedule,
+           "schedule": schedule, "window": window, "content": content, "record_type": record_type,
            "password": lambda value: text(value, secret=True)}
 
 

@@ -45,7 +45,9 @@ ALIASES = {
     "timezone": "timezone", "tz": "timezone",
     "tlsfingerprint": "tls_fingerprint", "fingerprint": "tls_fingerprint", "sha256": "tls_fingerprint",
     "schedule": "schedule", "repeat": "schedule",
+    "window": "window", "content": "content", "recordtype": "record_type", "recordtypes": "record_type",
 }
+FOOTAGE = ("window", "content", "record_type")  # what a row asks of its export, carried in the task's options
 REQUIRED = ("server", "username", "password", "starttime", "endtime")
 TIMES = ("starttime", "endtime")  # not required of a sheet whose rows all run on a schedule
 
@@ -401,19 +403,24 @@ def _row_spec(source, rownum, cells, where_of, headerless, defaults,
     cameras = values.get("cameras") or ()
     start_s = start.isoformat(timespec="seconds") if start else None
     end_s = end.isoformat(timespec="seconds") if end else None
+    footage = tuple((f, values[f]) for f in FOOTAGE if values.get(f))
     if values.get("id"):
         key = f"id:{values['id']}"
     else:  # rows that use neither new column keep the key they always had
         identity = [values["server"], values["username"], sorted(cameras, key=int), start_s, end_s]
         if cadence is not None:  # the same row imported on another day is the same schedule
             identity = [*identity[:3], relative or start_s, cadence.text]
+        if footage:  # the same footage asked differently is another task
+            identity.append(dict(footage))
         key = "row:" + hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:24]
+    # The layout's {row} and {nvr_label}: chunks and scheduled runs carry names of their own.
+    context = (("row", str(rownum)),) + ((("label", values["name"]),) if values.get("name") and (step or cadence) else ())
     spec = TaskSpec(
         key=key, server=values["server"], username=values["username"], password=values["password"],
         cameras=tuple(cameras), start=start_s, end=end_s, name=values.get("name") or "",
         priority=values.get("priority") or 0, source=source, group=key,
         max_parallel=values.get("max_parallel"), timezone=AUTO if aware else None,
-        tls_fingerprint=values.get("tls_fingerprint"),
+        tls_fingerprint=values.get("tls_fingerprint"), options=footage + context,
     )
     if cadence is None:
         return spec, step, None

@@ -224,17 +224,34 @@ class NVR:
         response.raise_for_status()
         return response.json()
 
-    def expected(self, track: int, start: datetime, end: datetime) -> dict[str, bytes]:
-        """File name -> bytes of every recording of `track` overlapping [start, end)."""
-        return {r.name: r.content() for r in self.catalogue.recordings(track, start, end)}
+    def expected(self, track: int, start: datetime, end: datetime, camera: str | None = None) -> dict[str, bytes]:
+        """File name (in the default layout) -> bytes of every recording of `track` overlapping [start, end)."""
+        return {file_name(r, camera): r.content() for r in self.catalogue.recordings(track, start, end)}
+
+
+def file_name(rec, camera: str | None = None, extension: str = ".bin") -> str:
+    """A whole recording's file name in the default layout: camera name, date, start-end (synthetic: .bin)."""
+    camera = camera or f"Camera_{rec.track // 100:02d}"
+    return f"{camera}_{rec.start:%Y-%m-%d}_{rec.start:%H%M%S}-{rec.end:%H%M%S}{extension}"
 
 
 def start_nvr(procs: Processes, channels: int = 2, hours: int = 4, interval: int = 600, size: int = 40_000,
-              password: str = SIM_PASSWORD, extra: tuple[str, ...] = ()) -> NVR:
-    """Start nvrsim on a free port with recordings from 2026-01-01 00:00 for `hours` hours."""
+              password: str = SIM_PASSWORD, extra: tuple[str, ...] = (), codec: str | None = None,
+              resolution: str = "160x120", fps: int = 4, noise: int = 0) -> NVR:
+    """Start nvrsim on a free port with recordings from 2026-01-01 00:00 for `hours` hours.
+
+    With a `codec` (h264, h265) it serves the realistic payload (real video, keyframes every 2 s).
+    """
     start = datetime(2026, 1, 1)
     end = datetime(2026, 1, 1, hours) if hours < 24 else datetime(2026, 1, 1 + hours // 24, hours % 24)
-    catalogue = Catalogue(channels, start, end, interval, size)
+    pattern = None
+    if codec:
+        from nvrsim.payload import load_pattern
+
+        pattern = load_pattern(codec, resolution, fps, 2, noise)  # made once here: the simulator finds it cached
+        extra = ("--payload", "realistic", "--codec", codec, "--resolution", resolution, "--fps", str(fps),
+                 "--noise", str(noise), *extra)
+    catalogue = Catalogue(channels, start, end, interval, size, pattern=pattern)
     proc = procs.start("nvrsim", [
         PYTHON, "-m", "nvrsim", "--port", "0", "--user", "admin", "--channels", str(channels),
         "--start", start.isoformat(), "--end", end.isoformat(), "--interval", str(interval), "--size", str(size),
@@ -291,13 +308,30 @@ def status(url: str, token: str | None = None) -> dict:
     return api(url, token=token).json()
 
 
+def exported(downloads: Path) -> list[Path]:
+    """Every exported file under the downloads folder (not the checksum files, the ledger or temporary files)."""
+    return sorted(p for p in downloads.rglob("*") if p.is_file() and not p.name.startswith("SHA256SUMS")
+                  and not any(part.startswith(".") for part in p.relative_to(downloads).parts))
+
+
 def task_files(downloads: Path) -> dict[str, bytes]:
-    """Every final file under the downloads folder, by name (task folders flattened)."""
+    """Every exported file under the downloads folder, by name (folders flattened)."""
     files = {}
-    for path in downloads.rglob("*.mp4"):
-        assert path.name not in files, f"{path.name} downloaded into two task folders"
+    for path in exported(downloads):
+        assert path.name not in files, f"{path.name} exported twice"
         files[path.name] = path.read_bytes()
     return files
+
+
+def manifest_files(result: dict, downloads: Path) -> dict[str, bytes]:
+    """The files a runner's result lists in its manifest, by name, read from downloads."""
+    return {Path(f["path"]).name: (downloads / f["path"]).read_bytes() for f in result["manifest"]}
+
+
+def files_of(url: str, task_id: int, downloads: Path) -> dict[str, bytes]:
+    """The files a task's manifest lists, by name, read from downloads."""
+    manifest = api(url, path=f"/api/tasks/{task_id}/files").json()["files"]
+    return {Path(f["path"]).name: (downloads / f["path"]).read_bytes() for f in manifest}
 
 
 def leftovers(downloads: Path) -> list[Path]:

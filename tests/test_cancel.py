@@ -4,7 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from .harness import HEADER, SIM_PASSWORD, api, at, start_client, start_coordinator, start_nvr, wait_for, write_sheet
+from .harness import (
+    HEADER,
+    SIM_PASSWORD,
+    api,
+    at,
+    exported,
+    start_client,
+    start_coordinator,
+    start_nvr,
+    wait_for,
+    write_sheet,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -20,14 +31,14 @@ def test_a_cancelled_running_task_stops_at_once_and_leaves_no_files(procs, tmp_p
     url = coordinator.url
     downloads = tmp_path / "dl"
     client = start_client(procs, url, downloads, 1)
-    folder = wait_for(lambda: next(iter(downloads.glob("000001-*")), None), what="task 1 writing its folder")
-    wait_for(lambda: any(p.suffix == ".mp4" for p in folder.iterdir()), what="task 1's first file")
+    first = wait_for(lambda: next(iter(exported(downloads)), None), what="task 1's first file")
 
     assert api(url, "POST", "/api/tasks/1/cancel").json()["state"] == "cancelled"
     # Well inside the heartbeat's 60 s: the worker learnt it from its lease read.
     wait_for(lambda: "cancelled by an admin from 127.0.0.1" in client.output(), timeout=30,
              what="the worker to say who cancelled its task")
-    assert not folder.exists()  # its files were removed: nobody would ever have recorded them
+    assert not first.exists() and exported(downloads) == []  # removed: nobody would ever have recorded them
+    assert not (downloads / "SHA256SUMS").exists()  # no file left to list
     line = next(line for line in client.output().splitlines() if "cancelled by an admin" in line)
     assert "task 1" in line and "removed the" in line and "file(s)" in line
 
@@ -36,4 +47,4 @@ def test_a_cancelled_running_task_stops_at_once_and_leaves_no_files(procs, tmp_p
     assert done["state"] == "done" and done["result"]["files"] == 6
     attempt = api(url, path="/api/tasks/1").json()["attempt_log"][-1]
     assert (attempt["outcome"], attempt["error"]) == ("cancelled", "cancelled by an admin from 127.0.0.1")
-    assert not list(downloads.glob("000001-*"))
+    assert len(exported(downloads)) == 6  # task 2's files only

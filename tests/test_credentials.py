@@ -15,6 +15,7 @@ from .harness import (
     SIM_PASSWORD,
     api,
     at,
+    files_of,
     start_client,
     start_coordinator,
     start_nvr,
@@ -37,7 +38,7 @@ def test_a_wrong_password_costs_at_most_two_logins_and_a_corrected_one_finishes_
     db = tmp_path / "ts.db"
     coordinator = start_coordinator(procs, sheet, db, "--max-attempts", "5")
     assert status(coordinator.url)["tasks"] == 21  # 20 chunks of the wrong password, 1 elsewhere
-    client = start_client(procs, coordinator.url, tmp_path / "dl", 2)
+    client = start_client(procs, coordinator.url, tmp_path / "dl", 2, "--window", "whole")  # 12-minute chunks
 
     def refused_on_the_nvr_row():
         return any(n["password_refused"] for n in status(coordinator.url)["nvrs"] if n["server"] == locked.address)
@@ -51,9 +52,8 @@ def test_a_wrong_password_costs_at_most_two_logins_and_a_corrected_one_finishes_
                    capture_output=True)
     assert client.wait(120) == 0
     assert status(coordinator.url)["counts"]["done"] == 21
-    (lobby,) = (tmp_path / "dl").glob("000021-*")
-    assert {p.name: p.read_bytes() for p in lobby.iterdir()} == other.expected(101, at(0), at(1))
-    for path in lobby.iterdir():
-        path.unlink()
+    assert files_of(coordinator.url, 21, tmp_path / "dl") == other.expected(101, at(0), at(1))
+    for f in api(coordinator.url, path="/api/tasks/21/files").json()["files"]:  # same camera names and hours
+        (tmp_path / "dl" / f["path"]).unlink()
     assert task_files(tmp_path / "dl") == {**locked.expected(101, at(0), at(2)), **locked.expected(201, at(0), at(2))}
     assert locked.stats()["unauthorized"] <= 2

@@ -12,6 +12,7 @@ from .harness import (
     SIM_PASSWORD,
     api,
     at,
+    exported,
     leftovers,
     start_client,
     start_coordinator,
@@ -65,8 +66,12 @@ def test_two_hosts_export_every_recording_exactly_once_byte_for_byte(procs, tmp_
         assert api(coordinator.url, path=f"/api/tasks/{task_id}").json()["attempts"] == 1
     # Exactly once on the device side too: each recording was served once, in full.
     assert nvr.stats()["downloads_completed"] == len(expected)
-    # Each task has its own readable folder.
-    assert sorted(p.name for p in downloads.iterdir())[0] == "000001-lobby_and_gate_night"
+    # Files are grouped by NVR, then camera, then day, whichever row or host exported them; the
+    # hosts' shared checksum file verifies every one.
+    folders = {p.relative_to(downloads).parent.as_posix() for p in exported(downloads)}
+    assert folders == {f"{nvr.address.replace(':', '_')}/{t}_Camera_{t // 100:02d}/2026-01-01" for t in (101, 201, 301)}
+    check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=downloads, capture_output=True, text=True)
+    assert check.returncode == 0 and check.stdout.count(": OK") == len(expected), check.stdout + check.stderr
 
     # Passwords appear in no answer but a claim, and in no log.
     answers = [api(coordinator.url).text] + [api(coordinator.url, path=f"/api/tasks/{i}").text for i in (1, 2)]
@@ -94,7 +99,7 @@ def test_wrong_password_is_tried_once_and_spares_the_others(procs, tmp_path, db)
     assert bad["state"] == "failed" and bad["attempts"] == 0
     assert "refused the password of user 'viewer'" in bad["last_error"]
     assert nvr.stats()["unauthorized"] == 1
-    assert not list((tmp_path / "dl").glob("000002-*/*.mp4"))
+    assert task_files(tmp_path / "dl") == {**nvr.expected(101, at(0), at(1)), **nvr.expected(201, at(1), at(2))}
     assert "not-the-password" not in coordinator.output() + client.output() + api(coordinator.url).text
 
 

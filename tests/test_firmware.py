@@ -19,6 +19,8 @@ from .harness import (
     SIM_PASSWORD,
     api,
     at,
+    file_name,
+    files_of,
     leftovers,
     start_client,
     start_coordinator,
@@ -63,22 +65,23 @@ def test_listings_and_downloads_hold_across_firmwares(procs, tmp_path):
     for task_id, (nvr, tracks) in enumerate(expectations, start=1):
         task = api(coordinator.url, path=f"/api/tasks/{task_id}").json()
         assert task["state"] == "done", (task["name"], task["last_error"])
-        (folder,) = (tmp_path / "dl").glob(f"{task_id:06d}-*")
         expected = {}
         for track in tracks:
-            expected.update(nvr.expected(track, at(0), at(1)))
-        got = {p.name: p.read_bytes() for p in folder.iterdir()}
+            expected.update(nvr.expected(track, at(0), at(1), "Analog_01" if (nvr, track) == (hybrid, 101) else None))
+        got = files_of(coordinator.url, task_id, tmp_path / "dl")
         assert got == expected, task["name"]
         assert nvr.stats()["downloads_completed"] == len(expected), f"{task['name']}: a recording came twice"
     assert leftovers(tmp_path / "dl") == []
 
     # The manifest says where each file of the hybrid DVR went, what it holds, and its digest.
-    (folder,) = (tmp_path / "dl").glob(f"{len(expectations):06d}-*")
     files = api(coordinator.url, path=f"/api/tasks/{len(expectations)}/files").json()["files"]
-    recordings = {r.name: r for t in (101, 201, 301) for r in hybrid.catalogue.recordings(t, at(0), at(1))}
-    assert sorted(f["path"] for f in files) == sorted(f"{folder.name}/{name}" for name in recordings)
+    names = {101: "Analog_01", 201: "Camera_02", 301: "Camera_03"}
+    recordings = {f"{hybrid.address.replace(':', '_')}/{r.track}_{names[r.track]}/2026-01-01/"
+                  f"{file_name(r, names[r.track])}": r
+                  for t in (101, 201, 301) for r in hybrid.catalogue.recordings(t, at(0), at(1))}
+    assert sorted(f["path"] for f in files) == sorted(recordings)
     for f in files:
-        rec = recordings[f["path"].split("/")[1]]
+        rec = recordings[f["path"]]
         assert (f["size"], f["sha256"], f["camera"], f["start"], f["end"], f["kind"], f["host"]) == (
             rec.size, rec.sha256(), str(rec.track), rec.start.isoformat(), rec.end.isoformat(), "video",
             socket.gethostname())
@@ -91,7 +94,7 @@ def test_border_recordings_clipped_by_the_firmware_are_exported_once_across_chun
     rows = [[nvr.address, "admin", SIM_PASSWORD, "101", at(0, 5), at(2, 55), "yard"]]
     coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
                                     "--chunk", "1h")
-    client = start_client(procs, coordinator.url, tmp_path / "dl", 2)
+    client = start_client(procs, coordinator.url, tmp_path / "dl", 2, "--window", "whole")
     assert client.wait(120) == 0
     assert status(coordinator.url)["counts"]["done"] == 3
     expected = nvr.expected(101, at(0, 5), at(2, 55))

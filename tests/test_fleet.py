@@ -12,6 +12,9 @@ from .harness import (
     SIM_PASSWORD,
     api,
     at,
+    exported,
+    file_name,
+    files_of,
     start_client,
     start_coordinator,
     start_nvr,
@@ -45,9 +48,9 @@ def test_no_nvr_ever_runs_more_than_its_cap_of_downloads(procs, tmp_path, db):
         for track in (101, 201):
             expected.update({f"{nvr.address}/{k}": v for k, v in nvr.expected(track, at(0), at(3)).items()})
     got = {}
-    for path in (tmp_path / "dl").rglob("*.mp4"):
-        server = api(coordinator.url, path=f"/api/tasks/{int(path.parent.name[:6])}").json()["server"]
-        got[f"{server}/{path.name}"] = path.read_bytes()
+    for task_id in range(1, 19):
+        server = api(coordinator.url, path=f"/api/tasks/{task_id}").json()["server"]
+        got.update({f"{server}/{name}": data for name, data in files_of(coordinator.url, task_id, tmp_path / "dl").items()})
     assert got == expected
     shown = {n["server"]: (n["max_parallel"], n["running"], n["queued"]) for n in status(coordinator.url)["nvrs"]}
     assert shown == {nvr.address: (cap, 0, 0) for nvr, cap in zip(nvrs, caps, strict=True)}
@@ -95,7 +98,7 @@ def test_chunked_and_unchunked_exports_hold_exactly_the_same_files(procs, tmp_pa
     results = {}
     for label, extra in (("whole", ()), ("chunked", ("--chunk", "1h"))):
         coordinator = start_coordinator(procs, sheet, tmp_path / f"{label}.db", *extra)
-        client = start_client(procs, coordinator.url, tmp_path / label, 2)
+        client = start_client(procs, coordinator.url, tmp_path / label, 2, "--window", "whole")
         assert client.wait(120) == 0
         results[label] = (task_files(tmp_path / label), status(coordinator.url))
     whole, chunked = results["whole"][0], results["chunked"][0]
@@ -122,7 +125,7 @@ def test_streaming_keeps_worker_memory_bounded_whatever_the_recording_size(procs
                 pass
         threading.Event().wait(0.02)
     assert client.wait(5) == 0
-    (path,) = (tmp_path / "dl").rglob("*.mp4")
+    (path,) = exported(tmp_path / "dl")
     assert path.stat().st_size == recording.size
     assert 0 < peak < 150_000_000, f"worker peak RSS {peak / 1e6:.0f} MB"
     with open(path, "rb") as f:  # spot-check the bytes without loading the file
@@ -147,8 +150,10 @@ def test_verify_ffprobe_refuses_a_video_shorter_than_its_recording(procs, tmp_pa
     bad = api(coordinator.url, path="/api/tasks/2").json()
     assert bad["state"] == "failed"
     assert bad["last_error"].endswith("the video lasts 20.0 s but the recording spans 60 s (ffprobe)")
-    assert {p.name for p in (tmp_path / "dl").rglob("*.mp4")} == set(good.expected(101, at(0), at(0, 3)))
-    assert not list((tmp_path / "dl").glob("000002-*/*"))  # the short video never took a final name
+    # The device's real MP4 keeps its honest extension; the short video never took a final name.
+    assert [p.name for p in exported(tmp_path / "dl")] == sorted(
+        file_name(r, extension=".mp4") for r in good.catalogue.recordings(101, at(0), at(0, 3)))
+    assert {p.relative_to(tmp_path / "dl").parts[0] for p in exported(tmp_path / "dl")} == {good.hostport.replace(":", "_")}
 
     # Without the check, sizes match the listing and the short videos would be taken as complete.
     coordinator2 = start_coordinator(procs, write_sheet(tmp_path / "s.xlsx", rows[1:], HEADER), tmp_path / "s.db")

@@ -17,6 +17,7 @@ from .harness import (
     SIM_PASSWORD,
     api,
     at,
+    exported,
     leftovers,
     start_client,
     start_coordinator,
@@ -72,11 +73,11 @@ def test_a_hostile_time_or_track_in_a_search_answer_writes_nothing_outside_downl
 def test_a_hostile_name_in_playback_uris_never_reaches_a_path(procs, tmp_path):
     nvr = start_nvr(procs, channels=1, hours=1)
     nvr.faults(hostile={"name": "../../../../x/owned"})
-    task, _, _ = export(procs, tmp_path, nvr, name="Entrée/../../x")
+    task, _, _ = export(procs, tmp_path, nvr, "--layout", "{nvr_label}/{camera_name}_{date}_{start}-{end}",
+                        name="Entrée/../../x")
     assert task["state"] == "done", task["last_error"]
     assert task_files(tmp_path / "dl") == nvr.expected(101, at(0), at(1))
-    (folder,) = (tmp_path / "dl").iterdir()
-    assert folder.name == "000001-Entrée_.._.._x"
+    assert {p.relative_to(tmp_path / "dl").parts[0] for p in exported(tmp_path / "dl")} == {"Entrée_.._.._x"}
     assert not list(tmp_path.rglob("owned*"))
 
 

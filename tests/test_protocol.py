@@ -34,7 +34,8 @@ def test_claim_hands_out_one_task_with_credentials_and_a_lease_uncached(procs, t
     assert body["task"] | {"key": None} == {
         "id": 1, "key": None, "name": "first", "server": "10.1.1.1", "username": "admin", "password": PASSWORD,
         "cameras": ["101"], "start": "2026-01-01T00:00:00", "end": "2026-01-01T01:00:00", "takes_earlier": True,
-        "timezone": None, "tls_fingerprint": None, "mode": "export", "options": {}, "attempt": 1, "max_attempts": 5}
+        "timezone": None, "tls_fingerprint": None, "mode": "export", "options": {"row": "2"}, "attempt": 1,
+        "max_attempts": 5}
     assert len(body["lease"]["id"]) == 32 and body["lease"]["seconds"] == 5
     assert claim(url).json()["task"]["cameras"] == []  # empty: every channel
     # Credentials only ever travel in a claim.

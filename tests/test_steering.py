@@ -166,8 +166,9 @@ def test_tasks_posted_through_the_api_are_checked_like_sheet_rows_and_added_all_
     assert refused.status_code == 400
     assert refused.json()["message"].splitlines()[0] == "3 problem(s) in the request; nothing was imported:"
     assert refused.json()["message"].splitlines()[1:] == [
-        "request, row 2, column colour: unknown field (known: cameras, chunk, endtime, id, max_parallel, name,"
-        " password, priority, schedule, server, starttime, timezone, tls_fingerprint, username)",
+        "request, row 2, column colour: unknown field (known: cameras, chunk, content, endtime, id, max_parallel,"
+        " name, password, priority, record_type, schedule, server, starttime, timezone, tls_fingerprint, username,"
+        " window)",
         "request, row 2, column starttime: 'someday' is not a date-time (use e.g. 2026-01-31 08:00)",
         "request, row 3: each task must be an object",
     ]

@@ -8,15 +8,20 @@ digest headers, no redirects, timeouts, TLS choices, bounded answers). One attem
    task's `timezone: auto`, the task's UTC times are turned into device-local times
    with the device's own POSIX zone rule;
 2. the channel list: every requested camera must exist, else the task fails for good;
-   no cameras means every channel's main stream;
-3. the listing (`taskclient.listing`): our own paging, each recording once, owned by
-   the chunk in which it starts;
-4. with `mode: list`, a dry run: the listing's counts and sizes, nothing downloaded;
-5. the free-space check: recordings still missing must fit above --min-free, else
-   the task goes back to the queue as a host fault;
-6. each missing recording is downloaded (`taskclient.download`); a retry skips files
-   already complete. The task succeeds only when every listed recording is on disk.
-File names follow hikload's, `YYYYMMDDHHMMSS-<track>.mp4`, built from parsed values.
+   no cameras means every channel's main stream; the channels' names are kept;
+3. the listing (`taskclient.listing`): our own paging, each recording once, of the
+   row's record types; pictures (track x03) when the row asks for them. A device that
+   refuses a record type filter or has no pictures gives a note, not a failure;
+4. the pieces (`taskclient.pieces`): whole files, or each file's part of the window;
+5. with `mode: list`, a dry run: the listing's counts and sizes, nothing downloaded;
+6. the outputs (`taskclient.export`): paths from the host's layout, reserved in its
+   ledger; the free-space check (outputs still missing must fit above --min-free,
+   else the task goes back to the queue as a host fault); then each missing output is
+   downloaded and, when the host asks for MP4/MKV or the row for an exact window,
+   made playable with ffmpeg. A retry skips outputs already complete. The task
+   succeeds only when every output is on disk; the manifest lists them.
+The task's own folder is not used: files go where the layout puts them in --downloads
+(the folder the worker hands over sits directly in it).
 """
 from __future__ import annotations
 
@@ -29,12 +34,14 @@ from pathlib import Path
 from hikload.hikvisionapi import HikvisionException
 
 from ..device import Clock, check_tracks, clock_warning, read_channels, read_clock
-from ..download import download, file_sha256
 from ..errors import Cancelled, HostFault, NotSupported, TaskFailed
+from ..export import Exporter
+from ..footage import Footage
 from ..hikwire import bound
 from ..isapi import NVR
-from ..listing import Recording, search
-from ..paths import confine
+from ..ledger import Ledger
+from ..listing import Recording, Unsupported, search
+from ..pieces import Piece, cut
 from ..tls import TLSChoice
 from ..untrusted import clean_text
 from . import Progress
@@ -49,19 +56,23 @@ class HikloadRunner:
     name = "hikload"
 
     def __init__(self, timeout: float = 30.0, ca_file: str | None = None, verify: str | None = None,
-                 insecure: bool = False, fingerprints: dict[str, str] | None = None, min_free: int = 0):
+                 insecure: bool = False, fingerprints: dict[str, str] | None = None, min_free: int = 0,
+                 footage: dict | None = None):
         self.timeout = timeout
         self.tls = TLSChoice(ca_file, insecure, dict(fingerprints or {}))
         self.check_video = verify == "ffprobe"  # also compare each file's duration with its time span
         self.min_free = min_free
+        self.footage = Footage(**(footage or {}))
+        self.layout = self.footage.check()  # a host that cannot do what it is set to do refuses to start
 
     def run(self, task: dict, folder: Path, progress: Progress, cancel: threading.Event) -> dict:
-        """List the task's recordings, then download the missing ones (or only count them: `mode: list`)."""
+        """List the task's recordings, then export the missing ones (or only count them: `mode: list`)."""
+        export = self.footage.for_task(task)
         nvr = NVR(task["server"], task["username"], task["password"], self.timeout, self.tls,
                   task.get("tls_fingerprint"))
         try:
             with bound(nvr) as server:
-                return self._run(nvr, server, task, folder, progress, cancel)
+                return self._run(nvr, server, task, export, folder.parent, progress, cancel)
         except HikvisionException as exc:
             raise TaskFailed(f"{nvr.label}: {nvr.what or 'a request'} failed: {clean_text(exc)}") from None
         except (ValueError, TypeError, KeyError, AttributeError, SyntaxError) as exc:  # hikload meeting odd XML
@@ -70,8 +81,18 @@ class HikloadRunner:
         finally:
             nvr.close()
 
-    def _run(self, nvr: NVR, server, task: dict, folder: Path, progress: Progress, cancel: threading.Event) -> dict:
+    def checksums(self, downloads: Path) -> None:
+        """Rewrite the host's SHA256SUMS (after --upload-delete moved files away)."""
+        Ledger(downloads).checksums()
+
+    def discard(self, task: dict, downloads: Path) -> tuple[int, int]:
+        """Remove the files a task wrote wherever the layout put them (a cancelled task); files and bytes."""
+        return Ledger(downloads).discard(Exporter.owner_of(task))
+
+    def _run(self, nvr: NVR, server, task: dict, export, downloads: Path, progress: Progress,
+             cancel: threading.Event) -> dict:
         warnings: list[str] = []
+        notes: list[str] = []
         with nvr.doing("device info"):
             server.System.getDeviceInfo()
         with nvr.doing("device clock"):
@@ -81,34 +102,25 @@ class HikloadRunner:
             log.warning("task %s: %s", task["id"], warning)
         start, end = task_range(task, clock, nvr.label)
         cameras, names = self._cameras(nvr, server, task, warnings)
-        listing = self._listing(nvr, server, task, cameras, start, end, cancel)
-        progress.update(total=len(listing), done=0, cameras=len(cameras))
+        listing = self._listing(nvr, server, task, export, cameras, start, end, cancel, notes)
+        pieces = cut(listing, start, end, export.window, task.get("takes_earlier", True))
+        progress.update(total=len(pieces), done=0, cameras=len(cameras))
         result = {"cameras": list(cameras), "device": clock.report(), "warnings": warnings}
+        if notes:
+            result["notes"] = notes
         if task.get("mode") == "list":
-            return {"files": 0, "bytes": 0, "listing": summary(listing, cameras), **result}
-        self._check_space(folder, listing)
-        downloaded = 0
-        digests = {}
-        for done, (name, rec) in enumerate(listing):
-            if cancel.is_set():
-                raise Cancelled("cancelled")
-            progress.update(current=name)
-            if not complete(folder, name, rec.size):
-                digests[name] = download(nvr, rec, folder, name, progress, cancel, self.check_video)
-                downloaded += 1
-            progress.update(done=done + 1)
-        missing = [name for name, rec in listing if not complete(folder, name, rec.size)]
-        if missing:
-            raise TaskFailed(f"{nvr.label}: {len(missing)} recording(s) incomplete after download: {', '.join(missing[:5])}")
-        manifest = [{"path": f"{folder.name}/{name}", "size": confine(folder, name).stat().st_size,
-                     "sha256": digests.get(name) or file_sha256(confine(folder, name)), "camera": rec.track,
-                     "camera_name": names.get(rec.track), "start": rec.start.isoformat(), "end": rec.end.isoformat(),
-                     "kind": "video", "location": None}
-                    for name, rec in listing]
-        result.update(files=len(listing), bytes=sum(f["size"] for f in manifest), downloaded=downloaded,
-                      skipped=len(listing) - downloaded, manifest=manifest)
-        if not listing:
-            result["note"] = "the NVR lists no recordings for these cameras in this time range"
+            return {"files": 0, "bytes": 0, "listing": summary(pieces, cameras), **result}
+        exporter = Exporter(nvr, task, export, self.layout, downloads, names, progress, cancel, self.check_video)
+        outputs = exporter.plan(pieces)
+        progress.update(total=len(outputs))
+        self._check_space(downloads, exporter.missing(outputs))
+        exporter.reserve(outputs)
+        manifest, written = exporter.run(outputs)
+        result.update(files=len(manifest), bytes=sum(f["size"] for f in manifest), downloaded=written,
+                      skipped=len(manifest) - written, window=export.window, manifest=manifest)
+        if not pieces:
+            result["note"] = "; ".join(notes) if notes else \
+                "the NVR lists no recordings for these cameras in this time range"
         return result
 
     def _cameras(self, nvr: NVR, server, task: dict, warnings: list[str]) -> tuple[list[str], dict[str, str]]:
@@ -128,27 +140,36 @@ class HikloadRunner:
         names = {c: channels.numbers.get(int(c) // 100) or None for c in cameras}
         return cameras, {c: n for c, n in names.items() if n}
 
-    def _listing(self, nvr: NVR, server, task: dict, cameras: list[str], start: datetime | None,
-                 end: datetime | None, cancel: threading.Event) -> list[tuple[str, Recording]]:
-        """Every recording this task owns, with its file name."""
-        owned: list[Recording] = []
-        for camera in cameras:
-            if cancel.is_set():
-                raise Cancelled("cancelled")
-            with nvr.doing(f"search of camera {camera}"):
-                found = search(server, nvr.base, nvr.label, camera, start, end, budget=10 * self.timeout,
-                               cancelled=cancel.is_set)
-            owned += [r for r in found if owns(r, start, end, task.get("takes_earlier", True))]
+    def _listing(self, nvr: NVR, server, task: dict, export, cameras: list[str], start: datetime | None,
+                 end: datetime | None, cancel: threading.Event, notes: list[str]) -> list[Recording]:
+        """Every recording (and picture) of the task's cameras in its range, of the row's record types."""
+        found: dict[str, Recording] = {}
+        searches = [(camera, "video") for camera in cameras if export.video]
+        searches += [(f"{int(camera) // 100}03", "picture") for camera in cameras if export.pictures]
+        for camera, content in searches:
+            for record_type in export.record_types:
+                if cancel.is_set():
+                    raise Cancelled("cancelled")
+                try:
+                    with nvr.doing(f"search of camera {camera}"):
+                        recs = search(server, nvr.base, nvr.label, camera, start, end, budget=10 * self.timeout,
+                                      cancelled=cancel.is_set, content=content, record_type=record_type)
+                except Unsupported as exc:
+                    note = f"{exc}: no {'pictures' if content == 'picture' else 'video'} exported" + (
+                        f" for record type {record_type}" if record_type and content == "video" else "")
+                    if note not in notes:
+                        notes.append(note)
+                    break
+                found.update((r.identity, r) for r in recs)
         if cancel.is_set():
             raise Cancelled("cancelled")
-        return file_names(owned)
+        return list(found.values())
 
-    def _check_space(self, folder: Path, listing: list[tuple[str, Recording]]) -> None:
-        """The recordings still missing must fit on the disk above --min-free; else it is the host's fault."""
-        needed = sum(rec.size or 0 for name, rec in listing if not complete(folder, name, rec.size))
+    def _check_space(self, downloads: Path, needed: int) -> None:
+        """The outputs still missing must fit on the disk above --min-free; else it is the host's fault."""
         if not needed:
             return
-        where = next(p for p in (folder, *folder.parents) if p.exists())
+        where = next(p for p in (downloads, *downloads.parents) if p.exists())
         free = shutil.disk_usage(where).free
         if needed > free - self.min_free:
             raise HostFault(f"no space left on device for this task: it needs {needed / MB:.1f} MB, {free / MB:.1f} MB"
@@ -169,43 +190,11 @@ def task_range(task: dict, clock: Clock, label: str) -> tuple[datetime | None, d
     return start.replace(tzinfo=None), end.replace(tzinfo=None)
 
 
-def owns(rec: Recording, start: datetime | None, end: datetime | None, takes_earlier: bool) -> bool:
-    """Whether this task owns the recording: it starts in [start, end), or earlier for a row's first chunk.
-
-    The NVR lists every recording that overlaps the range; ownership by start time
-    keeps chunks of one row from downloading the same recording twice.
-    """
-    if start is None or end is None:
-        return True
-    return rec.start < end and (rec.start >= start or takes_earlier)
-
-
-def file_names(recordings: list[Recording]) -> list[tuple[str, Recording]]:
-    """hikload's names, `YYYYMMDDHHMMSS-<track>.mp4`; a second recording starting in the same second gets a `+`."""
-    named, taken = [], set()
-    for rec in sorted(recordings, key=lambda r: (r.track, r.start, r.identity)):
-        name = f"{rec.start:%Y%m%d%H%M%S}-{int(rec.track)}.mp4"
-        while name in taken:
-            name = name.replace(".mp4", "+.mp4")
-        taken.add(name)
-        named.append((name, rec))
-    return named
-
-
-def summary(listing: list[tuple[str, Recording]], cameras: list[str]) -> dict:
-    """A dry run's answer: recordings and bytes in all and per camera."""
+def summary(pieces: list[Piece], cameras: list[str]) -> dict:
+    """A dry run's answer: recordings (pieces of them) and bytes in all and per camera."""
     per = {c: {"recordings": 0, "bytes": 0} for c in cameras}
-    for _, rec in listing:
-        entry = per.setdefault(rec.track, {"recordings": 0, "bytes": 0})
+    for piece in pieces:
+        entry = per.setdefault(piece.rec.track, {"recordings": 0, "bytes": 0})
         entry["recordings"] += 1
-        entry["bytes"] += rec.size or 0
-    return {"recordings": len(listing), "bytes": sum(r.size or 0 for _, r in listing), "cameras": per}
-
-
-def complete(folder: Path, name: str, size: int | None) -> bool:
-    """A final name exists only after a verified download, so it is complete if its size is right."""
-    try:
-        stat = confine(folder, name).stat()
-    except FileNotFoundError:
-        return False
-    return stat.st_size == size if size is not None else True
+        entry["bytes"] += piece.estimate()
+    return {"recordings": len(pieces), "bytes": sum(p.estimate() for p in pieces), "cameras": per}
