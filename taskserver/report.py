@@ -2,7 +2,7 @@
 
 Four sheets: one row per sheet row (chunks rolled up), one per NVR, one per
 task, and one per file a task left (the manifest: where each file is and its
-SHA-256). Written in openpyxl's write-only mode, streaming the tasks and the
+SHA-256); a fifth when there are dry runs: what each would export, per camera. Written in openpyxl's write-only mode, streaming the tasks and the
 files, so a report of a million tasks needs no more memory than one of ten. No
 passwords: it is built from the public task views.
 
@@ -52,6 +52,9 @@ ROW_COLUMNS = [("Sheet row", None), ("Name", None), ("NVR", None), ("Tasks", 7),
                ("Failed", 7), ("Cancelled", 10), ("Other", 7), ("Files", 8), ("Bytes", 15), ("State", 12)]
 NVR_COLUMNS = [("NVR", None), ("Tasks", 8), ("Done", 8), ("Nothing found", 9), ("Failed", 8), ("Cancelled", 10),
                ("Other", 8), ("Files", 8), ("Bytes", 15)]
+DRY_COLUMNS = [("Sheet row", None), ("Name", None), ("NVR", None), ("Camera", 10), ("Recordings", 11),
+               ("Bytes", 15), ("Tasks not listed", 10)]
+NVR_TOTAL = "NVR total"  # the Dry run sheet's label for a line that adds up an NVR's rows
 FILE_COLUMNS = [("Task", 7), ("NVR", None), ("Host", None), ("Path", None), ("Size", 13), ("SHA-256", 34),
                 ("Camera", 8), ("Camera name", None), ("Start", 20), ("End", 20), ("Location", 40)]
 # Fitted widths: (least, most) characters; a longer text wraps, so that it shows whole and the widest
@@ -62,6 +65,7 @@ DATE = "yyyy-mm-dd hh:mm:ss"  # a range, as the sheet gave it
 DATE_UTC = 'yyyy-mm-dd hh:mm "UTC"'  # a range given as UTC instants (timezone auto), as wide as DATE
 MINUTE = "yyyy-mm-dd hh:mm"  # when an attempt ran (its duration has the seconds)
 DURATION = "[h]:mm:ss"
+BYTES = "#,##0"
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")  # terminal colours and cursor moves in stderr
 UNFIT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")  # not allowed in the XML
 MAX_CELL = 32767  # Excel's limit on the characters in one cell
@@ -92,6 +96,7 @@ def write_report(store: Store, out: BinaryIO) -> None:
         "Cameras": longest["cameras"], "Worker": longest["worker"]})
     groups: dict[str, dict] = {}
     nvrs: dict[str, dict] = {}
+    dry = DryRuns()
     count = 0
     for task in store.all_tasks():
         count += 1
@@ -101,6 +106,8 @@ def write_report(store: Store, out: BinaryIO) -> None:
             "nvr": task["server"], **_zero()})
         nvr = nvrs.setdefault(task["server"], _zero())
         result = _result(task)
+        if task["mode"] == "list":
+            dry.add(task, row, result)
         for totals in (row, nvr):
             totals["tasks"] += 1
             totals["files"] += _number(result.get("files")) or 0
@@ -121,10 +128,71 @@ def write_report(store: Store, out: BinaryIO) -> None:
         "NVR": longest["server"], "Host": longest["file_host"], "Path": longest["file_path"],
         "Camera name": longest["file_camera_name"]})
     files = _write_files(store, file_sheet)
-    for sheet, columns, rows in ((rows_sheet, ROW_COLUMNS, len(groups)), (nvr_sheet, NVR_COLUMNS, len(nvrs)),
-                                 (task_sheet, TASK_COLUMNS, count), (file_sheet, FILE_COLUMNS, files)):
+    sheets = [(rows_sheet, ROW_COLUMNS, len(groups)), (nvr_sheet, NVR_COLUMNS, len(nvrs)),
+              (task_sheet, TASK_COLUMNS, count), (file_sheet, FILE_COLUMNS, files)]
+    if dry.rows:
+        sheets.append(dry.write(workbook))
+    for sheet, columns, rows in sheets:
         sheet.auto_filter.ref = f"A1:{get_column_letter(len(columns))}{rows + 1}"
     workbook.save(out)
+
+
+class DryRuns:
+    """The Dry run sheet: what each dry-run row would export, per camera, and each NVR's total.
+
+    Only written when the store holds dry runs. Chunks of a row add up; a task not listed
+    yet (queued, running, failed) is counted apart, so that a partial figure says so.
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[str, dict] = {}  # group -> the row's label, name, NVR, cameras and unlisted tasks
+        self.nvrs: dict[str, list[int]] = {}  # NVR -> [recordings, bytes, tasks not listed]
+
+    def add(self, task: dict, row: dict, result: dict) -> None:
+        entry = self.rows.setdefault(task["group"], {"source": row["source"], "name": row["name"],
+                                                     "nvr": task["server"], "cameras": {}, "unlisted": 0})
+        nvr = self.nvrs.setdefault(task["server"], [0, 0, 0])
+        listing = result.get("listing") if task["state"] == "done" else None
+        if not isinstance(listing, dict) or not isinstance(listing.get("cameras"), dict):
+            entry["unlisted"] += 1
+            nvr[2] += 1
+            return
+        for camera, figures in listing["cameras"].items():
+            if not isinstance(figures, dict):
+                continue
+            sums = entry["cameras"].setdefault(str(camera), [0, 0])
+            for i, key in enumerate(("recordings", "bytes")):
+                value = _number(figures.get(key)) or 0
+                sums[i] += value
+                nvr[i] += value
+
+    def write(self, workbook: Workbook) -> tuple:
+        sheet = _sheet(workbook, "Dry run", DRY_COLUMNS, {
+            "Sheet row": max([len(NVR_TOTAL), *(len(r["source"]) for r in self.rows.values())]),
+            "Name": max((len(r["name"]) for r in self.rows.values()), default=0),
+            "NVR": max(map(len, self.nvrs), default=0)})
+        count = 0
+        for row in self.rows.values():
+            cameras = sorted(row["cameras"].items(), key=lambda item: _camera_order(item[0])) or [("", [None, None])]
+            for i, (camera, (recordings, size)) in enumerate(cameras):
+                sheet.append([_text(sheet, row["source"], WRAP), _text(sheet, row["name"], WRAP),
+                              _text(sheet, row["nvr"]), _text(sheet, camera), recordings, _cell(sheet, size, BYTES),
+                              row["unlisted"] if i == 0 else None])
+                count += 1
+        for server in sorted(self.nvrs):
+            recordings, size, unlisted = self.nvrs[server]
+            total = [_text(sheet, NVR_TOTAL), None, _text(sheet, server), _text(sheet, "all"), recordings,
+                     _cell(sheet, size, BYTES), unlisted]
+            for cell in (total[0], total[2], total[3]):
+                cell.font = Font(bold=True)
+            sheet.append(total)
+            count += 1
+        return sheet, DRY_COLUMNS, count
+
+
+def _camera_order(camera: str) -> tuple:
+    """Track ids in numeric order (101 before 1001), anything else after them as text."""
+    return (0, int(camera), "") if camera.isascii() and camera.isdigit() else (1, 0, camera)
 
 
 def _zero() -> dict:

@@ -170,10 +170,24 @@ def result(value) -> dict:
         raise BadRequest("'result' must be an object")
     whole(value.get("files"), "result.files", 0, MAX_FILES, optional=True)
     whole(value.get("bytes"), "result.bytes", 0, MAX_BYTES, optional=True)
+    if "listing" in value:
+        _listing(value["listing"])
     value = clean(value)
     if len(json.dumps(value, separators=(",", ":"))) > MAX_RESULT:
         raise BadRequest(f"'result' must be at most {MAX_RESULT // (1024 * 1024)} MB of JSON")
     return value
+
+
+def _listing(value) -> None:
+    """A dry run's findings: recordings and bytes in all and per camera, all whole numbers."""
+    if not isinstance(value, dict) or not isinstance(value.get("cameras", {}), dict):
+        raise BadRequest("'result.listing' must be an object with 'recordings', 'bytes' and 'cameras'")
+    for where, figures in [("result.listing", value), *((f"result.listing.cameras.{c}", f)
+                                                          for c, f in value.get("cameras", {}).items())]:
+        if not isinstance(figures, dict):
+            raise BadRequest(f"'{where}' must be an object")
+        whole(figures.get("recordings"), f"{where}.recordings", 0, MAX_FILES)
+        whole(figures.get("bytes"), f"{where}.bytes", 0, MAX_BYTES)
 
 
 def error(value) -> str:

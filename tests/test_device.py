@@ -4,6 +4,7 @@ The hikload runner runs in this process against a real nvrsim, as a worker proce
 """
 from __future__ import annotations
 
+import io
 import subprocess
 import sys
 import threading
@@ -11,6 +12,7 @@ from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from openpyxl import load_workbook
 
 from taskclient import device
 from taskclient.errors import TaskFailed
@@ -128,7 +130,8 @@ def test_a_wrong_password_is_tried_once_and_a_lockout_says_how_long(procs, tmp_p
 
 
 @pytest.mark.slow
-def test_a_dry_run_sizes_the_export_before_it_runs_and_the_nvr_row_shows_the_device_clock(procs, tmp_path):
+def test_a_dry_run_sizes_the_export_before_it_runs_and_the_nvr_row_shows_the_device_clock(procs, tmp_path,
+                                                                                        browser):
     nvr = start_nvr(procs, channels=2, hours=2, extra=("--clock-offset", "300"))
     sheet = write_sheet(tmp_path / "t.xlsx", [[nvr.address, "admin", SIM_PASSWORD, "101,201", at(0), at(1), "yard"]],
                         HEADER)
@@ -149,6 +152,22 @@ def test_a_dry_run_sizes_the_export_before_it_runs_and_the_nvr_row_shows_the_dev
     assert nvr.stats()["downloads_started"] == 0 and task_files(tmp_path / "dl") == {}
     (row,) = status(coordinator.url)["nvrs"]
     assert abs(row["clock_offset"] - 300) <= 3
+    # The dashboard and the report say what the export would bring, per row and per camera.
+    total_mb = f"{dry['result']['listing']['bytes'] / 1e6:.1f}"
+    page = browser.new_page()
+    page.goto(coordinator.url)
+    page.wait_for_selector("#rows >> text=would export")
+    assert f"done; dry run: would export 12 recording(s), {total_mb} MB" in page.inner_text("#rows")
+    assert page.inner_text("tr.task[data-id='1'] td.progress") == f"would export 12, {total_mb} MB"
+    page.click("tr.task[data-id='1'] td:nth-child(2)")
+    page.wait_for_selector("#detail table.listing")
+    cells = [[c.strip() for c in line.split("\t")] for line in page.inner_text("#detail table.listing").splitlines()]
+    assert cells == [["camera", "recordings", "MB"], *(
+        [str(t), str(len(rs)), f"{sum(r.size for r in rs) / 1e6:.1f}"] for t, rs in per.items())]
+    report = load_workbook(io.BytesIO(api(coordinator.url, path="/api/report.xlsx").content))
+    assert [line[3:6] for line in report["Dry run"].iter_rows(min_row=2, values_only=True)] == [
+        *((str(t), len(rs), sum(r.size for r in rs)) for t, rs in per.items()),
+        ("all", 12, dry["result"]["listing"]["bytes"])]
 
     subprocess.run(taskserver, check=True, capture_output=True)  # now the real export of the same sheet
     assert start_client(procs, coordinator.url, tmp_path / "dl", 1).wait(60) == 0

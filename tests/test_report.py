@@ -29,7 +29,7 @@ def spec(n: int, group: str, name: str, chunk: str = "", **extra) -> TaskSpec:
     start = T0 + timedelta(hours=n)
     fields = {"server": "10.0.0.5:8000", "username": "admin", "password": "pw", "cameras": ("101",),
               "start": start.isoformat(), "end": (start + timedelta(hours=1)).isoformat(), **extra}
-    return TaskSpec(key=f"k{n}", name=name, group=group, source=f"t.xlsx, sheet 'tasks', row {group[1:]}{chunk}",
+    return TaskSpec(key=f"k{n}", name=name, group=group, source=f"t.xlsx, sheet 'tasks', row {group.removeprefix('list:')[1:]}{chunk}",
                     **fields)
 
 
@@ -151,3 +151,48 @@ def test_every_sheet_prints_one_page_wide_on_landscape_a4(store, clock, tmp_path
         assert first in text and last in text, (sheet, text[:300])
     assert seen == set(HEADERS)
     assert len(pages) < 12  # 4 sheets, one page wide each; the 46 tasks take a few pages down
+
+
+@pytest.mark.fast
+def test_a_dry_run_sheet_sizes_each_rows_export_per_camera_and_each_nvr(store, clock):
+    """A dry run's row (chunked), another NVR's one, and a chunk that failed: per camera, per NVR, and what is missing."""
+    store.add([spec(0, "list:r2", "dry run: yard", " (chunk 1/2)", mode="list", cameras=("101", "201")),
+               spec(1, "list:r2", "dry run: yard", " (chunk 2/2)", mode="list", cameras=("101", "201")),
+               spec(2, "list:r3", "dry run: gate", mode="list", server="10.0.0.6"),
+               spec(3, "list:r4", "dry run: dock", mode="list", server="10.0.0.6"), spec(4, "r5", "real")])
+    leases = {}
+    for _ in range(5):
+        answer = store.claim("host-a/w0")
+        leases[answer.task["id"]] = answer.lease["id"]
+    found = {1: {"101": (3, 3_000_000), "201": (1, 500_000)}, 2: {"101": (2, 2_000_000), "201": (0, 0)},
+             3: {"101": (4, 7_000_000)}}
+    for task, cameras in found.items():
+        store.complete(task, leases[task], {"files": 0, "bytes": 0, "listing": {
+            "recordings": sum(n for n, _ in cameras.values()), "bytes": sum(b for _, b in cameras.values()),
+            "cameras": {c: {"recordings": n, "bytes": b} for c, (n, b) in cameras.items()}}})
+    store.fail(4, leases[4], "NVR 10.0.0.6: unreachable", permanent=True)
+    store.complete(5, leases[5], {"files": 2, "bytes": 10})
+    out = io.BytesIO()
+    write_report(store, out)
+    book = load_workbook(io.BytesIO(out.getvalue()))
+    assert book.sheetnames == ["Rows", "NVRs", "Tasks", "Files", "Dry run"]
+    assert [c.value for c in book["Dry run"][1]] == ["Sheet row", "Name", "NVR", "Camera", "Recordings", "Bytes",
+                                                     "Tasks not listed"]
+    lines = list(book["Dry run"].iter_rows(min_row=2, values_only=True))
+    assert lines == [
+        ("t.xlsx, sheet 'tasks', row 2", "dry run: yard", "10.0.0.5:8000", "101", 5, 5_000_000, 0),
+        ("t.xlsx, sheet 'tasks', row 2", "dry run: yard", "10.0.0.5:8000", "201", 1, 500_000, None),
+        ("t.xlsx, sheet 'tasks', row 3", "dry run: gate", "10.0.0.6", "101", 4, 7_000_000, 0),
+        ("t.xlsx, sheet 'tasks', row 4", "dry run: dock", "10.0.0.6", None, None, None, 1),  # failed: not listed
+        ("NVR total", None, "10.0.0.5:8000", "all", 6, 5_500_000, 0),
+        ("NVR total", None, "10.0.0.6", "all", 4, 7_000_000, 1)]
+    assert book["Dry run"]["F2"].number_format == "#,##0" and book["Dry run"]["A6"].font.bold
+    assert book["Dry run"].auto_filter.ref == "A1:G7"
+
+
+@pytest.mark.fast
+def test_a_report_without_dry_runs_has_no_dry_run_sheet(store, clock):
+    run_story(store, clock)
+    out = io.BytesIO()
+    write_report(store, out)
+    assert "Dry run" not in load_workbook(io.BytesIO(out.getvalue())).sheetnames

@@ -106,6 +106,11 @@ def test_malformed_requests_get_a_4xx_json_answer_never_a_500(procs, tmp_path, s
         ("/api/tasks/1/complete", {"lease": lease, "result": {"files": 1e308}}, "result.files"),
         ("/api/tasks/1/complete", {"lease": lease, "result": {"files": "3"}}, "result.files"),
         ("/api/tasks/1/complete", {"lease": lease, "result": "done"}, "'result' must be an object"),
+        ("/api/tasks/1/complete", {"lease": lease, "result": {"listing": [1]}}, "'result.listing' must be an object"),
+        ("/api/tasks/1/complete", {"lease": lease, "result": {"listing": {"recordings": 1, "bytes": -5}}},
+         "result.listing.bytes"),
+        ("/api/tasks/1/complete", {"lease": lease, "result": {"listing": {"recordings": 1, "bytes": 1, "cameras": {
+            "101": {"recordings": "<b>9</b>", "bytes": 1}}}}}, "result.listing.cameras.101.recordings"),
         ("/api/tasks/1/complete", {"lease": lease, "result": {}, "next": "yes"}, "'next'"),
         ("/api/tasks/1/heartbeat", {"lease": lease, "progress": {"done": 2**70}}, "progress.done"),
         ("/api/tasks/1/heartbeat", {"lease": lease, "progress": {"total": "<img src=x>"}}, "progress.total"),

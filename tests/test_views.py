@@ -148,3 +148,24 @@ def test_times_come_as_iso_8601_beside_the_epoch_figures(store, clock):
 def test_an_api_batch_learns_the_ids_of_its_tasks_that_were_there_already(store):
     first = store.add([spec(1), spec(2)])
     assert store.task_ids(["k2", "nope", "k1"]) == [first.ids[1], first.ids[0]]
+
+
+def test_a_dry_runs_row_says_what_its_export_would_bring_chunks_added_up(store, clock):
+    store.add([spec(1, "list:r2", mode="list"), spec(2, "list:r2", mode="list"), spec(3, "list:r2", mode="list"),
+               spec(4, "r2")])
+    listings = {1: {"recordings": 2, "bytes": 300, "cameras": {"101": {"recordings": 2, "bytes": 300}}},
+                2: {"recordings": 1, "bytes": 50, "cameras": {"101": {"recordings": 1, "bytes": 50}}}}
+    for _ in range(2):
+        task, lease = claim(store)
+        store.complete(task, lease, {"files": 0, "bytes": 0, "listing": listings[task]})
+    rows = {r["grp"]: r for r in store.rows()[0]}
+    # While a chunk is still to list, the figure is a partial one and the row is in progress.
+    assert (rows["list:r2"]["state"], rows["list:r2"]["dry_run"], rows["list:r2"]["would_export"]) == (
+        "in progress", True, {"recordings": 3, "bytes": 350})
+    assert (rows["r2"]["dry_run"], rows["r2"]["would_export"]) == (False, None)  # the real export of the row
+    task, lease = claim(store)
+    store.complete(task, lease, {"files": 0, "listing": {"recordings": 0, "bytes": 0, "cameras": {}}})
+    row = next(r for r in store.rows()[0] if r["grp"] == "list:r2")
+    # A dry run found nothing on purpose: it is done, not "done, nothing found".
+    assert (row["state"], row["would_export"]) == ("done", {"recordings": 3, "bytes": 350})
+    assert store.task(1)["result"]["listing"] == listings[1]

@@ -71,11 +71,13 @@ class SQLReads:
             f" count(*) FILTER (WHERE state = {D}) AS done, count(*) FILTER (WHERE state = {F}) AS failed,"
             f" count(*) FILTER (WHERE state = {C}) AS cancelled, count(*) FILTER (WHERE state IN ({LIVE})) AS active,"
             f" count(*) FILTER (WHERE {EMPTY}) AS nothing_found,"
-            " CAST(coalesce(sum(files), 0) AS BIGINT) AS files, CAST(coalesce(sum(bytes), 0) AS BIGINT) AS bytes"
+            " CAST(coalesce(sum(files), 0) AS BIGINT) AS files, CAST(coalesce(sum(bytes), 0) AS BIGINT) AS bytes,"
+            " count(*) FILTER (WHERE mode = 'list') AS dry_runs, CAST(sum(listed) AS BIGINT) AS listed,"
+            " CAST(sum(listed_bytes) AS BIGINT) AS listed_bytes"
             " FROM tasks GROUP BY grp ORDER BY min(id) LIMIT ? OFFSET ?",
             (limit, offset),
         )
-        return [{**dict(r), "state": row_state(r)} for r in found], total
+        return [row_view(r) for r in found], total
 
     def progress(self, minutes: int = 60) -> dict:
         """Completions per minute, and a rate measured only over time the run was actually working.
@@ -338,6 +340,16 @@ def row_state(row) -> str:
     if row["cancelled"]:
         return "cancelled" if row["cancelled"] == row["tasks"] else "partly cancelled"
     return f"done, {NOTHING_FOUND}" if row["nothing_found"] == row["tasks"] else "done"
+
+
+def row_view(row) -> dict:
+    """A sheet row as views show it; a dry run's row says what it would export (so far, while it runs)."""
+    view = {k: row[k] for k in row.keys() if k not in ("dry_runs", "listed", "listed_bytes")}
+    view["state"] = row_state(row)
+    view["dry_run"] = row["dry_runs"] == row["tasks"]
+    view["would_export"] = ({"recordings": row["listed"] or 0, "bytes": row["listed_bytes"] or 0}
+                            if view["dry_run"] else None)
+    return view
 
 
 def event_view(row) -> dict:

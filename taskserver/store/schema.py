@@ -170,6 +170,12 @@ ALTER TABLE tasks ADD COLUMN options TEXT
     """
 CREATE INDEX IF NOT EXISTS tasks_empty ON tasks (server) WHERE state = 'done' AND files = 0 AND mode = 'export'
 """,
+    # 8: what a done dry run found (recordings and bytes it would export), so that rows and NVRs
+    # can sum it in SQL; the per-camera figures stay in the result.
+    """
+ALTER TABLE tasks ADD COLUMN listed {bigint};
+ALTER TABLE tasks ADD COLUMN listed_bytes {bigint}
+""",
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = ("schedules", "tasks", "attempts", "nvrs", "events", "settings", "workers", "logins", "files")  # in foreign-key order

@@ -589,9 +589,12 @@ class SQLStore(SQLReads, Store):
     def _done_move(self, task_id: int, lease_id: str, result: dict, now: float) -> tuple:
         """The arguments of the "done" transition for a completion (its manifest is kept in the files table)."""
         result = {k: v for k, v in result.items() if k != "manifest"}
+        listing = result.get("listing") if isinstance(result.get("listing"), dict) else {}
         return ("done", "id = ? AND lease_id = ?", (task_id, lease_id),
-                "result = ?, files = ?, bytes = ?, finished = ?, lease_expires = NULL, last_error = NULL,"
-                " progress = NULL", (_json(result), _int(result.get("files")), _int(result.get("bytes")), now))
+                "result = ?, files = ?, bytes = ?, listed = ?, listed_bytes = ?, finished = ?, lease_expires = NULL,"
+                " last_error = NULL, progress = NULL",
+                (_json(result), _int(result.get("files")), _int(result.get("bytes")), _int(listing.get("recordings")),
+                 _int(listing.get("bytes")), now))
 
     def _finish(self, db, task_id: int, lease_id: str, result: dict, now: float) -> None:
         """What a completion records besides the task's state: its attempt, its files, its NVR's figures.
