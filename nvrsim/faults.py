@@ -25,6 +25,7 @@ class Faults:
     chunk_end: bool = True  # chunked: send the terminating zero chunk
     no_size: bool = False  # playback URIs without size=
     download_error: int | None = None  # answer downloads with this HTTP status and an error document
+    body: str | None = None  # answer every video download with this text instead (a playlist, a manifest ...)
     # the device as a whole
     refuse_until: float = 0.0  # reset every connection until this time (a reboot)
     delay: float = 0.0  # seconds to pause per block sent (a slow link)
@@ -48,7 +49,7 @@ class Faults:
     clip: bool = False  # clip border items' timeSpan to the query (the playback URI keeps the recording's own)
     endless_more: bool = False  # always a full page of new items and "MORE"
     hostile: dict = field(default_factory=dict)  # replace search item values: startTime, endTime, trackID,
-    #                                              playbackURI, contentType, name (the URI's name=)
+    #                                              playbackURI, contentType, name and size (the URI's)
     no_pictures: bool = False  # picture tracks (x03): search and download answer notSupport
     no_record_types: bool = False  # a search with record types in its metadataList answers notSupport
     # the channels

@@ -107,6 +107,8 @@ def _item(rec, query: dict, host: str, faults) -> str:
     hostile = dict(faults.hostile or {})
     if "name" in hostile:
         values["playbackURI"] = uri.replace(f"name={rec.file_name}", f"name={hostile.pop('name')}")
+    if "size" in hostile and "&size=" in uri:
+        values["playbackURI"] = values["playbackURI"].rsplit("&size=", 1)[0] + f"&size={hostile.pop('size')}"
     values.update({k: str(v) for k, v in hostile.items() if k in values})
     v = {k: escape(text) for k, text in values.items()}
     return (f"<searchMatchItem><sourceID>{{0000000000-0000-0000-0000-000000000000}}</sourceID>"

@@ -266,6 +266,8 @@ class Handler(BaseHTTPRequestHandler):
                 mode, delay, framing = dev.faults.drop_mode, dev.faults.delay, dev.faults.framing
         if busy:
             return self._status(503, "Device Busy", "deviceBusy", code=2)
+        if dev.faults.body is not None and kind.startswith("video"):
+            rec = _Text(dev.faults.body.encode())
         try:
             self._stream(rec, drop_after, mode, delay, framing, kind)
         finally:
@@ -335,6 +337,16 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError as exc:
             return self.send_text(400, json.dumps({"error": str(exc)}), "application/json")
         return self.send_text(200, json.dumps(asdict(self.device.faults)), "application/json")
+
+
+class _Text:
+    """What a hostile device sends in place of a recording (the `body` fault)."""
+
+    def __init__(self, data: bytes):
+        self.data, self.size = data, len(data)
+
+    def content(self) -> bytes:
+        return self.data
 
 
 def _frame(data: bytes, chunked: bool) -> bytes:

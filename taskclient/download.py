@@ -236,7 +236,7 @@ def _framing(nvr: NVR, response: requests.Response, rec: Recording, name: str, c
     if response.headers.get("Content-Encoding", "identity").lower() not in ("identity", ""):
         raise TaskFailed(f"{nvr.label}: {name}: the device sent a compressed recording; refused")
     length = response.headers.get("Content-Length")
-    if length is not None and not length.strip().isdigit():
+    if length is not None and not (length.strip().isascii() and length.strip().isdigit() and len(length.strip()) <= 18):
         raise TaskFailed(f"{nvr.label}: {name}: the device sent an invalid Content-Length")
     announced = int(length) if length is not None else None
     chunked = "chunked" in response.headers.get("Transfer-Encoding", "").lower()
@@ -253,9 +253,12 @@ def _framing(nvr: NVR, response: requests.Response, rec: Recording, name: str, c
 
 def check_duration(path: Path, rec: Recording, label: str, name: str) -> None:
     """With --verify ffprobe: the video must last as long as the NVR says the recording spans."""
+    from .media import SAFE_INPUT, demuxer  # media reads this module's signatures
+
     try:
-        probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0",
-                                str(path)], capture_output=True, text=True, timeout=300)
+        probe = subprocess.run(["ffprobe", "-v", "error", *SAFE_INPUT, "-f", demuxer(path, label), "-show_entries",
+                                "format=duration", "-of", "csv=p=0", str(path)], capture_output=True, text=True,
+                               timeout=300)
     except FileNotFoundError:
         raise HostFault("ffprobe is missing on this worker host (install ffmpeg, or drop --verify)") from None
     except (subprocess.SubprocessError, OSError):

@@ -160,7 +160,7 @@ class Exporter:
             if all(codecs) and len(set(codecs)) == 1:  # program streams that name their codecs: no probe needed
                 known = (codecs[0], sum(p.span for p in output.pieces), MAX_PREROLL * len(output.pieces))
             convert(temps[:len(output.pieces)], target, fmt, self.nvr.label, self.cancel, head, length,
-                    self.export.transcode, known)
+                    self.export.transcode, known, asked=sum(p.span for p in output.pieces))
             return self._seal(output, target, final)
         except BaseException:
             for temp in temps:

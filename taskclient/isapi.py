@@ -158,8 +158,8 @@ class NVR:
     def _read(self, response: requests.Response, limit: int, what: str, started: float, budget: float) -> bytes:
         """The whole body, at most `limit` bytes within `budget` s: a watchdog shuts a dripping socket."""
         length = response.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > limit:
-            raise TaskFailed(f"{self.label}: the answer to {what} is {int(length)} bytes; more than {limit} refused")
+        if length.isascii() and length.isdigit() and (len(length) > 18 or int(length) > limit):
+            raise TaskFailed(f"{self.label}: the answer to {what} is {length[:20]} bytes; more than {limit} refused")
         expired = threading.Event()
         sock = _socket_of(response)
 
@@ -272,19 +272,24 @@ def check_fields(fields: dict, label: str, what: str, code: int) -> None:
         raise NotSupported(f"{label}: {what} refused: HTTP {code}{_detail(fields)}", sub=clean_text(sub, 40))
 
 
+def _small(text: str) -> bool:
+    """Up to 9 ASCII digits: a figure int() takes (a device's '²' or 5000 digits would make it raise)."""
+    return text.isascii() and text.isdigit() and len(text) <= 9
+
+
 def auth_error(label: str, username: str, data: bytes) -> TaskFailed:
     """The device refused the login; with its lock-out figures when its userCheck answer has them."""
     fields = status_fields(data) if not _DOCTYPE.search(data) else {}
     user = f" of user {clean_text(username, 60)!r}" if username else ""
     locked = fields.get("lockStatus", "").lower() == "lock"
     unlock = fields.get("unlockTime", "")
-    locked_for = int(unlock) if locked and unlock.isdigit() and 0 < int(unlock) < 10 ** 7 else None
+    locked_for = int(unlock) if locked and _small(unlock) and 0 < int(unlock) < 10 ** 7 else None
     if locked:
         until = f" for {locked_for} s" if locked_for else ""
         return TaskFailed(f"{label} has locked the login{user}{until} after failed logins (HTTP 401)",
                           device="auth", locked_for=locked_for)
     left = fields.get("retryLoginTime", "")
-    note = f"; {int(left)} login attempt(s) left before the device locks it" if left.isdigit() and int(left) < 1000 else ""
+    note = f"; {int(left)} login attempt(s) left before the device locks it" if _small(left) and int(left) < 1000 else ""
     return TaskFailed(f"{label} refused the password{user} (HTTP 401 Unauthorized){note}", device="auth")
 
 

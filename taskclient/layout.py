@@ -15,15 +15,17 @@ control character; Unicode letters stay. Every path is checked with `confine` to
 from __future__ import annotations
 
 import string
+import unicodedata
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 
 from .errors import SetupError
-from .paths import confine, safe_component
+from .paths import MAX_COMPONENT, MAX_COMPONENT_BYTES, confine, cut_bytes, safe_component
 
 DEFAULT = "{nvr}/{camera}_{camera_name}/{date}/{camera_name}_{date}_{start}-{end}"
 FIELDS = ("nvr", "nvr_label", "camera", "camera_name", "date", "start", "end", "row", "task", "content")
+NAMES = ("nvr", "nvr_label", "camera", "camera_name", "row")  # free text, shortened to fit; the rest are short
 MAX_PARTS = 8
 
 
@@ -56,9 +58,33 @@ class Layout:
         return cls(parts)
 
     def stem(self, values: dict[str, str]) -> str:
-        """The relative path (POSIX, no extension) for these field values: every level a safe name."""
-        filled = [safe_component(part.format(**{f: values.get(f) or "" for f in FIELDS}), "_") for part in self.parts]
+        """The relative path (POSIX, no extension) for these field values: every level a safe name.
+
+        A level is cut to MAX_COMPONENT characters and MAX_COMPONENT_BYTES bytes; the
+        names in it (camera, NVR, row) share what its text and times leave, so that a long
+        name is shortened, never the times.
+        """
+        filled = []
+        for part in self.parts:
+            names = [n for _, n, _, _ in string.Formatter().parse(part) if n in NAMES]
+            given = {f: unicodedata.normalize("NFC", values.get(f) or "") for f in FIELDS}
+            fixed = part.format(**{f: "" if f in NAMES else given[f] for f in FIELDS})
+            used = [given[n] for n in names]
+            chars = _shares([len(v) for v in used], MAX_COMPONENT - len(fixed))
+            size = _shares([len(v.encode("utf-8")) for v in used], MAX_COMPONENT_BYTES - len(fixed.encode("utf-8")))
+            given.update({n: cut_bytes(v[:c], b) for n, v, c, b in zip(names, used, chars, size, strict=True)})
+            filled.append(safe_component(part.format(**given), "_"))
         return str(PurePosixPath(*filled))
+
+
+def _shares(lengths: list[int], budget: int) -> list[int]:
+    """How much of `budget` each of several names may keep: short ones whole, the rest an equal share."""
+    shares = list(lengths)
+    left, waiting = max(budget, 4 * len(lengths)), sorted(range(len(lengths)), key=lengths.__getitem__)
+    for done, i in enumerate(waiting):
+        shares[i] = min(lengths[i], left // (len(waiting) - done))
+        left -= shares[i]
+    return shares
 
 
 def fields(nvr: str, label: str, camera: str, camera_name: str | None, start: datetime, end: datetime,

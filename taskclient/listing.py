@@ -72,6 +72,12 @@ class Unsupported(TaskFailed):
 _accepted: dict[str, tuple[str, str]] = {}
 
 
+# A listed size= beyond what a stored file (about 1 GB on Hikvision devices, 4 GiB at most) plus
+# 100 Mbit/s over the recording's span could hold is taken as no size at all.
+MAX_FILE = 4 * 1024**3
+MAX_RATE = 12_500_000  # bytes per second
+
+
 @dataclass(frozen=True)
 class Recording:
     """One recording as listed, from validated values only."""
@@ -135,12 +141,14 @@ def parse_item(item, wanted: str, label: str, content: str = "video", kinds: set
     if content == "picture" and not _PICTURE_PATH.match(urlsplit(uri).path):
         raise TaskFailed(f"{label}: a picture of camera {wanted} has an unusable URI path"
                          f" {clean_text(urlsplit(uri).path, 60)!r}")
-    size = params.get("size")
+    given = params.get("size") or ""
+    size = int(given) if given.isascii() and given.isdigit() and len(given) < 16 else None
+    if size is not None and size > MAX_FILE + MAX_RATE * (end - start).total_seconds():
+        size = None  # no recording is that big: a hint this wrong must not decide that a host is full
     name = params.get("name")
     # name= names the stored file; with starttime= it names this recording in it, clipped or not.
     identity = f"{wanted}/{name}/{params.get('starttime', '')}" if name else f"{wanted}/{uri}"
-    return Recording(wanted, start, end, uri, identity, int(size) if size and size.isdigit() and len(size) < 16
-                     else None, content)
+    return Recording(wanted, start, end, uri, identity, size, content)
 
 
 def _kind_of(item) -> str | None:
@@ -237,7 +245,7 @@ def search(server, key: str, label: str, track: str, start: datetime | None, end
                              " listed; its paging is not understood")
         position += len(items)
         total = text_of(result, "totalMatches")
-        if total and total.isdigit() and position >= int(total):
+        if total and total.isascii() and total.isdigit() and position >= int(total):
             break
     return sorted(found.values(), key=lambda r: (r.start, r.identity))
 

@@ -26,12 +26,18 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from .download import extension
 from .errors import Cancelled, HostFault, TaskFailed
 
 FORMATS = ("raw", "mp4", "mkv")
 MUXERS = {"mp4": "mp4", "mkv": "matroska"}
 MP4_AUDIO = ("aac", "mp3", "alac", "opus")
 MAX_STDERR = 4000
+# The one demuxer ffmpeg may use for a file, by what its first bytes are (`download.extension`). A device's
+# bytes are never left to ffmpeg's guess: a "recording" that is really an HLS playlist, a DASH manifest or
+# a concat list would make ffmpeg read other files of this host into the export.
+DEMUXERS = {".ps": "mpeg", ".mp4": "mov", ".mkv": "matroska"}
+SAFE_INPUT = ("-protocol_whitelist", "file,pipe")  # no network, whatever a file refers to
 # Program stream map stream types (ISO/IEC 13818-1 table 2-34, and Hikvision's audio types) to codecs.
 STREAM_TYPES = {0x1B: "h264", 0x24: "hevc", 0x10: "mpeg4", 0x02: "mpeg2video", 0x0F: "aac", 0x03: "mp3",
                 0x04: "mp3", 0x90: "pcm_alaw", 0x91: "pcm_mulaw"}
@@ -51,11 +57,26 @@ def missing_tools(tools=("ffmpeg", "ffprobe")) -> list[str]:
     return [tool for tool in tools if shutil.which(tool) is None]
 
 
+def demuxer(path: Path, label: str) -> str:
+    """The demuxer for a device's file or our own output, from its first bytes; TaskFailed for anything else."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise TaskFailed(f"{label}: cannot read {path.name.lstrip('.')}: {exc.strerror}") from None
+    kind = DEMUXERS.get(extension(head))
+    if kind is None:
+        raise TaskFailed(f"{label}: {path.name.lstrip('.')} is no video stream ffmpeg may read"
+                         f" (it begins {head[:8]!r}); not kept")
+    return kind
+
+
 def probe(path: Path, label: str) -> Probe:
     """Duration and codecs of a media file; TaskFailed if ffprobe cannot read it."""
     try:
-        done = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "format=duration:stream=codec_type,codec_name",
-                               "-of", "json", str(path)], capture_output=True, text=True, timeout=300)
+        done = subprocess.run(["ffprobe", "-v", "error", *SAFE_INPUT, "-f", demuxer(path, label), "-show_entries",
+                               "format=duration:stream=codec_type,codec_name", "-of", "json", str(path)],
+                              capture_output=True, text=True, timeout=300)
         data = json.loads(done.stdout or "{}")
     except FileNotFoundError:
         raise HostFault("ffprobe is missing on this worker host (install ffmpeg)") from None
@@ -72,14 +93,15 @@ def probe(path: Path, label: str) -> Probe:
 
 def convert(sources: list[Path], target: Path, fmt: str, label: str, cancel: threading.Event,
             head: float = 0.0, length: float | None = None, transcode: str | None = None,
-            known: tuple[tuple[str, str | None], float, float] | None = None) -> Probe:
+            known: tuple[tuple[str, str | None], float, float] | None = None, asked: float | None = None) -> Probe:
     """Write `sources` (one file, or pieces to join) as one `fmt` file at `target` (a temporary name).
 
     `head` seconds at the start are not shown and `length` bounds what is (exact
     windows). Returns the output's probe after checking its duration against the
     sources'; TaskFailed when ffmpeg fails or the duration is off. `known` spares the
     sources' probes: their codecs (from their program stream map), the seconds asked
-    for and the most a device may add before them.
+    for and the most a device may add before them. Without it, the sources' own
+    durations must still cover the `asked` seconds: a short answer is not a window.
     """
     extra = 0.0
     if known is None:
@@ -88,6 +110,9 @@ def convert(sources: list[Path], target: Path, fmt: str, label: str, cancel: thr
             raise TaskFailed(f"{label}: {target.name.lstrip('.')}: no video that ffmpeg can read in the device's"
                              " stream")
         expected = sum(p.duration for p in probes) - head
+        if asked is not None and expected < asked - max(0.5, 0.02 * asked):
+            raise TaskFailed(f"{label}: {target.name.lstrip('.')}: the device sent {expected:.1f} s of video for the"
+                             f" {asked:.1f} s asked; not kept")
         codec, audio = probes[0].video, probes[0].audio
     else:
         (codec, audio), expected, extra = known  # the seconds asked for: the device's pre-roll comes on top
@@ -99,10 +124,11 @@ def convert(sources: list[Path], target: Path, fmt: str, label: str, cancel: thr
     if len(sources) > 1:
         listing = target.with_name(target.name + ".txt")
         listing.write_text("".join(f"file '{_quote(s)}'\n" for s in sources), encoding="utf-8")
-        argv += [*offset, "-f", "concat", "-safe", "0", "-i", str(listing)]
+        allowed = ",".join(["concat", *sorted({demuxer(s, label) for s in sources})])  # also for the files it lists
+        argv += [*offset, *SAFE_INPUT, "-format_whitelist", allowed, "-f", "concat", "-safe", "0", "-i", str(listing)]
     else:
         listing = None
-        argv += [*offset, "-i", str(sources[0])]
+        argv += [*offset, *SAFE_INPUT, "-f", demuxer(sources[0], label), "-i", str(sources[0])]
     argv += _output(fmt, codec, audio, transcode, length, target)
     try:
         _run(argv, label, target.name.lstrip("."), cancel)
@@ -169,7 +195,7 @@ class Remux:
             return None
         video, audio = codecs
         self.target.parent.mkdir(parents=True, exist_ok=True)
-        argv = ["ffmpeg", "-nostdin", "-v", "error", "-y", "-f", "mpeg", "-i", "pipe:0",
+        argv = ["ffmpeg", "-nostdin", "-v", "error", "-y", *SAFE_INPUT, "-f", "mpeg", "-i", "pipe:0",
                 *_output(self.fmt, video, audio, self.transcode, None, self.target)]
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,

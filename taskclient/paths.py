@@ -17,7 +17,10 @@ from .errors import SetupError
 # Names Windows refuses whatever the extension (CON, CON.txt, com1 ...).
 _RESERVED = {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))}
 _UNSAFE = re.compile(r"[^\w.-]+")  # \w is Unicode: letters and digits of every script stay
-MAX_COMPONENT = 80  # characters; at most 4 bytes each in UTF-8, well under every filesystem's 255
+MAX_COMPONENT = 80  # characters
+# Bytes of UTF-8: filesystems count a name's 255 in bytes (4 for a letter outside the BMP), and the
+# worker adds up to ~40 to a name (a leading dot, `_task<id>_<n>`, `.mp4.part`, `.<pid>.tmp`).
+MAX_COMPONENT_BYTES = 200
 
 
 def confine(base: Path, *parts: str) -> Path:
@@ -33,12 +36,17 @@ def safe_component(label: str, fallback: str = "task") -> str:
     """One path component from any text: no separators, controls, reserved names or trailing dots."""
     text = unicodedata.normalize("NFC", label)
     text = _UNSAFE.sub("_", text)
-    text = re.sub(r"_{2,}", "_", text).strip("._-")[:MAX_COMPONENT].rstrip(".")
+    text = cut_bytes(re.sub(r"_{2,}", "_", text).strip("._-")[:MAX_COMPONENT], MAX_COMPONENT_BYTES).rstrip(".")
     if not text:
         return fallback
     if text.split(".")[0].strip().upper() in _RESERVED:
         text = f"_{text}"
     return text
+
+
+def cut_bytes(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` bytes of UTF-8, never inside a character."""
+    return text.encode("utf-8")[:limit].decode("utf-8", errors="ignore")
 
 
 def task_folder(downloads: Path, task: dict) -> Path:

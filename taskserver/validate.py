@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from datetime import datetime
 
 from flask import request
 from werkzeug.routing import IntegerConverter
@@ -30,6 +31,8 @@ PROGRESS_KEY = re.compile(r"[a-z][a-z0-9_]{0,39}")
 LEASE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 WORKER_NAME = re.compile(r"[\w.:@/+-]{1,200}")  # fullmatch: no trailing newline either
 UNSAFE_TEXT = re.compile(r"[\x00\ud800-\udfff]")  # no database keeps a NUL or half a surrogate pair
+UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")  # controls: a path in a log or a terminal shows as it is
+MAX_MANIFEST = 100_000  # files one task may report (a camera-day in one-minute pictures is 1,440)
 
 
 class TaskId(IntegerConverter):
@@ -170,11 +173,13 @@ def result(value) -> dict:
         raise BadRequest("'result' must be an object")
     whole(value.get("files"), "result.files", 0, MAX_FILES, optional=True)
     whole(value.get("bytes"), "result.bytes", 0, MAX_BYTES, optional=True)
-    if "listing" in value:
-        _listing(value["listing"])
     value = clean(value)
     if len(json.dumps(value, separators=(",", ":"))) > MAX_RESULT:
         raise BadRequest(f"'result' must be at most {MAX_RESULT // (1024 * 1024)} MB of JSON")
+    if "listing" in value:
+        _listing(value["listing"])
+    if "manifest" in value:
+        _manifest(value["manifest"])
     return value
 
 
@@ -188,6 +193,46 @@ def _listing(value) -> None:
             raise BadRequest(f"'{where}' must be an object")
         whole(figures.get("recordings"), f"{where}.recordings", 0, MAX_FILES)
         whole(figures.get("bytes"), f"{where}.bytes", 0, MAX_BYTES)
+
+
+def _manifest(value) -> None:
+    """Where a task's files went: paths relative to the worker's downloads folder, checksums, times.
+
+    Nothing on the coordinator opens these paths, but people and scripts follow them (the
+    report, /api/files), so a path that climbs out or is absolute is refused, as is a
+    time or a checksum that is not one.
+    """
+    if not isinstance(value, list) or len(value) > MAX_MANIFEST:
+        raise BadRequest(f"'result.manifest' must be a list of at most {MAX_MANIFEST} files")
+    for i, entry in enumerate(value):
+        where = f"result.manifest[{i}]"
+        if not isinstance(entry, dict):
+            raise BadRequest(f"'{where}' must be an object")
+        path = entry.get("path")
+        parts = path.split("/") if isinstance(path, str) else []
+        if (not 0 < len(path or "") <= 1024 or "\\" in path or UNSAFE_PATH.search(path) or re.match(r"[A-Za-z]:", path)
+                or any(p in ("", ".", "..") for p in parts)):
+            raise BadRequest(f"'{where}.path' must be a relative path inside the downloads folder, without '..'")
+        whole(entry.get("size"), f"{where}.size", 0, MAX_BYTES)
+        if entry.get("sha256") is not None and not (isinstance(entry["sha256"], str)
+                                                    and re.fullmatch(r"[0-9a-f]{64}", entry["sha256"])):
+            raise BadRequest(f"'{where}.sha256' must be 64 hexadecimal digits")
+        for key in ("start", "end"):
+            if entry.get(key) is not None and not _iso(entry[key]):
+                raise BadRequest(f"'{where}.{key}' must be an ISO 8601 time")
+        for key in ("host", "camera", "camera_name", "kind", "location"):
+            if entry.get(key) is not None and not (isinstance(entry[key], str) and len(entry[key]) <= 1024):
+                raise BadRequest(f"'{where}.{key}' must be a string of at most 1024 characters")
+
+
+def _iso(value) -> bool:
+    if not isinstance(value, str) or len(value) > 40:
+        return False
+    try:
+        datetime.fromisoformat(value)
+    except ValueError:
+        return False
+    return True
 
 
 def error(value) -> str:

@@ -4,8 +4,11 @@ Each story runs the real coordinator, a real worker host and nvrsim with hostile
 """
 from __future__ import annotations
 
+import shutil
+import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 
@@ -216,3 +219,71 @@ def test_an_nvr_error_text_cannot_forge_log_lines(procs, tmp_path):
     assert "Device Error" in error
     for log in (coordinator.output(), client.output()):
         assert not any(line.startswith(forged) for line in log.splitlines()), log[-2000:]
+
+
+# --- what ffmpeg is given, and the names and sizes a device claims -----------------------------
+needs_ffmpeg = pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed (apt-get install ffmpeg)")
+
+
+def someone_elses_video(folder: Path) -> tuple[Path, str]:
+    """Another site's footage on this host, cut in DASH segments, and a manifest that points at it."""
+    folder.mkdir()
+    subprocess.run(["ffmpeg", "-v", "error", "-f", "lavfi", "-i", "testsrc=size=160x120:rate=4", "-t", "60",
+                    "-c:v", "libx264", "-g", "8", str(folder / "other.mp4")], check=True)
+    subprocess.run(["ffmpeg", "-v", "error", "-i", str(folder / "other.mp4"), "-c", "copy", "-f", "dash",
+                    "-seg_duration", "10", str(folder / "m.mpd")], check=True, cwd=folder)
+    manifest = (folder / "m.mpd").read_text()
+    return folder / "other.mp4", manifest.replace('initialization="', f'initialization="{folder}/').replace(
+        'media="', f'media="{folder}/')
+
+
+@pytest.mark.slow
+@needs_ffmpeg
+def test_a_playlist_sent_as_a_recording_never_makes_ffmpeg_read_other_files(procs, tmp_path):
+    other, manifest = someone_elses_video(tmp_path / "other-site")
+    nvr = start_nvr(procs, channels=1, hours=1, interval=60)
+    nvr.faults(body=manifest, no_size=True)
+    sheet = write_sheet(tmp_path / "t.xlsx", [[nvr.address, "admin", SIM_PASSWORD, 101, at(0), at(0, 1), "x"]], HEADER)
+    coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db", "--max-attempts", "1")
+    client = start_client(procs, coordinator.url, tmp_path / "dl", 1, "--format", "mp4", "--window", "whole")
+    assert client.wait(90) == 0, client.output()[-3000:]
+    task = api(coordinator.url, path="/api/tasks/1").json()
+    assert task["state"] == "failed"
+    assert "is no video stream ffmpeg may read (it begins b'<?xml ve'); not kept" in task["last_error"]
+    assert exported(tmp_path / "dl") == [] and leftovers(tmp_path / "dl") == []
+
+
+@pytest.mark.slow
+@needs_ffmpeg
+def test_a_clip_shorter_than_the_recording_is_not_a_playable_export_of_it(procs, tmp_path):
+    # The device sends a real MP4 (no program stream: ffprobe gives the length), 20 s for each 60 s recording.
+    nvr = start_nvr(procs, channels=1, hours=1, interval=60, extra=("--video-seconds", "20"))
+    task, _, _ = export(procs, tmp_path, nvr, "--format", "mp4", "--window", "whole")
+    assert task["state"] == "failed"
+    assert task["last_error"].endswith("the device sent 20.0 s of video for the 60.0 s asked; not kept")
+    assert exported(tmp_path / "dl") == []
+
+
+@pytest.mark.slow
+def test_a_channel_name_in_four_byte_letters_is_shortened_and_keeps_the_times(procs, tmp_path):
+    wide = "\U0001d404\U0001d427\U0001d42d\U0001d42b\U0001d41a\U0001d427\U0001d41c\U0001d41e" * 8  # 𝐄𝐧𝐭𝐫𝐚𝐧𝐜𝐞: 4 bytes each
+    nvr = start_nvr(procs, channels=1, hours=1)
+    nvr.faults(names={"1": wide})
+    task, _, client = export(procs, tmp_path, nvr)
+    assert task["state"] == "done", task["last_error"]
+    files = exported(tmp_path / "dl")
+    assert len(files) == len(nvr.expected(101, at(0), at(1)))
+    # Every level within 200 bytes (filesystems take 255), the extension and temporary names on top.
+    assert all(len(part.encode()) <= 200 for f in files for part in f.with_suffix("").relative_to(tmp_path / "dl").parts)
+    assert all(f.stem.startswith("\U0001d404") and f.stem[-13:].count("-") == 1 for f in files)  # name, then times
+    assert "host fault" not in client.output()
+
+
+@pytest.mark.slow
+def test_a_listed_size_no_recording_could_have_does_not_make_hosts_think_their_disk_is_full(procs, tmp_path):
+    nvr = start_nvr(procs, channels=1, hours=1)
+    nvr.faults(hostile={"size": "999999999999999"})
+    task, _, client = export(procs, tmp_path, nvr)
+    assert task["state"] == "done", task["last_error"]
+    assert task_files(tmp_path / "dl") == nvr.expected(101, at(0), at(1))
+    assert "no space left" not in client.output()

@@ -53,7 +53,16 @@ def test_long_names_are_cut_and_the_default_groups_by_nvr_camera_and_day(tmp_pat
     stem = Layout.parse(None).stem(fields("https-nvr:443", "x", "201", "D" * 300, T, T.replace(minute=8), "2", 7,
                                           "video"))
     nvr, camera, day, name = stem.split("/")
-    assert (nvr, day) == ("https-nvr_443", "2026-01-01") and len(camera) == 80 and len(name) == 80
+    assert (nvr, day) == ("https-nvr_443", "2026-01-01") and len(camera) == 80 and len(name) <= 80
+    assert name.endswith("_2026-01-01_080600-080800")  # the name is shortened, never the times
+    # Letters outside the BMP take 4 bytes each: a level stays within what filesystems take (255 bytes),
+    # with room for the worker's suffixes, and the file can be made.
+    wide = "\U0001d404\U0001d427" * 40  # 𝐄𝐧 ... as an NVR may name a channel
+    stem = Layout.parse(None).stem(fields("nvr", "x", "201", wide, T, T.replace(minute=8), "2", 7, "video"))
+    assert all(len(level.encode()) <= 200 for level in stem.split("/")) and stem.endswith("_080600-080800")
+    made = place(tmp_path, stem + "_task123456_99", ".mp4")
+    made.parent.mkdir(parents=True)
+    made.with_name(f".{made.name}.part").write_bytes(b"x")
     assert Layout.parse(None).stem(fields("nvr", "", "201", None, T, T.replace(minute=8), "", 1, "video")) == \
         "nvr/201/2026-01-01/2026-01-01_080600-080800"
 

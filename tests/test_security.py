@@ -107,6 +107,16 @@ def test_malformed_requests_get_a_4xx_json_answer_never_a_500(procs, tmp_path, s
         ("/api/tasks/1/complete", {"lease": lease, "result": {"files": "3"}}, "result.files"),
         ("/api/tasks/1/complete", {"lease": lease, "result": "done"}, "'result' must be an object"),
         ("/api/tasks/1/complete", {"lease": lease, "result": {"listing": [1]}}, "'result.listing' must be an object"),
+        *(("/api/tasks/1/complete", {"lease": lease, "result": {"files": 1, "manifest": [entry]}}, field) for entry, field in (
+            ({"path": "../../etc/shadow", "size": 1}, "result.manifest[0].path"),
+            ({"path": "/etc/shadow", "size": 1}, "result.manifest[0].path"),
+            ({"path": "C:/Windows/x.mp4", "size": 1}, "result.manifest[0].path"),
+            ({"path": "cam\\..\\x.mp4", "size": 1}, "result.manifest[0].path"),
+            ({"path": "cam/x.mp4\x1b[31m", "size": 1}, "result.manifest[0].path"),
+            ({"path": "cam/x.mp4", "size": -1}, "result.manifest[0].size"),
+            ({"path": "cam/x.mp4", "size": 1, "sha256": "=HYPERLINK(1)"}, "result.manifest[0].sha256"),
+            ({"path": "cam/x.mp4", "size": 1, "start": "zzz"}, "result.manifest[0].start"),
+            ({"path": "cam/x.mp4", "size": 1, "host": ["a"]}, "result.manifest[0].host"))),
         ("/api/tasks/1/complete", {"lease": lease, "result": {"listing": {"recordings": 1, "bytes": -5}}},
          "result.listing.bytes"),
         ("/api/tasks/1/complete", {"lease": lease, "result": {"listing": {"recordings": 1, "bytes": 1, "cameras": {

@@ -877,7 +877,7 @@ class SQLStore(SQLReads, Store):
         )
 
     def _record_files(self, db, task_id: int, lease_id: str, manifest: list) -> None:
-        """Keep where each of a done task's files went (the worker checked the entries' types and paths)."""
+        """Keep where each of a done task's files went (`validate.result` checked the entries' types and paths)."""
         worker = db.execute("SELECT worker FROM attempts WHERE lease_id = ?", (lease_id,)).fetchone()["worker"]
         default_host = worker.rsplit("/", 1)[0]
         db.executemany(
