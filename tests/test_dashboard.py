@@ -42,6 +42,16 @@ def test_dashboard_shows_live_progress_and_requeues_a_failed_task(procs, tmp_pat
     worker_cells = [c.strip() for c in page.inner_text("#workers tr").split("\t")]
     assert worker_cells[1] == "w0" and worker_cells[2] == "idle" and worker_cells[3] == "4"
 
+    # A done task's detail says where each of its files went: host, path, size and SHA-256.
+    page.click("tr.task[data-id='1'] td:nth-child(2)")
+    page.wait_for_selector("#detail table.files tr.file")
+    files = api(coordinator.url, path="/api/tasks/1/files").json()["files"]
+    assert len(files) >= 1
+    lines = [[c.strip() for c in line.split("\t")] for line in page.inner_text("#detail table.files").splitlines()[1:]]
+    assert [line[:4] for line in lines] == [[f["host"], f["path"], f"{f['size'] / 1e6:.1f}", f["sha256"][:16]]
+                                            for f in files]
+    assert page.get_attribute("#detail tr.file td.hash", "title") == files[0]["sha256"]
+
     page.select_option("#state", "failed")
     page.wait_for_selector("button[data-requeue='5']")
     page.click("tr.task[data-id='5'] td:nth-child(2)")  # the task's detail, with its attempts
