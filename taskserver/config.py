@@ -120,8 +120,11 @@ class Config:
         """The store this configuration names, open (`create=False`: refuse a SQLite file that does not exist)."""
         import time
 
-        from .store import open_store
+        from .store import open_store, sqlite_path
+        from .store.sqlite import refuse_missing
 
+        if not create and (path := sqlite_path(self.db)) is not None:
+            refuse_missing(path)  # before the vault, which would make a key file for a database that is not there
         return open_store(self.db, self.policy(), self.vault(), pool=self.db_pool, create=create,
                           clock=clock or time.time)
 

@@ -156,10 +156,16 @@ def test_plaintext_passwords_of_an_older_database_are_sealed_at_start(tmp_path, 
     store.close()
 
 
-def test_commands_refuse_a_database_that_does_not_exist(tmp_path, clock):
+def test_commands_refuse_a_database_that_does_not_exist(tmp_path, clock, monkeypatch):
     with pytest.raises(ConfigError, match="no database at"):
         SQLiteStore(tmp_path / "nothing.db", POLICY, Vault([TEST_KEY], "test"), clock, create=False)
     assert not (tmp_path / "nothing.db").exists()
+    # Nor is a key file made beside a database that is not there (SQLite's default key is <db>.key).
+    monkeypatch.delenv("TASKSERVER_SECRET_KEY")
+    config = Config.from_env(db=str(tmp_path / "typo.db"))
+    with pytest.raises(ConfigError, match="no database at"):
+        config.open_store(create=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
 # --- claims --------------------------------------------------------------------------

@@ -169,3 +169,18 @@ def test_a_dry_runs_row_says_what_its_export_would_bring_chunks_added_up(store, 
     # A dry run found nothing on purpose: it is done, not "done, nothing found".
     assert (row["state"], row["would_export"]) == ("done", {"recordings": 3, "bytes": 350})
     assert store.task(1)["result"]["listing"] == listings[1]
+
+
+def test_an_nvr_row_says_why_its_tasks_failed_for_as_long_as_they_stay_failed(store, clock):
+    store.add([spec(1), spec(2), spec(3, server="nvr-b")])
+    task, lease = claim(store)
+    store.fail(task, lease, "NVR nvr-a has no camera 101201; it has 101, 201", permanent=True)
+    task, lease = claim(store)
+    clock.advance(5)
+    store.complete(task, lease, {"files": 1, "bytes": 10})  # the NVR answers well: its own error clears ...
+    rows = {n["server"]: n for n in store.status()["nvrs"]}
+    # ... but the row still says why one of its tasks failed, and a healthy NVR says nothing.
+    assert rows["nvr-a"]["last_error"] == "NVR nvr-a has no camera 101201; it has 101, 201"
+    assert rows["nvr-b"]["last_error"] is None
+    assert store.requeue([1]) == [1]
+    assert {n["server"]: n["last_error"] for n in store.status()["nvrs"]}["nvr-a"] is None

@@ -260,13 +260,18 @@ class SQLReads:
                 "username": login["username"], "error": login["error"],
                 "locked_for": round(locked - now) if locked and locked > now else 0})
         nvrs = []
-        for n in db.execute("SELECT * FROM nvrs ORDER BY server"):
+        for n in db.execute("SELECT * FROM nvrs ORDER BY server").fetchall():
             tasks = per_nvr.get(n["server"], {s.value: 0 for s in State})
+            # The NVR's own trouble (busy, unreachable) first; else why its newest failed task failed (a
+            # camera it does not have, a cut download...), for as long as that task stays failed.
+            last_error = n["last_error"] or (db.execute(
+                f"SELECT last_error FROM tasks WHERE server = ? AND state = {F} ORDER BY finished DESC LIMIT 1",
+                (n["server"],)).fetchone() or [None])[0] if tasks["failed"] else n["last_error"]
             nvrs.append({
                 "server": n["server"], "running": tasks["leased"], "queued": tasks["queued"] + tasks["waiting"],
                 "max_parallel": n["max_parallel"] or self.policy.per_nvr,
                 "resting_for": round(n["backoff_until"] - now, 1) if n["backoff_until"] > now else 0,
-                "last_error": n["last_error"], "done": tasks["done"], "failed": tasks["failed"],
+                "last_error": last_error, "done": tasks["done"], "failed": tasks["failed"],
                 "files": n["files"], "bytes": n["bytes"], "password_refused": refused.get(n["server"], []),
                 "clock_offset": n["clock_offset"], "nothing_found": empty.get(n["server"], 0),
             })

@@ -37,8 +37,7 @@ class SQLiteStore(SQLStore):
         self._group = GroupCommit(self._connect)
         if not Path(self.path).exists():
             if not create:
-                raise ConfigError(f"no database at {Path(self.path).resolve()}: run this where the coordinator's"
-                                  " database is, or name it with --db")
+                refuse_missing(self.path)
             _create_private(self.path)
         try:
             with self._write() as db:
@@ -93,6 +92,13 @@ class SQLiteStore(SQLStore):
             cur = db.execute(sql, row)
             ids.append(cur.lastrowid if cur.rowcount else None)
         return ids
+
+
+def refuse_missing(path: str) -> None:
+    """ConfigError unless the database file exists (commands other than `serve` never make an empty one)."""
+    if not Path(path).exists():
+        raise ConfigError(f"no database at {Path(path).resolve()}: run this where the coordinator's"
+                          " database is, or name it with --db")
 
 
 def _create_private(path: str) -> None:
