@@ -48,3 +48,18 @@ def test_a_cancelled_running_task_stops_at_once_and_leaves_no_files(procs, tmp_p
     attempt = api(url, path="/api/tasks/1").json()["attempt_log"][-1]
     assert (attempt["outcome"], attempt["error"]) == ("cancelled", "cancelled by an admin from 127.0.0.1")
     assert len(exported(downloads)) == 6  # task 2's files only
+
+
+def test_a_short_running_task_shows_its_progress_long_before_its_first_heartbeat(procs, tmp_path):
+    nvr = start_nvr(procs, channels=1, hours=1, size=2_000_000, extra=("--delay", "0.03"))
+    rows = [[nvr.address, "admin", SIM_PASSWORD, 101, at(0), at(1), "short"]]
+    # Heartbeats every 60 s: the task is over long before the first one.
+    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
+                                    "--lease-seconds", "180")
+    client = start_client(procs, coordinator.url, tmp_path / "dl", 1)
+    seen = wait_for(lambda: (lambda t: t if t["state"] == "leased" and (t["progress"] or {}).get("total") else None)(
+        api(coordinator.url, path="/api/tasks/1").json()), timeout=30, what="task 1's progress while it runs")
+    assert seen["progress"]["total"] == 6 and 0 <= seen["progress"]["done"] < 6
+    assert client.wait(60) == 0
+    done = api(coordinator.url, path="/api/tasks/1").json()
+    assert done["state"] == "done" and done["progress"] is None and done["result"]["files"] == 6
