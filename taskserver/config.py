@@ -60,6 +60,8 @@ class Config:
     nvr_backoff: float = setting(5.0, "first rest in seconds for a busy or unreachable NVR; doubles up to 300")
     nvr_give_up: float = setting(1800.0, "seconds an NVR may stay busy, unreachable or refuse a password before"
                                          " its tasks fail")
+    login_trials: int = setting(2, "tasks of an NVR user whose password is not yet seen to work that may run at"
+                                   " once, whatever the NVR's cap (each may cost a failed login)")
     events_kept: int = setting(200_000, "newest task changes kept for event streams that reconnect")
     chunk: str | None = setting(None, "split rows per camera and per this much time (1h)", ("serve", "import"))
     timezone: str | None = setting(None, "the NVRs' IANA zone (or auto), for sheet times written with an offset"
@@ -142,7 +144,7 @@ class Config:
         return Policy(lease_seconds=self.lease_seconds, max_attempts=self.max_attempts,
                       backoff_base=self.backoff_base, backoff_max=self.backoff_max, max_wait=self.max_wait,
                       per_nvr=self.per_nvr, device_backoff=self.nvr_backoff,
-                      nvr_give_up=self.nvr_give_up, events_kept=self.events_kept)
+                      nvr_give_up=self.nvr_give_up, login_trials=self.login_trials, events_kept=self.events_kept)
 
     def check(self) -> None:
         """Refuse contradictory settings at start rather than misbehave later."""
@@ -156,8 +158,8 @@ class Config:
             raise ConfigError("events_kept must be at least 1")
         if self.db_pool < 1:
             raise ConfigError("db_pool must be at least 1")
-        if self.per_nvr < 1:
-            raise ConfigError("per_nvr must be at least 1")
+        if self.per_nvr < 1 or self.login_trials < 1:
+            raise ConfigError("per_nvr and login_trials must be at least 1")
         if self.schedule_every <= 0:
             raise ConfigError("schedule_every must be positive")
         if not 0 <= self.port <= 65535:

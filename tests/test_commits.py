@@ -28,7 +28,7 @@ T0 = datetime(2026, 1, 1)
 
 @pytest.fixture
 def store(tmp_path):
-    store = SQLiteStore(tmp_path / "ts.db", replace(Config().policy(), per_nvr=100), Vault([TEST_KEY], "test"), FakeClock())
+    store = SQLiteStore(tmp_path / "ts.db", replace(Config().policy(), per_nvr=100, login_trials=100), Vault([TEST_KEY], "test"), FakeClock())
     store.add([TaskSpec(key=f"k{n}", server="nvr-a", username="admin", password="pw", cameras=("101",),
                         start=T0.isoformat(), end=(T0 + timedelta(hours=1)).isoformat()) for n in range(1, 9)])
     yield store

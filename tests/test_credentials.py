@@ -28,7 +28,8 @@ from .harness import (
 pytestmark = pytest.mark.slow
 
 
-def test_a_wrong_password_costs_at_most_two_logins_and_a_corrected_one_finishes_the_job(procs, tmp_path):
+def test_a_wrong_password_costs_at_most_two_logins_whatever_the_cap_and_a_corrected_one_finishes_the_job(
+        procs, tmp_path):
     locked = start_nvr(procs, channels=2, hours=2, extra=("--lock-after", "3", "--lock-for", "600"))
     other = start_nvr(procs, channels=1, hours=1)
     header = [*HEADER, "chunk"]
@@ -36,9 +37,10 @@ def test_a_wrong_password_costs_at_most_two_logins_and_a_corrected_one_finishes_
             [other.address, "admin", SIM_PASSWORD, "101", at(0), at(1), "lobby", None]]
     sheet = write_sheet(tmp_path / "t.xlsx", rows, header)
     db = tmp_path / "ts.db"
-    coordinator = start_coordinator(procs, sheet, db, "--max-attempts", "5")
+    # Five workers and five slots per NVR: the password is tried by two tasks at most all the same.
+    coordinator = start_coordinator(procs, sheet, db, "--max-attempts", "5", "--per-nvr", "5")
     assert status(coordinator.url)["tasks"] == 21  # 20 chunks of the wrong password, 1 elsewhere
-    client = start_client(procs, coordinator.url, tmp_path / "dl", 2, "--window", "whole")  # 12-minute chunks
+    client = start_client(procs, coordinator.url, tmp_path / "dl", 5, "--window", "whole")  # 12-minute chunks
 
     def refused_on_the_nvr_row():
         return any(n["password_refused"] for n in status(coordinator.url)["nvrs"] if n["server"] == locked.address)

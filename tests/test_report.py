@@ -40,7 +40,7 @@ def clock():
 
 @pytest.fixture
 def store(db, clock):
-    opened = open_store(db, replace(Config().policy(), lease_seconds=600, max_attempts=3, per_nvr=10), Vault([TEST_KEY], "test"),
+    opened = open_store(db, replace(Config().policy(), lease_seconds=600, max_attempts=3, per_nvr=10, login_trials=10), Vault([TEST_KEY], "test"),
                         clock=clock)
     yield opened
     opened.close()

@@ -17,7 +17,7 @@ from .harness import TEST_KEY, FakeClock
 
 pytestmark = pytest.mark.fast  # the in-process layer: make test-fast, and first in make test
 T0 = datetime(2026, 1, 1)
-POLICY = replace(Config().policy(), lease_seconds=60, max_attempts=3, per_nvr=10)
+POLICY = replace(Config().policy(), lease_seconds=60, max_attempts=3, per_nvr=10, login_trials=10)
 
 
 @pytest.fixture

@@ -140,6 +140,7 @@ class Policy:
     per_nvr: int  # concurrent tasks per NVR unless the sheet says otherwise
     device_backoff: float  # first pause for a busy or unreachable NVR; doubles, capped at 300 s
     nvr_give_up: float  # an NVR busy, unreachable or refusing a password this long fails its tasks
+    login_trials: int  # tasks of an NVR user with a password not yet seen to work that may run at once
     events_kept: int  # newest changes kept in the event feed; older ones are pruned
 
     def device_delay(self, failures: int) -> float:

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 from ..errors import ConfigError, Unavailable
 from ..vault import Vault
 from .base import Claim, Clock, Policy
-from .sql import L, Q, SQLStore, retried
+from .sql import L, Q, SQLStore, login_on_trial, retried
 
 log = logging.getLogger("taskserver")
 FEED_LOCK = 7_414_155_301  # advisory lock keys (arbitrary, fixed)
@@ -224,14 +224,16 @@ class PostgresStore(SQLStore):
         knows of the table: a claim costs the same with a thousand or a million tasks
         queued, analysed or not (it grows with the NVRs that have work, not the tasks).
         """
+        trials = int(self.policy.login_trials)
         return db.execute(
             "SELECT n.server, h.id, h.priority, h.span, coalesce(r.running, 0) AS running FROM nvrs n"
             f" LEFT JOIN (SELECT l.server, count(*) AS running FROM tasks l WHERE l.state = {L}"
             "  GROUP BY l.server) r ON r.server = n.server"
-            f" CROSS JOIN LATERAL (SELECT q.id, q.priority, q.span FROM tasks q WHERE q.state = {Q}"
+            f" CROSS JOIN LATERAL (SELECT q.id, q.priority, q.span, q.username FROM tasks q WHERE q.state = {Q}"
             "  AND q.server = n.server"
             "  ORDER BY q.priority DESC, q.span DESC NULLS LAST, q.id LIMIT 1) h"
             " WHERE n.backoff_until <= ? AND coalesce(r.running, 0) < coalesce(n.max_parallel, ?)"
+            f" AND (coalesce(r.running, 0) < {trials} OR NOT {login_on_trial('n.server', 'h.username', trials)})"
             " ORDER BY h.priority DESC, h.span DESC NULLS LAST, 5, h.id LIMIT ?"
             + (" FOR UPDATE OF n SKIP LOCKED" if lock else ""),
             (now, self.policy.per_nvr, limit),
@@ -246,6 +248,7 @@ class PostgresStore(SQLStore):
                 f" WHERE q.state = {Q} AND q.server = ? AND n.backoff_until <= ?"
                 f" AND (SELECT count(*) FROM tasks l WHERE l.state = {L} AND l.server = q.server)"
                 "     < coalesce(n.max_parallel, ?)"
+                f" AND NOT {login_on_trial('q.server', 'q.username', self.policy.login_trials)}"
                 " ORDER BY q.priority DESC, q.span DESC NULLS LAST, q.id LIMIT 1 FOR UPDATE OF q SKIP LOCKED",
                 (server, now, self.policy.per_nvr))
 

@@ -171,10 +171,12 @@ ALTER TABLE tasks ADD COLUMN options TEXT
 CREATE INDEX IF NOT EXISTS tasks_empty ON tasks (server) WHERE state = 'done' AND files = 0 AND mode = 'export'
 """,
     # 8: what a done dry run found (recordings and bytes it would export), so that rows and NVRs
-    # can sum it in SQL; the per-camera figures stay in the result.
+    # can sum it in SQL; the per-camera figures stay in the result. Whether an NVR user's password
+    # has been seen to work: until it has, one task of the pair runs at a time.
     """
 ALTER TABLE tasks ADD COLUMN listed {bigint};
-ALTER TABLE tasks ADD COLUMN listed_bytes {bigint}
+ALTER TABLE tasks ADD COLUMN listed_bytes {bigint};
+ALTER TABLE logins ADD COLUMN verified INTEGER NOT NULL DEFAULT 0
 """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -37,6 +37,18 @@ MADE_HERE_KINDS = frozenset({"imported", "requeued", "schedule fired", "schedule
 _REQUEUE = "attempts = 0, ready_at = 0, lease_id = NULL, finished = NULL, requeued = requeued + 1"
 
 
+def login_on_trial(server: str, username: str, trials: int) -> str:
+    """SQL, true while an NVR user's password is on trial (not yet seen to work) and `trials` tasks of it run.
+
+    Such a pair gets no more tasks, whatever the NVR's cap: a wrong password then costs
+    the device at most `trials` failed logins (Policy.login_trials), not one per parallel
+    slot (Hikvision devices lock a client out after 5-7).
+    """
+    return (f"EXISTS (SELECT 1 FROM logins g WHERE g.server = {server} AND g.username = {username}"
+            f" AND g.verified = 0 AND (SELECT count(*) FROM tasks r WHERE r.state = {L}"
+            f" AND r.server = {server} AND r.username = {username}) >= {int(trials)})")
+
+
 def retried(method):
     """Run a store method again when the database aborted its transaction to break a deadlock.
 
@@ -308,7 +320,7 @@ class SQLStore(SQLReads, Store):
                 db.execute("INSERT INTO logins (server, username, password) VALUES (?, ?, ?)",
                            (server, username, self.vault.seal(password)))
             elif self._open(login["password"]) != password:
-                db.execute("UPDATE logins SET password = ? WHERE server = ? AND username = ?",
+                db.execute("UPDATE logins SET password = ?, verified = 0 WHERE server = ? AND username = ?",
                            (self.vault.seal(password), server, username))
                 result.updated += 1
                 if login["refused_at"] is not None:
@@ -492,6 +504,7 @@ class SQLStore(SQLReads, Store):
 
     def _candidates(self, db, now: float, limit: int):
         """NVR queue heads that may be handed out now, best first (see `_next`)."""
+        trials = self.policy.login_trials
         return db.execute(
             "SELECT t.* FROM (SELECT n.server, n.max_parallel,"
             f"   (SELECT count(*) FROM tasks l WHERE l.state = {L} AND l.server = n.server) AS running,"
@@ -500,6 +513,7 @@ class SQLStore(SQLReads, Store):
             "  FROM nvrs n WHERE n.backoff_until <= ?) AS c"
             " JOIN tasks t ON t.id = c.head"
             " WHERE c.running < coalesce(c.max_parallel, ?)"
+            f"  AND (c.running < {int(trials)} OR NOT {login_on_trial('t.server', 't.username', trials)})"
             f" ORDER BY t.priority DESC, t.span DESC{self.NULLS_LAST}, c.running, t.id LIMIT ?",
             (now, self.policy.per_nvr, limit),
         )
@@ -533,6 +547,8 @@ class SQLStore(SQLReads, Store):
             lost = None if cur.rowcount else self._current_state(db, task_id)
             if lost is None:
                 db.execute("UPDATE workers SET last_seen = ? WHERE task_id = ?", (now, task_id))
+                if isinstance(progress, dict) and progress.get("total") is not None:
+                    self._login_works(db, task_id)  # the task listed recordings: its login was accepted
         if lost is not None:
             raise LeaseLost(task_id, lost)
         return self.policy.lease_seconds
@@ -603,6 +619,7 @@ class SQLStore(SQLReads, Store):
         PostgreSQL store can send them in one round trip with the rest.
         """
         self._end_attempt(db, lease_id, now, "done", None, done=1)
+        self._login_works(db, task_id)
         if isinstance(result.get("manifest"), list):
             self._record_files(db, task_id, lease_id, result["manifest"])
         # The NVR answered: it is well again, and its figures grow.
@@ -696,8 +713,8 @@ class SQLStore(SQLReads, Store):
         fail too), not attempts x tasks, which would lock the site out.
         """
         locked_until = now + locked_for if locked_for else None
-        db.execute("UPDATE logins SET refused_at = ?, locked_until = ?, error = ? WHERE server = ? AND username = ?",
-                   (now, locked_until, error, server, username))
+        db.execute("UPDATE logins SET refused_at = ?, locked_until = ?, error = ?, verified = 0"
+                   " WHERE server = ? AND username = ?", (now, locked_until, error, server, username))
         db.execute("UPDATE nvrs SET last_error = ? WHERE server = ?", (error, server))
         self._move(db, "refused", "id = ? AND lease_id = ?", (task_id, lease_id), now=now, detail=error,
                    sets="attempts = attempts - 1, last_error = ?, ready_at = ?, lease_expires = NULL",
@@ -705,6 +722,11 @@ class SQLStore(SQLReads, Store):
         self._end_attempt(db, lease_id, now, "password refused", error)
         self._hold(db, server, username, now)
         return State.WAITING.value
+
+    def _login_works(self, db, task_id: int) -> None:
+        """The task's NVR user logged in: its other tasks may run side by side now (a statement only)."""
+        db.execute("UPDATE logins SET verified = 1 WHERE verified = 0 AND EXISTS (SELECT 1 FROM tasks t"
+                   " WHERE t.id = ? AND t.server = logins.server AND t.username = logins.username)", (task_id,))
 
     def _hold(self, db, server: str, username: str, now: float) -> None:
         """Hold the tasks of an NVR user whose password was refused (those not held already)."""
