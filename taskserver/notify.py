@@ -93,9 +93,17 @@ class Notifier:
     def tick(self) -> None:
         """Send notices for new changes; after changes, see whether the run has drained."""
         taken = self.store.take_events("notify")
+        hosts: dict[tuple, list[dict]] = {}  # a host's processes say the same thing at once: one notice per host
         for event in taken:
-            if event["kind"] in NOTICES:
+            if event["kind"] == "worker stopped" and event["detail"] == "queue drained":
+                continue  # the normal end of a run: the drain's summary says it
+            if event["kind"].startswith("worker ") and event["worker"] and not event["task_id"]:
+                hosts.setdefault((event["kind"], event["worker"].split("/")[0], event["detail"]), []).append(event)
+            elif event["kind"] in NOTICES:
                 self.send(self.change_notice(event))
+        for (kind, host, _), events in hosts.items():
+            if kind in NOTICES:
+                self.send(self.host_notice(host, events))
         if taken or self.store.setting(RUN) is None:
             summary = self.drained()
             if summary is not None:
@@ -114,6 +122,15 @@ class Notifier:
         if event["worker"]:
             notice["worker"] = event["worker"]
         return notice
+
+    def host_notice(self, host: str, events: list[dict]) -> dict:
+        """One notice for what a worker host's processes reported together (full, stopped, a fault)."""
+        first = events[0]
+        processes = sorted({e["worker"].split("/", 1)[1] for e in events if "/" in e["worker"]})
+        text = (f"{NOTICES[first['kind']]}: {host}" + (f" ({', '.join(processes)})" if processes else "")
+                + (f": {first['detail']}" if first["detail"] else ""))
+        return {"event": first["kind"], "text": text[:2000], "at": _iso(first["at"]), "host": host,
+                "workers": sorted(e["worker"] for e in events)}
 
     def drained(self) -> dict | None:
         """The summary of a run that has just drained (sent by one coordinator), else None."""

@@ -65,27 +65,34 @@ def test_webhooks_tell_of_failures_refused_passwords_hosts_and_the_drained_run_o
     api(url, "POST", f"/api/tasks/{tasks['gate']['task']['id']}/fail",
         json={"lease": tasks["gate"]["lease"]["id"], "error": "NVR nvr-b refused the password of user 'viewer'",
               "device": "auth"})
-    api(url, "POST", "/api/workers/state", json={"worker": "host2/w0", "state": "full", "detail": "120 MB free"})
+    # A host's processes say the same at once: one notice per host. A host stopping at the drain is no news.
+    for worker in ("host2/w0", "host2/w1"):
+        api(url, "POST", "/api/workers/state", json={"worker": worker, "state": "full", "detail": "120 MB free"})
+    for worker in ("host1/w0", "host1/w1", "host1/w2"):
+        api(url, "POST", "/api/workers/state", json={"worker": worker, "state": "stopped", "detail": "queue drained"})
+    api(url, "POST", "/api/workers/state", json={"worker": "host3/w0", "state": "stopped", "detail": "host stopping"})
     api(url, "POST", f"/api/tasks/{tasks['yard']['task']['id']}/complete",
         json={"lease": tasks["yard"]["lease"]["id"], "result": {"files": 3, "bytes": 3000}})
     api(url, "POST", f"/api/tasks/{tasks['gate']['task']['id']}/cancel")  # nobody will fix that password tonight
 
     notices = wait_for(lambda: (n := receiver.json("/json")) and n[-1]["event"] == "drained" and n,
                        what="the drained notice")
-    assert [n["event"] for n in notices] == ["failed", "refused", "worker full", "drained"]
+    assert [n["event"] for n in notices] == ["failed", "refused", "worker full", "worker stopped", "drained"]
     assert notices[0]["task"]["name"] == "lobby" and "no camera 101" in notices[0]["text"]
     assert notices[1]["task"]["username"] == "viewer" and "pw" not in json.dumps(notices)
-    assert notices[2]["worker"] == "host2/w0" and "120 MB free" in notices[2]["text"]
-    drained = notices[3]
+    assert notices[2]["host"] == "host2" and notices[2]["workers"] == ["host2/w0", "host2/w1"]
+    assert notices[2]["text"] == "worker host full: host2 (w0, w1): 120 MB free"
+    assert notices[3]["text"] == "worker host stopped: host3 (w0): host stopping"
+    drained = notices[4]
     assert drained["counts"] == {"queued": 0, "leased": 0, "waiting": 0, "done": 1, "failed": 1, "cancelled": 1}
     assert (drained["files"], drained["bytes"]) == (3, 3000)
     assert [(t["name"], t["last_error"]) for t in drained["failed"]] == [("lobby", "NVR has no camera 101 <!channel>")]
 
     # Targets are posted to one after the other: wait for the last one to have the drained notice too.
-    wait_for(lambda: sum(p == "/ntfy" for p, _, _ in receiver.received) == 4, what="every target's notices")
+    wait_for(lambda: sum(p == "/ntfy" for p, _, _ in receiver.received) == 5, what="every target's notices")
     slack = [json.loads(body) for p, _, body in receiver.received if p == "/slack"]
-    assert len(slack) == 4 and "&lt;!channel&gt;" in slack[0]["text"] and "<!channel>" not in slack[0]["text"]
+    assert len(slack) == 5 and "&lt;!channel&gt;" in slack[0]["text"] and "<!channel>" not in slack[0]["text"]
     ntfy = [(headers, body.decode()) for p, headers, body in receiver.received if p == "/ntfy"]
-    assert len(ntfy) == 4 and ntfy[3][0]["Title"] == "taskserver: drained" and "1 done" in ntfy[3][1]
+    assert len(ntfy) == 5 and ntfy[4][0]["Title"] == "taskserver: drained" and "1 done" in ntfy[4][1]
     assert "queue drained: 1 done, 1 failed, 1 cancelled" in status(url)["last_drain"]["text"]
     assert "queue drained" in "".join(c.output() for c in coordinators)
