@@ -139,28 +139,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     """Validate the whole sheet, then queue its rows in one transaction."""
-    from .sheet import spool_sheet
+    from .sheet import as_dry_run, spool_sheet
 
     config = _config(args)
     imported = spool_sheet(args.sheet, chunk=config.chunk, timezone=config.timezone)
     if args.dry_run:
         if imported.schedules:
             print(f"{args.sheet}: {len(imported.schedules)} row(s) on a schedule are left out of the dry run")
-        imported.schedules, imported.convert = [], dry_run
+        imported.schedules, imported.convert = [], as_dry_run
     with _store(config, create=args.create) as store, contextlib.closing(imported):
         result = imported.into(store)
         updated = f" ({result.updated} with a corrected password)" if result.updated else ""
         what = "dry run(s)" if args.dry_run else "task(s)"
         print(f"{args.sheet}: {result.added} {what} added, {result.existing} already in {store.url}{updated}")
     return EXIT_OK
-
-
-def dry_run(spec):
-    """The same row as a dry run: its own key, so that the real export can be imported afterwards."""
-    from dataclasses import replace
-
-    return replace(spec, key=f"list:{spec.key}", group=f"list:{spec.group or spec.key}", mode="list",
-                   name=f"dry run: {spec.name}" if spec.name else "dry run")
 
 
 def cmd_requeue(args: argparse.Namespace) -> int:

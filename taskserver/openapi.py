@@ -178,7 +178,8 @@ FILE = _obj({"id": {"type": "integer"}, "task_id": {"type": "integer"}, "server"
             ("task_id", "host", "path", "size"))
 ADD = _obj({"tasks": {"type": "array", "items": {"type": "object"},
                       "description": "rows with the sheet's column names as fields (see README, the task sheet)"},
-            "chunk": {"type": "string", "maxLength": 100}, "timezone": {"type": "string", "maxLength": 100}},
+            "chunk": {"type": "string", "maxLength": 100}, "timezone": {"type": "string", "maxLength": 100},
+            "dry_run": {"type": "boolean", "description": "add the rows as dry runs: list, download nothing"}},
            ("tasks",), extra=False)
 ADDED = _obj({"added": {"type": "integer"}, "existing": {"type": "integer"}, "updated": {"type": "integer"},
               "ids": {"type": "array", "items": {"type": "integer"}, "description": "the tasks added"},

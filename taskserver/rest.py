@@ -58,11 +58,12 @@ def tasks():
 @bp.post("/tasks")
 def add_tasks():
     """Add tasks: the sheet's fields, validation and messages; all of the batch or nothing."""
-    from .sheet import load_rows
+    from .sheet import Imported, as_dry_run, load_rows
 
     body = validate.json_body()
-    if "tasks" not in body or set(body) - {"tasks", "chunk", "timezone"}:
-        raise BadRequest('expected {"tasks": [{...}, ...]} with optional "chunk" and "timezone"')
+    if "tasks" not in body or set(body) - {"tasks", "chunk", "timezone", "dry_run"}:
+        raise BadRequest('expected {"tasks": [{...}, ...]} with optional "chunk", "timezone" and "dry_run"')
+    dry = validate.flag(body, "dry_run")
     config = current_app.config["TASKSERVER"]
     chunk = validate.text(body.get("chunk"), "chunk", 100, optional=True)
     timezone = validate.text(body.get("timezone"), "timezone", 100, optional=True)
@@ -73,10 +74,15 @@ def add_tasks():
     except SheetError as exc:
         raise SheetError(exc.problems, what="the request") from None
     imported = _stamped(imported, f"request of {datetime.fromtimestamp(now, UTC):%Y-%m-%d %H:%M:%S} UTC")
+    if dry:
+        if imported.schedules:
+            raise BadRequest(f"a dry run lists once: leave out the {len(imported.schedules)} task(s) with a schedule")
+        imported = Imported([as_dry_run(spec) for spec in imported])
     result = imported.into(api.store())
     new = set(result.ids)
     existing = [i for i in api.store().task_ids([spec.key for spec in imported]) if i not in new]
-    log.info("API: %d task(s) added, %d already queued%s, by an admin from %s", result.added, result.existing,
+    log.info("API: %d %s added, %d already queued%s, by an admin from %s", result.added,
+             "dry run(s)" if dry else "task(s)", result.existing,
              f" ({_id_list(existing)})" if existing else "", request.remote_addr)
     return jsonify({"added": result.added, "existing": result.existing, "updated": result.updated,
                     "ids": result.ids, "existing_ids": existing}), 201 if result.added else 200

@@ -68,6 +68,12 @@ class Imported(list):
             result.existing += scheduled.existing
             result.updated += scheduled.updated
         return result
+def as_dry_run(spec: TaskSpec) -> TaskSpec:
+    """The same row as a dry run (list, download nothing): its own key, so the real export can be added afterwards."""
+    return replace(spec, key=f"list:{spec.key}", group=f"list:{spec.group or spec.key}", mode="list",
+                   name=f"dry run: {spec.name}" if spec.name else "dry run")
+
+
 class Spooled(Imported):
     """A big sheet's tasks, spooled to a temporary file in batches as the rows are checked.
 

@@ -182,6 +182,13 @@ def test_tasks_posted_through_the_api_are_checked_like_sheet_rows_and_added_all_
     task = api(url, path="/api/tasks/1").json()
     assert re.fullmatch(r"request of \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC, task 1 \(cam 101 chunk 1/2\)", task["source"])
     assert "Api-secret" not in str(task)
+    # The same rows as a dry run: tasks of their own beside the real ones, listing and downloading nothing.
+    dry = api(url, "POST", "/api/tasks", json={"tasks": [good], "dry_run": True})
+    assert dry.status_code == 201 and dry.json()["added"] == 1
+    listed = api(url, path=f"/api/tasks/{dry.json()['ids'][0]}").json()
+    assert (listed["mode"], listed["name"], listed["key"].startswith("list:")) == ("list", "dry run: lobby", True)
+    assert api(url, "POST", "/api/tasks", json={"tasks": [{**good, "schedule": "daily 01:00"}],
+                                                "dry_run": True}).status_code == 400
 
 
 @pytest.mark.parametrize("body, status, message", [
