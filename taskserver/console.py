@@ -128,7 +128,7 @@ def counts_line(status: dict) -> str:
 
 
 def status_lines(url: str, status: dict) -> list[str]:
-    """The whole of `taskserver status`: the run, the NVRs, the workers, the last drain."""
+    """The whole of `taskserver status`: the run, the NVRs, the schedules, the workers, the last drain."""
     lines = [f"coordinator {url}: {run_state(status)}", counts_line(status),
              f"files {status['files']:,}  {size(status['bytes'])}"]
     drain = status.get("last_drain")
@@ -152,6 +152,16 @@ def status_lines(url: str, status: dict) -> list[str]:
                 locked = f", device lock-out {span(refused['locked_for'])} more" if refused.get("locked_for") else ""
                 lines.append(f"  {escape(str(n['server']))}: password refused for user"
                              f" '{escape(str(refused['username']))}'{locked}: tasks held until it is corrected")
+    schedules = status.get("schedules") or []
+    if schedules:
+        lines += ["", "Schedules"]
+        table = [("id", "row", "NVR", "cadence", "next run", "next window from", "runs")]
+        for x in schedules:
+            table.append((str(x["id"]), escape(str(x.get("name") or x.get("source") or ""))[:60],
+                          escape(str(x["server"])), escape(f"{x['cadence']} {x.get('zone') or ''}".strip()),
+                          _when(x.get("next_run")), escape(str(x.get("next_window_start") or "")).replace("T", " "),
+                          f"{x.get('runs', 0):,}"))
+        lines += _columns(table)
     workers = status.get("workers") or []
     if workers:
         lines += ["", "Workers"]
@@ -203,6 +213,16 @@ def _at(at) -> str:
         try:
             return f" {datetime.fromisoformat(at).astimezone():%Y-%m-%d %H:%M}"
         except ValueError:
+            return ""
+    return ""
+
+
+def _when(at) -> str:
+    """An epoch time in this machine's local time, to the minute."""
+    if isinstance(at, int | float) and not isinstance(at, bool):
+        try:
+            return f"{datetime.fromtimestamp(at).astimezone():%Y-%m-%d %H:%M}"
+        except (OverflowError, OSError, ValueError):
             return ""
     return ""
 

@@ -94,6 +94,13 @@ SCHEMAS = {
                     "bytes": {"type": "integer", "minimum": 0, "maximum": validate.MAX_BYTES}},
                    description=f"files and bytes as whole numbers; any other fields, at most"
                                f" {validate.MAX_RESULT // (1024 * 1024)} MB of JSON in all (e.g. a manifest)"),
+    "Schedule": _obj({
+        "id": {"type": "integer"}, "cadence": {"type": "string"}, "zone": NULL_STRING,
+        "next_window_start": {"type": "string"}, "next_run": {"type": "number"}, "next_run_iso": ISO,
+        "runs": {"type": "integer"}, "last_run": NULL_NUMBER, "last_run_iso": ISO, "source": {"type": "string"},
+        "server": {"type": "string"}, "username": {"type": "string"},
+        "cameras": {"type": "array", "items": {"type": "string"}}, "name": {"type": "string"}},
+        description="an active schedule: it adds its row's tasks on a cadence"),
     "Task": _obj({
         "id": {"type": "integer"}, "key": {"type": "string"}, "name": {"type": "string"},
         "server": {"type": "string"}, "username": {"type": "string"},
@@ -133,6 +140,7 @@ SCHEMAS = {
         "files": {"type": "integer"}, "bytes": {"type": "integer"}, "drained": {"type": "boolean"},
         "paused": {"type": "boolean"},
         "last_drain": {"type": "object", "nullable": True, "description": "the summary of the latest drain"},
+        "schedules": {"type": "array", "items": _ref("Schedule"), "description": "active schedules, soonest first"},
         "workers": {"type": "array", "items": _obj({
             "name": {"type": "string"}, "task": NULL_INT, "done": {"type": "integer"}, "failed": {"type": "integer"},
             "last_seen_ago": {"type": "number"}, "lost": {"type": "boolean"}, "last_seen": {"type": "number"},
@@ -255,12 +263,8 @@ def _paths() -> dict:
                    _query("to", {"type": "string", "format": "date-time"}, "NVR-local end"),
                    _query("after", {"type": "integer", "minimum": 0, "maximum": 2**62}, "the last id seen"),
                    _query("limit", {"type": "integer", "minimum": 1, "maximum": 10_000}, "page size")])},
-        "/api/schedules": {"get": _op("active schedules", {200: _json(_obj({"schedules": {"type": "array", "items": _obj({
-            "id": {"type": "integer"}, "cadence": {"type": "string"}, "zone": NULL_STRING,
-            "next_window_start": {"type": "string"}, "next_run": {"type": "number"}, "runs": {"type": "integer"},
-            "source": {"type": "string"}, "server": {"type": "string"}, "username": {"type": "string"},
-            "cameras": {"type": "array", "items": {"type": "string"}}, "name": {"type": "string"}})}},
-            ("schedules",)), "schedules")}, READ)},
+        "/api/schedules": {"get": _op("active schedules", {200: _json(_obj({"schedules": {
+            "type": "array", "items": _ref("Schedule")}}, ("schedules",)), "schedules")}, READ)},
         "/api/schedules/{schedule_id}/cancel": {"post": _op(
             "stop a schedule (its tasks stay)", {200: ok}, (*WRITE, 404, 409),
             [{"name": "schedule_id", "in": "path", "required": True,

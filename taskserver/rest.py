@@ -28,6 +28,7 @@ from . import api, validate
 from .errors import BadRequest, Conflict, SheetError
 from .sheet import row_label, row_name
 from .store import State
+from .store.reads import schedule_view
 
 log = logging.getLogger("taskserver")
 bp = Blueprint("rest", __name__, url_prefix="/api")
@@ -243,12 +244,7 @@ def forget_workers():
 @bp.get("/schedules")
 def schedules():
     """Active schedules: cadence, next run, the row they repeat (no password)."""
-    return jsonify({"schedules": [
-        {"id": s["id"], "cadence": s["cadence"], "zone": s["zone"], "next_window_start": s["cursor"],
-         "next_run": s["next_fire"], "runs": s["fired"], "source": s["source"],
-         "server": s["template"]["server"], "username": s["template"]["username"],
-         "cameras": s["template"]["cameras"], "name": s["template"]["name"]}
-        for s in api.store().schedules()]})
+    return jsonify({"schedules": [schedule_view(s) for s in api.store().schedules()]})
 
 
 @bp.post("/schedules/<id:schedule_id>/cancel")

@@ -1,4 +1,5 @@
-"""Nightly exports, unattended: a schedule exports each day once, and a night that failed is caught up."""
+"""Nightly exports, unattended: a schedule exports each day once, a night that failed is caught up, and people
+see the schedules (dashboard, `taskserver status`) and stop one with a click."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
@@ -11,10 +12,12 @@ from .harness import (
     api,
     coordinator_in_process,
     start_client,
+    start_coordinator,
     start_nvr,
     task_files,
     wait_for,
 )
+from .test_console import taskserver
 
 pytestmark = pytest.mark.slow
 
@@ -76,3 +79,29 @@ def _answers(nvr) -> bool:
     except OSError:
         return False
     return True
+
+
+def test_the_dashboard_and_status_list_schedules_and_a_click_stops_one(procs, tmp_path, browser):
+    url = start_coordinator(procs, None, tmp_path / "ts.db").url
+    rows = [{"server": "10.0.0.5", "username": "admin", "password": "Sched-pw-1", "cameras": "101,201",
+             "starttime": "2030-01-01 00:00", "schedule": schedule, "timezone": "UTC", "name": name}
+            for schedule, name in (("daily 01:00", "gate <b>nightly</b>"), ("every 6h", "yard"))]
+    assert api(url, "POST", "/api/tasks", json={"tasks": rows}).status_code == 201
+    listed = {s["name"]: s for s in api(url).json()["schedules"]}
+    assert set(listed) == {"gate <b>nightly</b>", "yard"} and listed["yard"]["next_run_iso"].startswith("2030-01-01T")
+
+    shown = taskserver("status", url=url).stdout
+    assert "Schedules" in shown and "daily 01:00 UTC" in shown and "every 6h UTC" in shown
+    assert "2030-01-01 00:00" in shown and "Sched-pw-1" not in shown
+
+    page = browser.new_page()
+    page.goto(url)
+    page.wait_for_selector("#schedules tr.schedule")
+    assert page.is_visible("#schedules-box")
+    cells = [c.strip() for c in page.inner_text(f"tr.schedule[data-id='{listed['yard']['id']}']").split("\t")]
+    assert cells[1:5] == ["yard", "10.0.0.5", "101,201", "every 6h UTC"] and cells[6] == "2030-01-01 00:00:00"
+    assert page.inner_text("#schedules").count("gate <b>nightly</b>") == 1  # a name shown as text
+    page.click(f"button[data-unschedule='{listed['yard']['id']}']")
+    page.wait_for_function("() => document.querySelectorAll('#schedules tr.schedule').length === 1")
+    assert [s["name"] for s in api(url, path="/api/schedules").json()["schedules"]] == ["gate <b>nightly</b>"]
+    assert "Sched-pw-1" not in page.content()

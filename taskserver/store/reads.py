@@ -23,6 +23,7 @@ ETA_MIN_DONE = 3  # completions needed before a rate (and an ETA) is given
 ETA_MIN_WINDOW = 60.0  # seconds of work needed before a rate is given
 STOPPED_SHOWN = 3600.0  # seconds a worker that said it stopped stays in the list
 LOST_SHOWN = 86400.0  # seconds a worker that went silent stays in the list (marked lost)
+SCHEDULES_SHOWN = 100  # active schedules in a status (all of them: GET /api/schedules)
 
 
 class SQLReads:
@@ -286,6 +287,7 @@ class SQLReads:
             "workers": self._workers(db, now),
             "nvrs": nvrs,
             "paused": self._paused(),
+            "schedules": [schedule_view(s) for s in self.schedules()[:SCHEDULES_SHOWN]],
             "last_drain": json.loads(last) if (last := self.setting("notify:last_drain")) else None,
         }
 
@@ -345,6 +347,17 @@ def row_state(row) -> str:
     if row["cancelled"]:
         return "cancelled" if row["cancelled"] == row["tasks"] else "partly cancelled"
     return f"done, {NOTHING_FOUND}" if row["nothing_found"] == row["tasks"] else "done"
+
+
+def schedule_view(schedule: dict) -> dict:
+    """An active schedule as people see it: cadence, next run and window, the row it repeats (no password)."""
+    template = schedule["template"]
+    return {"id": schedule["id"], "cadence": schedule["cadence"], "zone": schedule["zone"],
+            "next_window_start": schedule["cursor"], "next_run": schedule["next_fire"],
+            "next_run_iso": iso(schedule["next_fire"]), "runs": schedule["fired"],
+            "last_run": schedule["last_fired"], "last_run_iso": iso(schedule["last_fired"]),
+            "source": schedule["source"], "server": template["server"], "username": template["username"],
+            "cameras": template["cameras"], "name": template["name"]}
 
 
 def row_view(row) -> dict:
