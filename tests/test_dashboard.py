@@ -64,6 +64,12 @@ def test_dashboard_shows_live_progress_and_requeues_a_failed_task(procs, tmp_pat
     wait_for(lambda: api(coordinator.url, path="/api/tasks/5").json()["state"] == "queued", what="task 5 requeued")
     assert SIM_PASSWORD not in page.content() and "Bad-pass-9" not in page.content()
 
+    # The worker host stopped at the drain; retired for good, it is forgotten with a click.
+    page.wait_for_selector("#workers button[data-forget]")
+    page.click("#workers button[data-forget]")
+    page.wait_for_function("() => document.querySelectorAll('#workers tr').length === 0")
+    assert api(coordinator.url).json()["workers"] == []
+
 
 def test_the_dashboard_shows_what_each_task_came_to_and_offers_only_the_steering_that_fits(procs, tmp_path, browser):
     nvr = start_nvr(procs, channels=1, hours=2, size=50_000)
