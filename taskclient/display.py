@@ -17,6 +17,7 @@ class Display:
         self.lines: dict[int, str] = {i: "starting" for i in range(workers)}
         self.labels: dict[int, str] = {}
         self.waiting: set[int] = set()  # service mode: workers that found the queue drained
+        self.running: set[int] = set()  # workers with a task in hand
         self.announced = False  # ... and the host said so, once per drain
         self.done = self.failed = self.files = self.bytes = 0
         self.drawn = 0
@@ -25,7 +26,10 @@ class Display:
 
     def handle(self, kind: str, index: int, data: dict) -> None:
         """One event from worker `index`."""
+        if kind in ("done", "failed", "lost", "released"):
+            self.running.discard(index)
         if kind == "start":
+            self.running.add(index)
             self.waiting.discard(index)
             self.announced = False
             self.labels[index] = data["label"]
@@ -76,6 +80,16 @@ class Display:
             self.lines[index] = "queue drained"
         elif kind == "died":
             self.lines[index] = "died; replaced"
+        elif kind == "ended" and not self.lines.get(index, "").startswith("stopped"):
+            self.lines[index] = "stopped"
+
+    def stopping(self, running: str) -> None:
+        """The host was asked to stop: no line may still say it waits for work."""
+        for index, line in self.lines.items():
+            if not line.startswith(("stopped", "queue drained", "died")):
+                self.lines[index] = f"stopping ({running})" if index in self.running else "stopping"
+        self.last_draw = 0.0
+        self.refresh()
 
     def refresh(self) -> None:
         """Redraw the live lines, at most a few times per second."""

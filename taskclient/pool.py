@@ -85,6 +85,8 @@ class Pool:
                 self.events.abort.set()
             if code in (DRAINED, STOPPED, AUTH, SETUP, HOST_FAULT, TLS) or self.events.stop.is_set():
                 self.finished[index] = code
+                if code != DRAINED:
+                    self.display.handle("ended", index, {"code": code})
                 continue
             now = time.monotonic()
             self.restarts = [t for t in self.restarts if now - t < RESTART_WINDOW]
@@ -119,9 +121,11 @@ class Pool:
             self.events.stop.set()
             self.events.abort.set()
             self.display.note("stopping now: running tasks are released to the coordinator")
+            self.display.stopping("releasing its task")
         else:
             self.events.stop.set()
             self.display.note("finishing running tasks, then exiting (Ctrl-C again to release them now)")
+            self.display.stopping("finishing its task")
 
     def _terminate_all(self) -> None:
         """Leave no orphans: whatever is still alive after a grace period is terminated."""
