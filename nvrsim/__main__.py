@@ -73,6 +73,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="length of that clip (default: the recording interval; shorter simulates a cut file)")
     device.add_argument("--https", action="store_true",
                         help="serve HTTPS with a new self-signed certificate; its SHA-256 fingerprint is printed")
+    device.add_argument("--cert", nargs=2, metavar=("CERT", "KEY"),
+                        help="with --https: serve this certificate chain and key instead (e.g. signed by a site's CA)")
     device.add_argument("--clock-offset", type=float, default=d.clock_offset,
                         help="the device clock runs this many seconds ahead (negative: behind)")
     device.add_argument("--zone", default=d.zone, help="POSIX TZ the device reports in System/time")
@@ -156,8 +158,11 @@ def main(argv: list[str] | None = None) -> int:
 
         from .tlscert import make_self_signed
 
-        folder = Path(tempfile.mkdtemp(prefix="nvrsim-tls-"))
-        cert, key, fingerprint = make_self_signed(folder, args.host)
+        if args.cert:
+            cert, key = args.cert
+        else:
+            folder = Path(tempfile.mkdtemp(prefix="nvrsim-tls-"))
+            cert, key, fingerprint = make_self_signed(folder, args.host)
         tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         tls.load_cert_chain(cert, key)
     server = Server((args.host, args.port), device, tls)

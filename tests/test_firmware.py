@@ -29,6 +29,7 @@ from .harness import (
     task_files,
     write_sheet,
 )
+from .tlsca import make_ca, make_server_cert
 
 pytestmark = pytest.mark.slow
 
@@ -143,6 +144,25 @@ def test_an_https_nvr_with_a_self_signed_certificate_fails_fast_then_works_when_
     subprocess.run([*taskserver, "requeue", "--db", str(db)], check=True, capture_output=True)
     pin = f"{nvr.hostport}={pretty(nvr.fingerprint)}"
     assert start_client(procs, coordinator.url, tmp_path / "dl", 1, "--nvr-fingerprint", pin).wait(60) == 0
+    assert api(coordinator.url, path="/api/tasks/1").json()["state"] == "done"
+    assert task_files(tmp_path / "dl") == nvr.expected(101, at(0), at(1))
+
+
+def test_an_https_nvr_signed_by_the_sites_own_ca_works_with_that_ca_and_only_with_it(procs, tmp_path):
+    ca = make_ca(tmp_path, "site-ca")
+    cert, key = make_server_cert(tmp_path, ca)
+    nvr = start_nvr(procs, channels=1, hours=1, extra=("--https", "--cert", str(cert), str(key)))
+    rows = [[nvr.address, "admin", SIM_PASSWORD, 101, at(0), at(1), "lobby"]]
+    db = tmp_path / "ts.db"
+    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), db, "--max-attempts", "5")
+    assert start_client(procs, coordinator.url, tmp_path / "dl", 1).wait(60) == 0
+    task = api(coordinator.url, path="/api/tasks/1").json()
+    assert task["state"] == "failed" and "TLS refused" in task["last_error"]  # the CA is nobody's but the site's
+
+    subprocess.run([sys.executable, "-m", "taskserver", "requeue", "--db", str(db)], check=True, capture_output=True)
+    # Every request (device info, channels, search, download) goes through the one session that trusts it.
+    ca_file = str(tmp_path / "site-ca.pem")
+    assert start_client(procs, coordinator.url, tmp_path / "dl", 1, "--nvr-ca-file", ca_file).wait(60) == 0
     assert api(coordinator.url, path="/api/tasks/1").json()["state"] == "done"
     assert task_files(tmp_path / "dl") == nvr.expected(101, at(0), at(1))
 
