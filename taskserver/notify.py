@@ -7,8 +7,9 @@ once however many coordinators share the database. A notice is sent at most
 once: a coordinator killed between taking a change and posting it loses that
 notice (the dashboard and the report still have it).
 
-Targets, comma-separated: a plain URL gets the JSON below; `slack:URL` and
-`teams:URL` get `{"text": ...}` (Slack incoming webhooks, Teams connectors);
+Targets, comma-separated: a plain URL gets the JSON below; `slack:URL` gets
+`{"text": ...}` (Slack incoming webhooks); `teams:URL` an Adaptive Card message
+(Teams Workflows webhooks, which take nothing else, and the older connectors);
 `ntfy:URL` posts the text to an ntfy topic URL with a title.
 """
 from __future__ import annotations
@@ -175,14 +176,27 @@ class Notifier:
                     time.sleep(0.5 * 2 ** attempt)
 
     def _post(self, target: Target, notice: dict) -> requests.Response:
-        if target.kind in ("slack", "teams"):
+        if target.kind == "slack":
             text = notice["text"].replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
             return self.session.post(target.url, json={"text": f"taskserver: {text}"}, timeout=10)
+        if target.kind == "teams":
+            return self.session.post(target.url, json=teams_card(notice), timeout=10)
         if target.kind == "ntfy":
             return self.session.post(target.url, data=notice["text"].encode(), timeout=10,
                                      headers={"Title": f"taskserver: {notice['event']}".encode("ascii", "replace"),
                                               "Tags": "warning" if notice["event"] != "drained" else "white_check_mark"})
         return self.session.post(target.url, json=notice, timeout=10)
+
+
+def teams_card(notice: dict) -> dict:
+    """A Teams message holding an Adaptive Card: what Teams Workflows webhooks take (and the older incoming
+    webhooks too). The text is one TextBlock; markdown link syntax in it is broken up, so that a device's
+    error text cannot dress a link up as something else."""
+    text = f"taskserver: {notice['text']}".replace("](", "] (")
+    return {"type": "message", "attachments": [{
+        "contentType": "application/vnd.microsoft.card.adaptive", "contentUrl": None,
+        "content": {"$schema": "http://adaptivecards.io/schemas/adaptive-card.json", "type": "AdaptiveCard",
+                    "version": "1.4", "body": [{"type": "TextBlock", "text": text, "wrap": True}]}}]}
 
 
 def _iso(at: float) -> str:

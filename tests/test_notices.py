@@ -49,7 +49,7 @@ def test_webhooks_tell_of_failures_refused_passwords_hosts_and_the_drained_run_o
     rows = [["nvr-a", "admin", "pw", 101, at(0), at(1), "lobby"],
             ["nvr-b", "viewer", "pw", 101, at(0), at(1), "gate"],
             ["nvr-c", "admin", "pw", 101, at(0), at(1), "yard"]]
-    targets = f"{receiver.url}/json,slack:{receiver.url}/slack,ntfy:{receiver.url}/ntfy"
+    targets = f"{receiver.url}/json,slack:{receiver.url}/slack,ntfy:{receiver.url}/ntfy,teams:{receiver.url}/teams"
     sheet = write_sheet(tmp_path / "t.xlsx", rows, HEADER)
     coordinators = [start_coordinator(procs, sheet, db, "--notify", targets)]
     if not str(db).endswith(".db"):  # PostgreSQL: a second coordinator on the same database sends nothing twice
@@ -89,9 +89,15 @@ def test_webhooks_tell_of_failures_refused_passwords_hosts_and_the_drained_run_o
     assert [(t["name"], t["last_error"]) for t in drained["failed"]] == [("lobby", "NVR has no camera 101 <!channel>")]
 
     # Targets are posted to one after the other: wait for the last one to have the drained notice too.
-    wait_for(lambda: sum(p == "/ntfy" for p, _, _ in receiver.received) == 5, what="every target's notices")
+    wait_for(lambda: sum(p == "/teams" for p, _, _ in receiver.received) == 5, what="every target's notices")
     slack = [json.loads(body) for p, _, body in receiver.received if p == "/slack"]
     assert len(slack) == 5 and "&lt;!channel&gt;" in slack[0]["text"] and "<!channel>" not in slack[0]["text"]
+    # Teams Workflows take Adaptive Cards only.
+    teams = [json.loads(body) for p, _, body in receiver.received if p == "/teams"]
+    assert len(teams) == 5 and teams[0]["type"] == "message"
+    card = teams[0]["attachments"][0]
+    assert card["contentType"] == "application/vnd.microsoft.card.adaptive" and card["content"]["type"] == "AdaptiveCard"
+    assert card["content"]["body"][0]["text"].startswith("taskserver: task failed for good: task ")
     ntfy = [(headers, body.decode()) for p, headers, body in receiver.received if p == "/ntfy"]
     assert len(ntfy) == 5 and ntfy[4][0]["Title"] == "taskserver: drained" and "1 done" in ntfy[4][1]
     assert "queue drained: 1 done, 1 failed, 1 cancelled" in status(url)["last_drain"]["text"]
