@@ -9,6 +9,8 @@ import secrets
 
 from flask import Blueprint, Response, current_app, make_response, render_template
 
+from .store import State
+
 bp = Blueprint("dashboard", __name__)
 # Only the page's own script runs (a fresh nonce per page), it talks only to the coordinator, and no
 # other site may frame the page (a framing page could trick clicks on its buttons).
@@ -21,7 +23,8 @@ def index():
     """The dashboard page."""
     config = current_app.config["TASKSERVER"]
     nonce = secrets.token_urlsafe(16)
-    response = make_response(render_template("dashboard.html", needs_token=bool(config.token), nonce=nonce))
+    response = make_response(render_template("dashboard.html", needs_token=bool(config.token), nonce=nonce,
+                                             states=[s.value for s in State]))
     response.headers["Content-Security-Policy"] = POLICY.format(nonce=nonce)
     response.headers["X-Frame-Options"] = "DENY"
     return response
