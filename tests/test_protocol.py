@@ -214,7 +214,7 @@ def test_longest_ranges_go_first_and_work_spreads_over_nvrs(procs, tmp_path, db)
     even = [["nvr-a", "u", "p", c, T, T.replace(hour=1), f"a{c}"] for c in (101, 201, 301)]
     even += [["nvr-b", "u", "p", c, T, T.replace(hour=1), f"b{c}"] for c in (101, 201)]
     url = start_coordinator(procs, write_sheet(tmp_path / "e.xlsx", even, HEADER), tmp_path / "e.db",
-                            "--per-nvr", "10").url
+                            "--per-nvr", "10", "--login-trials", "10").url  # order only: no password on trial
     assert [claim(url).json()["task"]["name"] for _ in even] == ["a101", "b101", "a201", "b201", "a301"]
 
 
