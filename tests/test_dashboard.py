@@ -103,6 +103,9 @@ def test_the_dashboard_shows_what_each_task_came_to_and_offers_only_the_steering
     wait_for(lambda: [api(url, path=f"/api/tasks/{n}").json()["state"] for n in (1, 2)] == ["done", "done"],
              what="the two sheet tasks done")
     page.wait_for_function("() => document.querySelector('[data-state=nothing-found] b').textContent === '1'")
+    # The totals come first, the task table with the next read: wait for the row itself.
+    page.wait_for_function("() => document.querySelector(\"tr.task[data-id='2'] td.state\").textContent"
+                           " === 'done, nothing found'")
     empty = page.locator("tr.task[data-id='2'] td.state")
     assert empty.inner_text() == "done, nothing found" and "state-empty" in empty.get_attribute("class")
     files = api(url, path="/api/tasks/1").json()["result"]["files"]
