@@ -198,8 +198,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Write the report from the database (safe while the coordinator runs)."""
     from .report import export
 
-    with _store(_config(args)) as store:
-        path = export(store, args.report)
+    config = _config(args)
+    with _store(config) as store:
+        path = export(store, args.report, config.paper)
     print(f"report written to {path}")
     return EXIT_OK
 

@@ -67,6 +67,7 @@ class Config:
     timezone: str | None = setting(None, "the NVRs' IANA zone (or auto), for sheet times written with an offset"
                                          " and relative windows", ("serve", "import"))
     schedule_every: float = setting(30.0, "seconds between two checks for due schedules")
+    paper: str = setting("a4", "paper the Excel report is set up to print on: a4 or letter", ("serve", "export"))
     notify: str | None = setting(None, "webhook URLs for notices, comma-separated (slack:, teams:, ntfy: prefixes)")
     secret_key: str | None = setting(None, "key(s) sealing NVR passwords in the database, newest first,"
                                            " comma-separated", option=False)
@@ -158,6 +159,8 @@ class Config:
             raise ConfigError("events_kept must be at least 1")
         if self.db_pool < 1:
             raise ConfigError("db_pool must be at least 1")
+        if self.paper not in ("a4", "letter"):
+            raise ConfigError(f"paper must be a4 or letter, not {self.paper!r}")
         if self.per_nvr < 1 or self.login_trials < 1:
             raise ConfigError("per_nvr and login_trials must be at least 1")
         if self.schedule_every <= 0:

@@ -7,7 +7,7 @@ files, so a report of a million tasks needs no more memory than one of ten. No
 passwords: it is built from the public task views.
 
 It is made to be printed as well as filtered: every sheet prints landscape on
-A4, one page wide (as many pages down as it takes) with its header row on every
+A4 (or Letter, `--paper letter`), one page wide (as many pages down as it takes) with its header row on every
 page, and its columns are as wide as their longest name (long texts wrap). In
 the Tasks sheet, Worker and the "last attempt" columns describe the attempt that
 Attempts counts to; "First attempt started" is before any requeue.
@@ -66,6 +66,7 @@ DATE_UTC = 'yyyy-mm-dd hh:mm "UTC"'  # a range given as UTC instants (timezone a
 MINUTE = "yyyy-mm-dd hh:mm"  # when an attempt ran (its duration has the seconds)
 DURATION = "[h]:mm:ss"
 BYTES = "#,##0"
+PAPER = {"a4": Worksheet.PAPERSIZE_A4, "letter": Worksheet.PAPERSIZE_LETTER}
 ANSI = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[@-Z\\-_]")  # terminal colours and cursor moves in stderr
 UNFIT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff\ufffe\uffff]")  # not allowed in the XML
 MAX_CELL = 32767  # Excel's limit on the characters in one cell
@@ -74,26 +75,27 @@ WRAP = Alignment(wrap_text=True, vertical="top")
 TOP = Alignment(vertical="top")
 
 
-def export(store: Store, path: str | Path) -> Path:
+def export(store: Store, path: str | Path, paper: str = "a4") -> Path:
     """Write the report to `path` atomically (a temporary name, then a rename)."""
     path = Path(path)
     part = path.with_name(f".{path.name}.part")
     try:
         with open(part, "wb") as out:
-            write_report(store, out)
+            write_report(store, out, paper)
         os.replace(part, path)
     finally:
         part.unlink(missing_ok=True)
     return path
 
 
-def write_report(store: Store, out: BinaryIO) -> None:
-    """Write the whole report as .xlsx to a binary stream."""
+def write_report(store: Store, out: BinaryIO, paper: str = "a4") -> None:
+    """Write the whole report as .xlsx to a binary stream, set up to print on `paper` (a4 or letter)."""
     workbook = Workbook(write_only=True)
+    paper = PAPER[paper]
     longest = store.text_widths()
     task_sheet = _sheet(workbook, "Tasks", TASK_COLUMNS, {
         "Sheet row": longest["source"], "Name": longest["name"], "NVR": longest["server"],
-        "Cameras": longest["cameras"], "Worker": longest["worker"]})
+        "Cameras": longest["cameras"], "Worker": longest["worker"]}, paper)
     groups: dict[str, dict] = {}
     nvrs: dict[str, dict] = {}
     dry = DryRuns()
@@ -117,21 +119,21 @@ def write_report(store: Store, out: BinaryIO) -> None:
     rows_sheet = _sheet(workbook, "Rows", ROW_COLUMNS, {
         "Sheet row": max((len(r["source"]) for r in groups.values()), default=0),
         "Name": max((len(r["name"]) for r in groups.values()), default=0),
-        "NVR": max((len(r["nvr"]) for r in groups.values()), default=0)}, index=0)
+        "NVR": max((len(r["nvr"]) for r in groups.values()), default=0)}, paper, index=0)
     for row in groups.values():
         rows_sheet.append([_text(rows_sheet, row["source"], WRAP), _text(rows_sheet, row["name"], WRAP),
                            _text(rows_sheet, row["nvr"]), *_figures(row), _state_cell(rows_sheet, row_state(row))])
-    nvr_sheet = _sheet(workbook, "NVRs", NVR_COLUMNS, {"NVR": max(map(len, nvrs), default=0)}, index=1)
+    nvr_sheet = _sheet(workbook, "NVRs", NVR_COLUMNS, {"NVR": max(map(len, nvrs), default=0)}, paper, index=1)
     for server in sorted(nvrs):
         nvr_sheet.append([_text(nvr_sheet, server), *_figures(nvrs[server])])
     file_sheet = _sheet(workbook, "Files", FILE_COLUMNS, {
         "NVR": longest["server"], "Host": longest["file_host"], "Path": longest["file_path"],
-        "Camera name": longest["file_camera_name"]})
+        "Camera name": longest["file_camera_name"]}, paper)
     files = _write_files(store, file_sheet)
     sheets = [(rows_sheet, ROW_COLUMNS, len(groups)), (nvr_sheet, NVR_COLUMNS, len(nvrs)),
               (task_sheet, TASK_COLUMNS, count), (file_sheet, FILE_COLUMNS, files)]
     if dry.rows:
-        sheets.append(dry.write(workbook))
+        sheets.append(dry.write(workbook, paper))
     for sheet, columns, rows in sheets:
         sheet.auto_filter.ref = f"A1:{get_column_letter(len(columns))}{rows + 1}"
     workbook.save(out)
@@ -166,11 +168,11 @@ class DryRuns:
                 sums[i] += value
                 nvr[i] += value
 
-    def write(self, workbook: Workbook) -> tuple:
+    def write(self, workbook: Workbook, paper: int) -> tuple:
         sheet = _sheet(workbook, "Dry run", DRY_COLUMNS, {
             "Sheet row": max([len(NVR_TOTAL), *(len(r["source"]) for r in self.rows.values())]),
             "Name": max((len(r["name"]) for r in self.rows.values()), default=0),
-            "NVR": max(map(len, self.nvrs), default=0)})
+            "NVR": max(map(len, self.nvrs), default=0)}, paper)
         count = 0
         for row in self.rows.values():
             cameras = sorted(row["cameras"].items(), key=lambda item: _camera_order(item[0])) or [("", [None, None])]
@@ -221,7 +223,7 @@ def _write_files(store: Store, sheet) -> int:
 
 
 def _sheet(workbook: Workbook, title: str, columns: list[tuple[str, int | None]], longest: dict[str, int],
-           index: int | None = None):
+           paper: int, index: int | None = None):
     """A sheet with its header, column widths and print setup (all of which must come before its rows)."""
     sheet = workbook.create_sheet(title, index)
     for i, (name, width) in enumerate(columns, start=1):
@@ -230,7 +232,7 @@ def _sheet(workbook: Workbook, title: str, columns: list[tuple[str, int | None]]
             width = min(most, max(least, len(name) + 2, longest.get(name, 0) + 2))
         sheet.column_dimensions[get_column_letter(i)].width = width
     sheet.freeze_panes = "A2"
-    _print_setup(sheet)
+    _print_setup(sheet, paper)
     header = []
     for name, _ in columns:
         cell = WriteOnlyCell(sheet, value=name)
@@ -241,10 +243,10 @@ def _sheet(workbook: Workbook, title: str, columns: list[tuple[str, int | None]]
     return sheet
 
 
-def _print_setup(sheet) -> None:
-    """Landscape A4, one page wide however many pages down, the header row on every page, narrow margins."""
+def _print_setup(sheet, paper: int) -> None:
+    """Landscape A4 (or Letter), one page wide however many pages down, the header row on every page."""
     sheet.page_setup.orientation = "landscape"
-    sheet.page_setup.paperSize = Worksheet.PAPERSIZE_A4
+    sheet.page_setup.paperSize = paper
     sheet.page_setup.fitToWidth = 1
     sheet.page_setup.fitToHeight = 0
     sheet.sheet_properties.pageSetUpPr = PageSetupProperties(fitToPage=True)

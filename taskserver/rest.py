@@ -223,7 +223,7 @@ def report():
     from .report import write_report
 
     buffer = io.BytesIO()
-    write_report(api.store(), buffer)
+    write_report(api.store(), buffer, current_app.config["TASKSERVER"].paper)
     buffer.seek(0)
     return send_file(buffer, as_attachment=True, download_name="report.xlsx",
                      mimetype="application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")

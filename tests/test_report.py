@@ -125,7 +125,7 @@ def test_the_report_says_what_came_of_each_row_and_times_the_last_attempt(store,
         assert sheet.print_title_rows == "$1:$1" and sheet.sheet_properties.pageSetUpPr.fitToPage
 
 
-def test_every_sheet_prints_one_page_wide_on_landscape_a4(store, clock, tmp_path):
+def test_every_sheet_prints_one_page_wide_on_landscape_a4_or_letter(store, clock, tmp_path):
     from pypdf import PdfReader
 
     office = shutil.which("soffice") or shutil.which("libreoffice")
@@ -134,10 +134,14 @@ def test_every_sheet_prints_one_page_wide_on_landscape_a4(store, clock, tmp_path
     run_story(store, clock)
     store.add([spec(10 + n, f"r{10 + n}", f"{NAME} {n}") for n in range(40)])
     export(store, tmp_path / "report.xlsx")
+    export(store, tmp_path / "letter.xlsx", "letter")  # --paper letter, for sites that print on US Letter
     converted = subprocess.run(
         [office, f"-env:UserInstallation=file://{tmp_path / 'lo-profile'}", "--headless", "--convert-to", "pdf",
-         "--outdir", str(tmp_path), str(tmp_path / "report.xlsx")], capture_output=True, text=True, timeout=180)
+         "--outdir", str(tmp_path), str(tmp_path / "report.xlsx"), str(tmp_path / "letter.xlsx")],
+        capture_output=True, text=True, timeout=180)
     assert converted.returncode == 0, converted.stderr
+    letter = PdfReader(tmp_path / "letter.pdf").pages
+    assert {(round(float(p.mediabox.width)), round(float(p.mediabox.height))) for p in letter} == {(792, 612)}
     pages = PdfReader(tmp_path / "report.pdf").pages
     seen = set()
     for page in pages:
