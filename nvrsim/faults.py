@@ -50,6 +50,7 @@ class Faults:
     endless_more: bool = False  # always a full page of new items and "MORE"
     hostile: dict = field(default_factory=dict)  # replace search item values: startTime, endTime, trackID,
     #                                              playbackURI, contentType, name and size (the URI's)
+    silent: list[int] = field(default_factory=list)  # channels that recorded nothing (a camera offline)
     no_pictures: bool = False  # picture tracks (x03): search and download answer notSupport
     no_record_types: bool = False  # a search with record types in its metadataList answers notSupport
     # the channels

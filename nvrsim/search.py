@@ -71,8 +71,8 @@ def answer(device, query: dict, host: str) -> str:
             found = [p for t in tracks for p in catalogue.pictures(t, query["start"], query["end"])]
         else:
             found = [r for t in tracks for r in catalogue.recordings(t, query["start"], query["end"])]
-        found = sorted((r for r in found if not query["types"] or r.kind in query["types"]),
-                       key=lambda r: (r.start, r.track))
+        found = sorted((r for r in found if (not query["types"] or r.kind in query["types"])
+                        and r.track // 100 not in faults.silent), key=lambda r: (r.start, r.track))
         found_count = len(found)
         page = found[position: position + limit]
         if not page:

@@ -207,3 +207,15 @@ def test_a_certificate_pinned_in_the_sheet_is_accepted_and_any_other_is_refused(
     assert swapped["state"] == "failed" and swapped["attempts"] == 1
     assert "not the pinned one (fingerprint mismatch)" in swapped["last_error"]
     assert pretty(other.fingerprint) in swapped["last_error"]
+
+
+def test_a_camera_that_recorded_nothing_beside_one_that_did_is_named_not_hidden_in_done(procs, tmp_path):
+    nvr = start_nvr(procs, channels=2, hours=1)
+    nvr.faults(silent=[2], names={"2": "Gate"})  # camera 201 was offline all night
+    rows = [[nvr.address, "admin", SIM_PASSWORD, "101,201", at(0), at(1), "both"]]
+    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db")
+    assert start_client(procs, coordinator.url, tmp_path / "dl", 1).wait(60) == 0
+    task = api(coordinator.url, path="/api/tasks/1").json()
+    assert task["state"] == "done" and not task["nothing_found"]
+    assert task_files(tmp_path / "dl") == nvr.expected(101, at(0), at(1))
+    assert task["result"]["warnings"] == [f"camera 201 (Gate) has no recording in this time range on NVR {nvr.address}"]

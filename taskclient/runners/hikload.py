@@ -121,6 +121,11 @@ class HikloadRunner:
         if not pieces:
             result["note"] = "; ".join(notes) if notes else \
                 "the NVR lists no recordings for these cameras in this time range"
+        elif task.get("cameras"):  # some found nothing while others did: say which, or "done" hides it
+            found = {int(p.rec.track) // 100 for p in pieces}  # channels (video x01, x02 and pictures x03)
+            for camera in [c for c in cameras if int(c) // 100 not in found]:
+                name = f" ({names[camera]})" if names.get(camera) else ""
+                warnings.append(f"camera {camera}{name} has no recording in this time range on {nvr.label}")
         return result
 
     def _cameras(self, nvr: NVR, server, task: dict, warnings: list[str]) -> tuple[list[str], dict[str, str]]:
