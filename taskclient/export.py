@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from itertools import groupby
@@ -26,6 +27,10 @@ from .layout import Layout, fields, place, prune
 from .ledger import Ledger
 from .media import Remux, convert, probe, stream_codecs
 from .pieces import Piece
+
+# Files complete on disk are written into the host's ledger and SHA256SUMS at least this often while a
+# task runs, not only at its end: a worker killed mid-task then leaves no complete file unrecorded.
+RECORD_EVERY = 30.0
 
 MAX_PREROLL = 20.0  # seconds a device may start before the window (its keyframe interval, with H.264+ long)
 
@@ -112,6 +117,7 @@ class Exporter:
         manifest = []
         written = 0
         known = self.ledger.entries()  # read once: a ledger may list a host's every file
+        recorded = time.monotonic()
         try:
             for done, output in enumerate(outputs):
                 if self.cancel.is_set():
@@ -122,6 +128,9 @@ class Exporter:
                     entry = self._write(output)
                     finished.append(entry)
                     written += 1
+                    if time.monotonic() - recorded >= RECORD_EVERY:
+                        self.ledger.complete(finished)
+                        finished, recorded = [], time.monotonic()
                 manifest.append(self._manifest(output, entry))
                 self.progress.update(done=done + 1)
         finally:

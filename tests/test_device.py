@@ -14,8 +14,9 @@ from zoneinfo import ZoneInfo
 import pytest
 from openpyxl import load_workbook
 
-from taskclient import device
+from taskclient import device, export
 from taskclient.errors import TaskFailed
+from taskclient.ledger import Ledger
 from taskclient.posixtz import Zone, ZoneError
 from taskclient.runners import Progress
 from taskclient.runners.hikload import HikloadRunner
@@ -189,3 +190,22 @@ def test_a_sheet_with_timezone_auto_exports_the_hour_a_utc_report_names_on_each_
         assert task["state"] == "done", task["last_error"]
         assert files_of(coordinator.url, task_id, tmp_path / "dl") == nvr.expected(101, at(hour), at(hour + 1))
         assert task["result"]["device"]["zone"] == ("CST-8:00:00" if hour == 1 else "AEST-10")
+
+
+def test_files_complete_on_disk_are_in_the_ledger_while_the_task_still_runs(procs, tmp_path, monkeypatch):
+    """A worker killed mid-task (no `finally` runs) must not leave complete files that no ledger knows."""
+    monkeypatch.setattr(export, "RECORD_EVERY", 0.0)
+    nvr = start_nvr(procs, channels=1, hours=1)
+    seen = []
+
+    class Watching(Progress):
+        def update(self, **values):
+            super().update(**values)
+            if values.get("done") == 3:  # three files written, three still to come
+                seen.append(sum(1 for e in Ledger(tmp_path / "dl").entries().values() if e.get("sha256")))
+
+    task = {"id": 1, "server": nvr.address, "username": "admin", "password": SIM_PASSWORD, "cameras": ["101"],
+            "start": at(0).isoformat(), "end": at(1).isoformat(), "takes_earlier": True}
+    result = HikloadRunner(timeout=10).run(task, tmp_path / "dl" / "000001-t", Watching(), threading.Event())
+    assert result["files"] == 6 and seen == [3]
+    assert len((tmp_path / "dl" / "SHA256SUMS").read_text().splitlines()) == 6
