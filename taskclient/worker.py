@@ -188,10 +188,10 @@ class Worker:
             self.host_faults = 0
             return self._report_failure(task, lease, f"NVR request failed: {type(exc).__name__}", False, lost)
         except OSError as exc:  # the worker host's own disk or permissions, not the task ...
-            if exc.errno == errno.ENAMETOOLONG:  # ... except a name the task's data made: every host would refuse it
-                self.host_faults = 0
+            if exc.errno == errno.ENAMETOOLONG:  # ... except a name the task's data made: an attempt of the
+                self.host_faults = 0            # task's, not a fault of the host (another host's disk may take it)
                 return self._report_failure(task, lease, f"a file name is too long for this host's disk:"
-                                            f" {_os_error(exc)}; shorten the layout or the names", True, lost)
+                                            f" {_os_error(exc)}; shorten the layout or the names", False, lost)
             return self._host_fault(task, lease, lost, _os_error(exc), exc.errno in _FULL_ERRNOS, None)
         except Exception as exc:  # a runner bug must not kill the worker or hold the lease
             log.error("task %s: runner error\n%s", task["id"], traceback.format_exc())

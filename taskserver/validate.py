@@ -209,9 +209,8 @@ def _manifest(value) -> None:
         if not isinstance(entry, dict):
             raise BadRequest(f"'{where}' must be an object")
         path = entry.get("path")
-        parts = path.split("/") if isinstance(path, str) else []
-        if (not 0 < len(path or "") <= 1024 or "\\" in path or UNSAFE_PATH.search(path) or re.match(r"[A-Za-z]:", path)
-                or any(p in ("", ".", "..") for p in parts)):
+        if (not isinstance(path, str) or not 0 < len(path) <= 1024 or "\\" in path or UNSAFE_PATH.search(path)
+                or re.match(r"[A-Za-z]:", path) or any(p in ("", ".", "..") for p in path.split("/"))):
             raise BadRequest(f"'{where}.path' must be a relative path inside the downloads folder, without '..'")
         whole(entry.get("size"), f"{where}.size", 0, MAX_BYTES)
         if entry.get("sha256") is not None and not (isinstance(entry["sha256"], str)
@@ -221,8 +220,8 @@ def _manifest(value) -> None:
             if entry.get(key) is not None and not _iso(entry[key]):
                 raise BadRequest(f"'{where}.{key}' must be an ISO 8601 time")
         for key in ("host", "camera", "camera_name", "kind", "location"):
-            if entry.get(key) is not None and not (isinstance(entry[key], str) and len(entry[key]) <= 1024):
-                raise BadRequest(f"'{where}.{key}' must be a string of at most 1024 characters")
+            if entry.get(key) is not None and not (isinstance(entry[key], str) and len(entry[key]) <= 4096):
+                raise BadRequest(f"'{where}.{key}' must be a string of at most 4096 characters")
 
 
 def _iso(value) -> bool:

@@ -116,7 +116,8 @@ def test_malformed_requests_get_a_4xx_json_answer_never_a_500(procs, tmp_path, s
             ({"path": "cam/x.mp4", "size": -1}, "result.manifest[0].size"),
             ({"path": "cam/x.mp4", "size": 1, "sha256": "=HYPERLINK(1)"}, "result.manifest[0].sha256"),
             ({"path": "cam/x.mp4", "size": 1, "start": "zzz"}, "result.manifest[0].start"),
-            ({"path": "cam/x.mp4", "size": 1, "host": ["a"]}, "result.manifest[0].host"))),
+            ({"path": "cam/x.mp4", "size": 1, "host": ["a"]}, "result.manifest[0].host"),
+            ({"path": 7, "size": 1}, "result.manifest[0].path"))),
         ("/api/tasks/1/complete", {"lease": lease, "result": {"listing": {"recordings": 1, "bytes": -5}}},
          "result.listing.bytes"),
         ("/api/tasks/1/complete", {"lease": lease, "result": {"listing": {"recordings": 1, "bytes": 1, "cameras": {

@@ -335,7 +335,7 @@ def test_a_refused_password_holds_every_task_of_that_nvr_user_and_charges_nothin
     assert next(n for n in store.status()["nvrs"] if n["server"] == "nvr-a")["password_refused"] == []
 
 
-def test_a_password_not_yet_seen_to_work_is_tried_by_two_tasks_at_most_whatever_the_cap(make_store):
+def test_a_password_not_yet_seen_to_work_is_tried_by_two_tasks_at_most_whatever_the_cap(make_store, clock):
     store = make_store(policy(per_nvr=5))
     store.add([spec(n) for n in range(1, 6)] + [spec(6, "nvr-b")])
     first, lease_id = lease(store)
@@ -345,17 +345,30 @@ def test_a_password_not_yet_seen_to_work_is_tried_by_two_tasks_at_most_whatever_
     store.heartbeat(first["id"], lease_id, {"done": 0, "total": 6})  # it listed recordings: the login worked
     assert {lease(store)[0]["id"] for _ in range(3)} == {3, 4, 5}
 
-    # A refusal puts the pair on trial again (as does a corrected password): two failed logins at most, not five.
+    # A new password puts the pair on trial again, and an attempt leased before it proves nothing of it.
     store.add([spec(n, "nvr-c") for n in range(11, 16)])
     task, lease_id = lease(store)
     store.complete(task["id"], lease_id, {"files": 1})  # the first task's login worked
+    running = [lease(store) for _ in range(4)]  # seen to work: the NVR's whole cap at once
+    clock.advance(1)
+    store.add([spec(n, "nvr-c", password="new") for n in range(11, 16)])  # the sheet with a changed password
+    store.heartbeat(running[0][0]["id"], running[0][1], {"done": 1, "total": 3})  # logged in with the old one
+    for t, lease_id in running:
+        store.release(t["id"], lease_id)
+    clock.advance(1)
+    assert [lease(store)[0]["password"] for _ in range(2)] == ["new", "new"]
+    assert store.claim("w").status == "wait"
+    # A refusal puts it on trial again too: two failed logins at most, not five.
+    store.add([spec(n, "nvr-d") for n in range(21, 26)])
+    task, lease_id = lease(store)
+    store.complete(task["id"], lease_id, {"files": 1})
     running = [lease(store) for _ in range(4)]
     assert store.fail(running[0][0]["id"], running[0][1], "refused", device="auth") == "waiting"
-    store.add([spec(n, "nvr-c", password="new") for n in range(11, 16)])  # the corrected sheet
-    for t, lease_id in running[1:]:  # the other three were running with the old password
+    store.add([spec(n, "nvr-d", password="fixed") for n in range(21, 26)])
+    for t, lease_id in running[1:]:  # the other three were running with the refused password
         store.fail(t["id"], lease_id, "refused", device="auth")
-    store.add([spec(n, "nvr-c", password="newer") for n in range(11, 16)])
-    assert [lease(store)[0]["password"] for _ in range(2)] == ["newer", "newer"]
+    store.add([spec(n, "nvr-d", password="right") for n in range(21, 26)])
+    assert [lease(store)[0]["password"] for _ in range(2)] == ["right", "right"]
     assert store.claim("w").status == "wait"
 
 

@@ -172,11 +172,13 @@ CREATE INDEX IF NOT EXISTS tasks_empty ON tasks (server) WHERE state = 'done' AN
 """,
     # 8: what a done dry run found (recordings and bytes it would export), so that rows and NVRs
     # can sum it in SQL; the per-camera figures stay in the result. Whether an NVR user's password
-    # has been seen to work: until it has, one task of the pair runs at a time.
+    # has been seen to work (until it has, few tasks of the pair run at once), and since when the
+    # password is what it is (an attempt leased before that proves nothing of it).
     """
 ALTER TABLE tasks ADD COLUMN listed {bigint};
 ALTER TABLE tasks ADD COLUMN listed_bytes {bigint};
-ALTER TABLE logins ADD COLUMN verified INTEGER NOT NULL DEFAULT 0
+ALTER TABLE logins ADD COLUMN verified INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE logins ADD COLUMN changed_at {real} NOT NULL DEFAULT 0
 """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -320,8 +320,8 @@ class SQLStore(SQLReads, Store):
                 db.execute("INSERT INTO logins (server, username, password) VALUES (?, ?, ?)",
                            (server, username, self.vault.seal(password)))
             elif self._open(login["password"]) != password:
-                db.execute("UPDATE logins SET password = ?, verified = 0 WHERE server = ? AND username = ?",
-                           (self.vault.seal(password), server, username))
+                db.execute("UPDATE logins SET password = ?, verified = 0, changed_at = ? WHERE server = ? AND username = ?",
+                           (self.vault.seal(password), now, server, username))
                 result.updated += 1
                 if login["refused_at"] is not None:
                     self._let_go(db, server, username, now, "password corrected")
@@ -548,7 +548,7 @@ class SQLStore(SQLReads, Store):
             if lost is None:
                 db.execute("UPDATE workers SET last_seen = ? WHERE task_id = ?", (now, task_id))
                 if isinstance(progress, dict) and progress.get("total") is not None:
-                    self._login_works(db, task_id)  # the task listed recordings: its login was accepted
+                    self._login_works(db, task_id, lease_id)  # the task listed recordings: its login worked
         if lost is not None:
             raise LeaseLost(task_id, lost)
         return self.policy.lease_seconds
@@ -619,7 +619,7 @@ class SQLStore(SQLReads, Store):
         PostgreSQL store can send them in one round trip with the rest.
         """
         self._end_attempt(db, lease_id, now, "done", None, done=1)
-        self._login_works(db, task_id)
+        self._login_works(db, task_id, lease_id)
         if isinstance(result.get("manifest"), list):
             self._record_files(db, task_id, lease_id, result["manifest"])
         # The NVR answered: it is well again, and its figures grow.
@@ -713,8 +713,8 @@ class SQLStore(SQLReads, Store):
         fail too), not attempts x tasks, which would lock the site out.
         """
         locked_until = now + locked_for if locked_for else None
-        db.execute("UPDATE logins SET refused_at = ?, locked_until = ?, error = ?, verified = 0"
-                   " WHERE server = ? AND username = ?", (now, locked_until, error, server, username))
+        db.execute("UPDATE logins SET refused_at = ?, locked_until = ?, error = ?, verified = 0, changed_at = ?"
+                   " WHERE server = ? AND username = ?", (now, locked_until, error, now, server, username))
         db.execute("UPDATE nvrs SET last_error = ? WHERE server = ?", (error, server))
         self._move(db, "refused", "id = ? AND lease_id = ?", (task_id, lease_id), now=now, detail=error,
                    sets="attempts = attempts - 1, last_error = ?, ready_at = ?, lease_expires = NULL",
@@ -723,10 +723,16 @@ class SQLStore(SQLReads, Store):
         self._hold(db, server, username, now)
         return State.WAITING.value
 
-    def _login_works(self, db, task_id: int) -> None:
-        """The task's NVR user logged in: its other tasks may run side by side now (a statement only)."""
+    def _login_works(self, db, task_id: int, lease_id: str) -> None:
+        """The task's NVR user logged in: its other tasks may run side by side now (a statement only).
+
+        Only an attempt leased since the password last changed proves it: one leased
+        before a corrected password was imported logged in with the old one.
+        """
         db.execute("UPDATE logins SET verified = 1 WHERE verified = 0 AND EXISTS (SELECT 1 FROM tasks t"
-                   " WHERE t.id = ? AND t.server = logins.server AND t.username = logins.username)", (task_id,))
+                   " JOIN attempts a ON a.lease_id = ? AND a.task_id = t.id WHERE t.id = ?"
+                   " AND t.server = logins.server AND t.username = logins.username"
+                   " AND a.started > logins.changed_at)", (lease_id, task_id))
 
     def _hold(self, db, server: str, username: str, now: float) -> None:
         """Hold the tasks of an NVR user whose password was refused (those not held already)."""
