@@ -2,14 +2,16 @@
 
 Four sheets: one row per sheet row (chunks rolled up), one per NVR, one per
 task, and one per file a task left (the manifest: where each file is and its
-SHA-256); a fifth when there are dry runs: what each would export, per camera. Written in openpyxl's write-only mode, streaming the tasks and the
-files, so a report of a million tasks needs no more memory than one of ten. No
-passwords: it is built from the public task views.
+SHA-256); a fifth when there are dry runs: what each would export, per camera.
+Written in openpyxl's write-only mode, streaming the tasks and the files, so a
+report of a million tasks needs no more memory than one of ten. No passwords:
+it is built from the public task views.
 
 It is made to be printed as well as filtered: every sheet prints landscape on
-A4 (or Letter, `--paper letter`), one page wide (as many pages down as it takes) with its header row on every
-page, and its columns are as wide as their longest name (long texts wrap). In
-the Tasks sheet, Worker and the "last attempt" columns describe the attempt that
+A4 (or Letter, `--paper letter`), one page wide (as many pages down as it
+takes) with its header row on every page, and its columns are as wide as their
+longest name (long texts wrap). In the Tasks sheet, Worker and the "last
+attempt" columns describe the attempt that
 Attempts counts to; "First attempt started" is before any requeue.
 
 Every value in it comes from outside (sheet cells, worker reports, NVR error
@@ -91,11 +93,11 @@ def export(store: Store, path: str | Path, paper: str = "a4") -> Path:
 def write_report(store: Store, out: BinaryIO, paper: str = "a4") -> None:
     """Write the whole report as .xlsx to a binary stream, set up to print on `paper` (a4 or letter)."""
     workbook = Workbook(write_only=True)
-    paper = PAPER[paper]
+    size = PAPER[paper]
     longest = store.text_widths()
     task_sheet = _sheet(workbook, "Tasks", TASK_COLUMNS, {
         "Sheet row": longest["source"], "Name": longest["name"], "NVR": longest["server"],
-        "Cameras": longest["cameras"], "Worker": longest["worker"]}, paper)
+        "Cameras": longest["cameras"], "Worker": longest["worker"]}, size)
     groups: dict[str, dict] = {}
     nvrs: dict[str, dict] = {}
     dry = DryRuns()
@@ -119,21 +121,21 @@ def write_report(store: Store, out: BinaryIO, paper: str = "a4") -> None:
     rows_sheet = _sheet(workbook, "Rows", ROW_COLUMNS, {
         "Sheet row": max((len(r["source"]) for r in groups.values()), default=0),
         "Name": max((len(r["name"]) for r in groups.values()), default=0),
-        "NVR": max((len(r["nvr"]) for r in groups.values()), default=0)}, paper, index=0)
+        "NVR": max((len(r["nvr"]) for r in groups.values()), default=0)}, size, index=0)
     for row in groups.values():
         rows_sheet.append([_text(rows_sheet, row["source"], WRAP), _text(rows_sheet, row["name"], WRAP),
                            _text(rows_sheet, row["nvr"]), *_figures(row), _state_cell(rows_sheet, row_state(row))])
-    nvr_sheet = _sheet(workbook, "NVRs", NVR_COLUMNS, {"NVR": max(map(len, nvrs), default=0)}, paper, index=1)
+    nvr_sheet = _sheet(workbook, "NVRs", NVR_COLUMNS, {"NVR": max(map(len, nvrs), default=0)}, size, index=1)
     for server in sorted(nvrs):
         nvr_sheet.append([_text(nvr_sheet, server), *_figures(nvrs[server])])
     file_sheet = _sheet(workbook, "Files", FILE_COLUMNS, {
         "NVR": longest["server"], "Host": longest["file_host"], "Path": longest["file_path"],
-        "Camera name": longest["file_camera_name"]}, paper)
+        "Camera name": longest["file_camera_name"]}, size)
     files = _write_files(store, file_sheet)
     sheets = [(rows_sheet, ROW_COLUMNS, len(groups)), (nvr_sheet, NVR_COLUMNS, len(nvrs)),
               (task_sheet, TASK_COLUMNS, count), (file_sheet, FILE_COLUMNS, files)]
     if dry.rows:
-        sheets.append(dry.write(workbook, paper))
+        sheets.append(dry.write(workbook, size))
     for sheet, columns, rows in sheets:
         sheet.auto_filter.ref = f"A1:{get_column_letter(len(columns))}{rows + 1}"
     workbook.save(out)
