@@ -11,8 +11,8 @@ It is made to be printed as well as filtered: every sheet prints landscape on
 A4 (or Letter, `--paper letter`), one page wide (as many pages down as it
 takes) with its header row on every page, and its columns are as wide as their
 longest name (long texts wrap). In the Tasks sheet, Worker and the "last
-attempt" columns describe the attempt that
-Attempts counts to; "First attempt started" is before any requeue.
+attempt" columns describe the attempt that Attempts counts to; "First attempt
+started" is before any requeue.
 
 Every value in it comes from outside (sheet cells, worker reports, NVR error
 texts), so every text cell is written as a plain string cell, never a formula,
