@@ -14,6 +14,7 @@ import logging
 import threading
 from itertools import groupby
 
+from .loops import repeat
 from .store import Store
 from .store.sql import MADE_HERE_KINDS
 
@@ -32,18 +33,8 @@ class FeedLog:
 
     def start(self, stop: threading.Event) -> threading.Thread:
         """Look every FOLLOW_SECONDS until `stop` is set."""
-        def loop() -> None:
-            while not stop.wait(FOLLOW_SECONDS):
-                try:
-                    self.tick()
-                except Exception:  # a database hiccup must not end the log for good
-                    log.exception("following the change feed failed; trying again")
-                finally:
-                    self.store.release_connection()
-
-        thread = threading.Thread(target=loop, name="feed-log", daemon=True)
-        thread.start()
-        return thread
+        return repeat(self.store, FOLLOW_SECONDS, self.tick, stop, "feed-log", "following the change feed",
+                      wait_first=True)
 
     def tick(self) -> int:
         """Log the changes since the last look; return how many lines were logged."""

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import requests
 
 from .errors import ConfigError
+from .loops import repeat
 from .store import Store
 
 log = logging.getLogger("taskserver")
@@ -77,19 +78,8 @@ class Notifier:
         """Take up the feed where it is now (changes from before this start are history), then follow it."""
         self.tick()
         self.store.release_connection()
-
-        def loop() -> None:
-            while not stop.wait(self.every):
-                try:
-                    self.tick()
-                except Exception:  # a database hiccup must not end notices for good
-                    log.exception("notices: checking for changes failed; trying again")
-                finally:
-                    self.store.release_connection()
-
-        thread = threading.Thread(target=loop, name="notices", daemon=True)
-        thread.start()
-        return thread
+        return repeat(self.store, self.every, self.tick, stop, "notices", "notices: checking for changes",
+                      wait_first=True)
 
     def tick(self) -> None:
         """Send notices for new changes; after changes, see whether the run has drained."""

@@ -14,6 +14,7 @@ import threading
 from dataclasses import replace
 from datetime import datetime, timedelta, tzinfo
 
+from .loops import repeat
 from .store import Schedule, Store, TaskSpec
 from .windows import parse_cadence, zone_named
 
@@ -77,20 +78,7 @@ def run_specs(schedule: dict, start: datetime, end: datetime) -> list[TaskSpec]:
 
 def start_ticker(store: Store, every: float, stop: threading.Event) -> threading.Thread:
     """Check for due schedules every `every` seconds until `stop` is set."""
-    def tick() -> None:
-        while True:
-            try:
-                fire_due(store)
-            except Exception:  # a database hiccup must not end scheduling for good
-                log.exception("checking schedules failed; trying again in %.0f s", every)
-            finally:
-                store.release_connection()
-            if stop.wait(every):
-                return
-
-    thread = threading.Thread(target=tick, name="schedules", daemon=True)
-    thread.start()
-    return thread
+    return repeat(store, every, lambda: fire_due(store), stop, "schedules", "checking schedules")
 
 
 def _local(now: float, zone: tzinfo) -> datetime:
