@@ -60,8 +60,8 @@ class Imported(list):
         self.schedules = schedules or []
 
     def into(self, store) -> ImportResult:
-        """Add the tasks and the schedules to a store; one result counting both."""
-        result = store.add(list(self)) if self else ImportResult()
+        """Add the tasks and the schedules to a store; one result counting both (a spooled sheet's too)."""
+        result = store.add(self) if self else ImportResult()
         if self.schedules:
             scheduled = store.add_schedules(self.schedules)
             result.added += scheduled.added
@@ -122,15 +122,6 @@ class Spooled(Imported):
             except EOFError:
                 return
             yield from (map(self.convert, batch) if self.convert else batch)
-
-    def into(self, store) -> ImportResult:
-        result = store.add(self) if self else ImportResult()
-        if self.schedules:
-            scheduled = store.add_schedules(self.schedules)
-            result.added += scheduled.added
-            result.existing += scheduled.existing
-            result.updated += scheduled.updated
-        return result
 
     def close(self) -> None:
         self._file.close()
