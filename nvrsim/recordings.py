@@ -109,8 +109,25 @@ class Catalogue:
         return max(1, int(self.size * (0.5 + (seed % 1000) / 1000)))
 
 
+class _Stored:
+    """What recordings and pictures share: the device's name for them and their record type."""
+
+    track: int
+    start: datetime
+
+    @property
+    def file_name(self) -> str:
+        """The stored file's name, as the playback URI's name= gives it."""
+        return f"{self.track:05d}{self.start:%Y%m%d%H%M%S}"
+
+    @property
+    def kind(self) -> str:
+        """Its record type: what made the device record it."""
+        return RECORD_TYPES[_seed(self.track, self.start) % len(RECORD_TYPES)]
+
+
 @dataclass(frozen=True)
-class Recording:
+class Recording(_Stored):
     """One recorded segment of one track (or the part of it a narrowed playback URI asks for)."""
 
     track: int
@@ -127,16 +144,6 @@ class Recording:
     def name(self) -> str:
         """The file name hikload gives this recording: start time and track."""
         return f"{self.start:%Y%m%d%H%M%S}-{self.track}.mp4"
-
-    @property
-    def file_name(self) -> str:
-        """The stored file's name, as the playback URI's name= gives it."""
-        return f"{self.track:05d}{self.start:%Y%m%d%H%M%S}"
-
-    @property
-    def kind(self) -> str:
-        """Its record type: what made the device record it."""
-        return RECORD_TYPES[_seed(self.track, self.start) % len(RECORD_TYPES)]
 
     @property
     def span(self) -> float:
@@ -203,7 +210,7 @@ class Recording:
 
 
 @dataclass(frozen=True)
-class Picture:
+class Picture(_Stored):
     """One picture of a picture track (x03): a moment and a small JPEG."""
 
     track: int
@@ -212,14 +219,6 @@ class Picture:
     @property
     def end(self) -> datetime:
         return self.start
-
-    @property
-    def file_name(self) -> str:
-        return f"{self.track:05d}{self.start:%Y%m%d%H%M%S}"
-
-    @property
-    def kind(self) -> str:
-        return RECORD_TYPES[_seed(self.track, self.start) % len(RECORD_TYPES)]
 
     def content(self) -> bytes:
         """The JPEG, with a comment segment naming the picture."""
