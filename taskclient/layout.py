@@ -64,10 +64,11 @@ class Layout:
         names in it (camera, NVR, row) share what its text and times leave, so that a long
         name is shortened, never the times.
         """
+        normal = {f: unicodedata.normalize("NFC", values.get(f) or "") for f in FIELDS}
         filled = []
         for part in self.parts:
             names = [n for _, n, _, _ in string.Formatter().parse(part) if n in NAMES]
-            given = {f: unicodedata.normalize("NFC", values.get(f) or "") for f in FIELDS}
+            given = dict(normal)
             fixed = part.format(**{f: "" if f in NAMES else given[f] for f in FIELDS})
             used = [given[n] for n in names]
             chars = _shares([len(v) for v in used], MAX_COMPONENT - len(fixed))
