@@ -16,11 +16,15 @@ import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from xml.etree.ElementTree import ParseError, iterparse
+from xml.etree.ElementTree import ParseError
 
+from lxml import etree
 from openpyxl.reader.excel import ExcelReader
 from openpyxl.styles.stylesheet import apply_stylesheet
-from openpyxl.worksheet._reader import DATA_TAG, ROW_TAG, WorkSheetParser
+from openpyxl.utils.cell import coordinate_to_tuple
+from openpyxl.utils.datetime import from_excel
+from openpyxl.worksheet._reader import INLINE_STRING, ROW_TAG, VALUE_TAG, WorkSheetParser, _cast_number
+from openpyxl.xml.constants import SHEET_MAIN_NS
 
 from .cells import Cell
 from .errors import SheetError, SheetProblem
@@ -41,7 +45,7 @@ OTHER_FORMATS = {".xls": "an Excel 97-2003 workbook", ".xlsb": "an Excel binary 
 SAVE_AS = "save it as an Excel workbook (.xlsx) or as CSV UTF-8 (.csv) and import that"
 OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # the container of .xls (and .doc) files
 # What openpyxl may raise on a damaged workbook, while opening it or while streaming its rows.
-DAMAGED = (zipfile.BadZipFile, zlib.error, ParseError, KeyError, IndexError, ValueError, TypeError, AttributeError,
+DAMAGED = (zipfile.BadZipFile, zlib.error, ParseError, etree.LxmlError, KeyError, IndexError, ValueError, TypeError, AttributeError,
            EOFError, OSError, OverflowError, UnicodeError)
 
 
@@ -138,11 +142,11 @@ class XlsxTable:
                     if not found:
                         yield rownum, []
                         continue
-                    size = width or min(max((cell["column"] for cell in found), default=0), 16_384)
+                    size = width or min(max((column for column, _, _ in found), default=0), 16_384)
                     cells = [_EMPTY] * size
-                    for cell in found:
-                        if 1 <= cell["column"] <= size:
-                            cells[cell["column"] - 1] = Cell(cell["value"], cell["data_type"])
+                    for column, value, data_type in found:
+                        if 1 <= column <= size:
+                            cells[column - 1] = Cell(value, data_type)
                     yield rownum, cells
         except DAMAGED as exc:
             _refuse(self.name, f"the workbook is damaged ({type(exc).__name__}); open it in Excel or LibreOffice"
@@ -183,25 +187,93 @@ class _RowParser(WorkSheetParser):
     keeps the attributes of formatted rows, so a sheet of millions of blank rows
     would fill memory. Here each row leaves the tree once read, and only cells
     are kept: memory stays that of one row whatever the sheet's length.
+
+    lxml hands over row elements only (the standard library's parser would hand
+    every element's start and end to Python, half of the reading time); like
+    openpyxl's own lxml parser, it resolves no entity and loads no DTD, so a
+    sheet cannot make it read a file or a URL.
     """
 
     def parse(self):
-        data = None
-        for event, element in iterparse(self.source, events=("start", "end")):
-            if event == "start":
-                if data is None and element.tag == DATA_TAG:
-                    data = element
-            elif element.tag == ROW_TAG:
-                yield self.parse_row(element)
-                element.clear()
-                if data is not None:
-                    data.remove(element)
+        rows = etree.iterparse(self.source, events=("end",), tag=ROW_TAG, resolve_entities=False, load_dtd=False,
+                               no_network=True, huge_tree=False, remove_comments=True, remove_pis=True)
+        for _, element in rows:
+            yield self.parse_row(element)
+            element.clear(keep_tail=False)
+            while element.getprevious() is not None:  # the rows read before this one leave the tree
+                del element.getparent()[0]
 
     def parse_row(self, row):
         number = row.get("r")
         self.row_counter = int(number) if number is not None else self.row_counter + 1
         self.col_counter = 0
         return self.row_counter, [self.parse_cell(cell) for cell in row]
+
+    def parse_cell(self, element) -> tuple[int, object, str]:
+        """(column, value, type) of one cell, as openpyxl reads it.
+
+        The cells a task sheet is made of (a number, a date, a shared or inline
+        string, a boolean) are read here directly: openpyxl builds a rich-text
+        object for every inline string and parses every coordinate, which made
+        reading the sheet take as long as checking it. Any other cell (a formula,
+        an error, an ISO date, rich text, a malformed coordinate) goes through
+        openpyxl's own parser.
+        """
+        kind = element.get("t", "n")
+        if not len(element) and kind in _SIMPLE and kind != "inlineStr":  # a blank cell with a format
+            column = self._column(element.get("r"))
+            if column:
+                return column, None, kind if kind != "str" else "s"
+        elif len(element) == 1 and kind in _SIMPLE:
+            child = element[0]
+            if kind == "inlineStr":
+                if child.tag == INLINE_STRING and len(child) == 1 and child[0].tag == _TEXT_TAG and not len(child[0]):
+                    column = self._column(element.get("r"))
+                    if column:
+                        return column, child[0].text or "", "s"
+            elif child.tag == VALUE_TAG:
+                column = self._column(element.get("r"))
+                value = child.text
+                if column and not value:
+                    return column, None, kind if kind != "str" else "s"
+                if column and kind == "n":
+                    style = element.get("s")
+                    number = _cast_number(value)
+                    if not style or int(style) not in self.date_formats:
+                        return column, number, "n"
+                    try:
+                        return column, from_excel(number, self.epoch,
+                                                  timedelta=int(style) in self.timedelta_formats), "d"
+                    except (OverflowError, ValueError):
+                        pass  # openpyxl's parser below makes it an error cell, with its warning
+                elif column and kind == "s":
+                    return column, self.shared_strings[int(value)], "s"
+                elif column and kind == "str":
+                    return column, value, "s"
+                elif column and kind == "b":
+                    return column, bool(int(value)), "b"
+        cell = super().parse_cell(element)
+        return cell["column"], cell["value"], cell["data_type"]
+
+    def _column(self, coordinate: str | None) -> int | None:
+        """The column of a cell coordinate such as "B12"; None when openpyxl's parser should see it."""
+        if coordinate is None:
+            self.col_counter += 1
+            return self.col_counter
+        letters = coordinate.rstrip("0123456789")
+        column = _COLUMNS.get(letters)
+        if column is None or len(letters) == len(coordinate):
+            return None
+        self.col_counter = column
+        return column
+
+
+_SIMPLE = frozenset(("n", "s", "str", "b", "inlineStr"))
+_TEXT_TAG = f"{{{SHEET_MAIN_NS}}}t"
+# Column letters to numbers, A to ZZZ (all 18,278 are used less than the first 16,384 allowed).
+_COLUMNS = {letters: coordinate_to_tuple(f"{letters}1")[1] for letters in (
+    [chr(65 + a) for a in range(26)] + [chr(65 + a) + chr(65 + b) for a in range(26) for b in range(26)]
+    + [chr(65 + a) + chr(65 + b) + chr(65 + c) for a in range(26) for b in range(26) for c in range(26)])}
 
 
 def check_zip(path: Path, name: str, size: int) -> None:
