@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import operator
 import pickle
 import re
 import tempfile
 import time
-from dataclasses import replace
+from dataclasses import fields, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -103,7 +104,8 @@ class Spooled(Imported):
             self.append(spec)
 
     def _spill(self) -> None:
-        pickle.dump(self._batch, self._file, protocol=pickle.HIGHEST_PROTOCOL)  # our own objects, read back here
+        # Our own values, read back here; as plain tuples, pickled in half the time of the objects.
+        pickle.dump([_spec_fields(spec) for spec in self._batch], self._file, protocol=pickle.HIGHEST_PROTOCOL)
         self._batch = []
 
     def __len__(self) -> int:
@@ -118,7 +120,7 @@ class Spooled(Imported):
         self._file.seek(0)
         while True:
             try:
-                batch = pickle.load(self._file)
+                batch = [TaskSpec(*values) for values in pickle.load(self._file)]
             except EOFError:
                 return
             yield from (map(self.convert, batch) if self.convert else batch)
@@ -126,6 +128,8 @@ class Spooled(Imported):
     def close(self) -> None:
         self._file.close()
 
+
+_spec_fields = operator.attrgetter(*(field.name for field in fields(TaskSpec)))
 
 # The header-less layout of sheets made for the original blog-post task server.
 HEADERLESS = ("username", "password", "server", "cameras", "starttime", "endtime")

@@ -100,6 +100,22 @@ def test_an_import_adds_each_task_once_and_a_changed_password_corrects_the_user(
     assert ("imported", None, None) in kinds(store)
 
 
+def test_a_big_import_keeps_sheet_order_and_adds_a_repeated_row_once(store, monkeypatch):
+    """Rows go in by batches (COPY on PostgreSQL); ids follow the sheet, so equal tasks run in sheet order."""
+    import taskserver.store.sql
+
+    monkeypatch.setattr(taskserver.store.sql, "ADD_BATCH", 7)  # several batches in one transaction
+    store.add([spec(n) for n in (3, 5)])
+    rows = [spec(n, options=(("row", str(n)),)) for n in (20, 3, 11, 20, 12, 13, 14, 15, 16, 5, 17, 18, 19, 4)]
+    result = store.add(rows)
+    assert (result.added, result.existing) == (11, 3)
+    assert result.ids == sorted(result.ids)
+    names = {t["id"]: t["name"] for t in store.tasks(limit=100)[0]}
+    assert [names[i] for i in result.ids] == [f"task {n}" for n in (20, 11, 12, 13, 14, 15, 16, 17, 18, 19, 4)]
+    again = store.add(rows)
+    assert (again.added, again.existing, again.ids) == (0, 14, [])
+
+
 def test_passwords_are_sealed_in_the_database_and_opened_for_claims_only(store, tmp_path):
     store.add([spec(1, password="Very-Secret-1")])
     db = store._db()

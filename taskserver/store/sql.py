@@ -92,8 +92,8 @@ class SQLStore(SQLReads, Store):
         self.made_here: collections.deque = collections.deque(maxlen=10_000)
 
     # --- connections and transactions (the dialect's part) --------------------------
-    def _insert_many(self, db, sql: str, rows: list[tuple]) -> list[int | None]:
-        """Run an INSERT ... ON CONFLICT DO NOTHING per row; each new row's id, or None where it existed."""
+    def _insert_many(self, db, sql: str, rows: list[tuple]) -> list[int]:
+        """Run an INSERT ... ON CONFLICT DO NOTHING per row; the ids of the rows it added, in order."""
         raise NotImplementedError
 
     def _before_feed(self, db) -> None:
@@ -293,7 +293,7 @@ class SQLStore(SQLReads, Store):
                   spec.timezone, spec.tls_fingerprint, spec.mode, _json(dict(spec.options)) if spec.options else None,
                   schedule_id, now) for spec in batch],
             )
-            new_ids += [i for i in ids if i is not None]
+            new_ids += ids
             count += len(batch)
         result.ids += new_ids
         result.added += len(new_ids)
@@ -370,7 +370,7 @@ class SQLStore(SQLReads, Store):
                 [(s.key, s.cadence, s.zone, _json(s.template_dict()), s.cursor, s.next_fire, s.template.source, now)
                  for s in schedules],
             )
-            result.ids = [i for i in ids if i is not None]
+            result.ids = ids
             result.added, result.existing = len(result.ids), len(schedules) - len(result.ids)
             if result.added:
                 self._event(now, "scheduled", detail=f"{result.added} schedule(s) added")
