@@ -3,7 +3,8 @@
 One output per piece (or, with --join, one per camera): its path comes from the
 layout and is reserved in the host's ledger before anything is written, so two
 tasks never write the same path. Each piece is downloaded to a temporary name next
-to its final place; a raw output is renamed when complete (its SHA-256 taken while
+to its final place, the worker process's own (two attempts at one task may overlap on
+a host); a raw output is renamed when complete (its SHA-256 taken while
 streaming), an MP4/MKV one goes through ffmpeg first (its SHA-256 read once after
 ffprobe has confirmed the duration). A retry skips outputs the ledger lists complete.
 Whatever happens, no temporary file and no empty folder stays behind, and the files
@@ -11,6 +12,7 @@ finished so far are recorded in the ledger and the host's SHA256SUMS.
 """
 from __future__ import annotations
 
+import glob
 import os
 import threading
 import time
@@ -142,6 +144,7 @@ class Exporter:
         """Download the output's pieces and make its file; temporary files go whatever happens."""
         final_base = place(self.downloads, output.stem, "")
         name = final_base.name
+        _sweep(final_base.parent, name)
         temps: list[Path] = []
         try:
             fmt = self.export.video_format if output.content == "video" else "raw"
@@ -152,16 +155,16 @@ class Exporter:
                     return done
                 fetched.append(done)  # not a program stream: in its temporary file, for convert()
             for i, piece in enumerate(output.pieces[len(fetched):]):
-                part = final_base.with_name(f".{name}{'.' + str(i) if len(output.pieces) > 1 else ''}.part")
+                part = _temporary(final_base, f"{name}{'.' + str(i) if len(output.pieces) > 1 else ''}")
                 temps.append(part)
                 fetched.append(download(self.nvr, piece.request(), part, name, self.progress, self.cancel,
                                         self.check_video))
             if fmt == "raw":
                 final = place(self.downloads, output.stem, fetched[0].extension)
-                os.replace(temps[0], final)
+                self._rename(temps[0], final)
                 return self._entry(output, final, fetched[0].size, fetched[0].sha256)
             final = place(self.downloads, output.stem, f".{fmt}")
-            target = final.with_name(f".{final.name}.part")
+            target = _temporary(final, final.name)
             temps.append(target)
             head, length = self._trim(output, temps[0]) if self.export.window == "exact" else (0.0, None)
             codecs = [stream_codecs(f.head) if f.extension == ".ps" else None for f in fetched]
@@ -186,8 +189,8 @@ class Exporter:
         (the first of `temps`) and its Fetched is returned, for `convert`."""
         fmt = self.export.video_format
         final = place(self.downloads, output.stem, f".{fmt}")
-        target = final.with_name(f".{final.name}.part")
-        part = final_base.with_name(f".{final_base.name}.part")
+        target = _temporary(final, final.name)
+        part = _temporary(final_base, final_base.name)
         temps += [part, target]
         remux = Remux(target, fmt, self.nvr.label, self.export.transcode)
         try:
@@ -220,8 +223,15 @@ class Exporter:
             if checked is not None:
                 checked.result()
         size = target.stat().st_size
-        os.replace(target, final)
+        self._rename(target, final)
         return self._entry(output, final, size, digest)
+
+    def _rename(self, temporary: Path, final: Path) -> None:
+        """A finished file takes its place, unless the task was taken away meanwhile (cancelled, or its
+        lease lost while this host could not reach the coordinator): then it goes with the other temporaries."""
+        if self.cancel.is_set():
+            raise Cancelled("cancelled")
+        os.replace(temporary, final)
 
     def _trim(self, output: Output, first: Path) -> tuple[float, float]:
         """(head, length) of an exact window: what the device sent before the window, and the window's length."""
@@ -251,3 +261,35 @@ class Exporter:
         return {"path": entry["path"], "size": entry["size"], "sha256": entry["sha256"], "camera": track,
                 "camera_name": self._name(track), "start": output.first.start.isoformat(),
                 "end": output.pieces[-1].end.isoformat(), "kind": output.content, "location": None}
+
+
+def _temporary(beside: Path, name: str) -> Path:
+    """The temporary name of a file being made: hidden, and this process's own.
+
+    Two attempts at one task can overlap on one host (a lease lost while the host
+    could not reach the coordinator, the task taken by another of its workers):
+    with names of their own neither truncates, removes or renames the other's file.
+    """
+    return beside.with_name(f".{name}.{os.getpid()}.part")
+
+
+def _sweep(folder: Path, name: str) -> None:
+    """Remove the temporaries of `name` left by worker processes that are gone (killed, or the host restarted)."""
+    try:
+        leftovers = list(folder.glob(f".{glob.escape(name)}*.part"))
+    except OSError:
+        return
+    for leftover in leftovers:
+        pid = leftover.name[:-len(".part")].rpartition(".")[2]
+        if pid.isascii() and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True

@@ -58,6 +58,49 @@ def test_worker_killed_mid_download_task_comes_back_after_its_lease_and_complete
     assert status(coordinator.url)["counts"]["done"] == 2
 
 
+def test_a_worker_frozen_past_its_lease_and_its_successor_on_the_same_host_do_not_spoil_each_others_file(
+        procs, tmp_path, db):
+    """The host's other worker takes the task while the first is frozen mid-download; the first wakes up
+    still writing. Each attempt writes its own temporary file: the task is done by the second attempt,
+    with no failed attempt between, byte for byte, and nothing is left behind."""
+    # One recording of 2 MB at 0.15 s per 64 KiB block: about 5 s to download, one output file.
+    nvr = start_nvr(procs, channels=1, hours=1, interval=3600, size=2_000_000, extra=("--delay", "0.15"))
+    rows = [[nvr.address, "admin", SIM_PASSWORD, 101, T, T.replace(hour=1)]]
+    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), db,
+                                    "--lease-seconds", "2")
+    downloads = tmp_path / "dl"
+    client = start_client(procs, coordinator.url, downloads, 2)
+
+    def task():
+        return api(coordinator.url, path="/api/tasks/1").json()
+
+    def downloader():
+        for worker in worker_processes(client):
+            if any(c.raddr and c.raddr.port == int(nvr.hostport.rsplit(":", 1)[1]) for c in worker.connections()):
+                return worker
+        return None
+    first = wait_for(downloader, what="a worker to be downloading task 1")
+    wait_for(lambda: (task()["progress"] or {}).get("bytes", 0) > 0, what="the first bytes written")
+    first.suspend()  # frozen (a stalled VM, a debugger): its heartbeats stop, the lease runs out
+    frozen_at = time.time()
+    try:
+        wait_for(lambda: len(task()["attempt_log"]) == 2 and task()["state"] == "leased", 30,
+                 what="the host's other worker to take the task")
+
+        def successor_writing():
+            return any(p.stat().st_mtime > frozen_at for p in leftovers(downloads))
+        wait_for(successor_writing, 30, what="the successor to be writing the same recording")
+    finally:
+        first.resume()  # wakes up mid-download, still holding its open file
+
+    assert client.wait(90) == 0, client.output()[-3000:]
+    done = task()
+    assert done["state"] == "done" and [a["outcome"] for a in done["attempt_log"]] == ["expired", "done"], \
+        done["attempt_log"]
+    assert task_files(downloads) == nvr.expected(101, T, T.replace(hour=1))
+    assert leftovers(downloads) == []
+
+
 def test_coordinator_killed_and_restarted_loses_nothing_and_reruns_nothing(procs, tmp_path, db):
     nvr = slow_nvr(procs, channels=2, hours=3)
     rows = [[nvr.address, "admin", SIM_PASSWORD, track, T.replace(hour=h), T.replace(hour=h + 1)]
