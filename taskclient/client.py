@@ -47,9 +47,17 @@ class Coordinator:
         # Given with each request: a session's own `verify` loses to REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE.
         self.verify = ca_file or True
 
-    def claim(self) -> dict:
-        """One claim answer: {"status": "task"|"wait"|"drained", ...}."""
-        return self._request("GET", "/api/claim", params={"worker": self.worker}, stop=self.stop_claims)
+    def claim(self, hold: float = 0) -> dict:
+        """One claim answer: {"status": "task"|"wait"|"drained", ...}.
+
+        With `hold` (seconds), a coordinator that has nothing to hand out may keep the
+        request open until a task is freed, for up to that long; its "wait" answer then
+        says "held". One that does not hold claims answers at once, as before.
+        """
+        params = {"worker": self.worker}
+        if hold > 0:
+            params["wait"] = f"{min(hold, self.timeout / 2):.2f}"
+        return self._request("GET", "/api/claim", params=params, stop=self.stop_claims)
 
     def heartbeat(self, task_id: int, lease: str, progress: dict | None) -> None:
         """Extend the lease; raises LeaseLost if the task is no longer ours."""

@@ -121,10 +121,13 @@ class Worker:
     def run(self) -> int:
         """Claim and run tasks until the sentinel (in service mode: until a stop), a stop, or a dead parent."""
         idle = 0.1
+        hold = 0.0  # after a "wait", the next claim asks the coordinator to hold it this long
         answer = None
         drained = False
         while True:
             if self.events.stop.is_set() or not self._parent_alive():
+                if answer is not None and answer["status"] == "task":  # came with the stop: given back unrun
+                    self.api.release(answer["task"]["id"], answer["lease"]["id"], f"host {self.settings.host} stopping")
                 return STOPPED
             if self.host_faults >= MAX_HOST_FAULTS:
                 return self._give_up()
@@ -134,10 +137,12 @@ class Worker:
                     return ended
                 continue
             try:
-                answer = answer or self.api.claim()
+                answer = answer or self.api.claim(hold)
             except Stopped:
                 return STOPPED
             status = answer["status"]
+            if status == "task" and self.events.stop.is_set():  # came while stopping: the loop's top gives it back
+                continue
             if status == "drained":
                 if not self.settings.service:
                     self.send("drained")
@@ -151,12 +156,15 @@ class Worker:
             drained = False
             if status == "wait":
                 self.send("idle", retry_after=answer["retry_after"])
+                hold = float(answer["retry_after"])
+                held, answer = answer.get("held"), None
+                if held:  # the coordinator held the claim and nothing was freed: ask again at once
+                    continue
                 # Poll gently: start fast, grow to the coordinator's hint, with jitter.
-                idle = min(float(answer["retry_after"]), idle * 2)
-                answer = None
+                idle = min(hold, idle * 2)
                 self.events.stop.wait(idle * random.uniform(0.8, 1.2))
                 continue
-            idle = 0.1
+            idle, hold = 0.1, 0.0
             answer = self._run_task(answer["task"], answer["lease"])
 
     def _run_task(self, task: dict, lease: dict) -> dict | None:

@@ -1,6 +1,6 @@
 """HTTP endpoints: the worker protocol and the JSON status. Thin: the store holds the rules.
 
-    GET  /api/claim?worker=W                 -> {"status": "task"|"wait"|"drained", ...}
+    GET  /api/claim?worker=W[&wait=S]        -> {"status": "task"|"wait"|"drained", ...}
     POST /api/tasks/<id>/heartbeat           {"lease", "progress"}
     POST /api/tasks/<id>/complete            {"lease", "result", "next": bool, "worker": W}
     POST /api/tasks/<id>/fail                {"lease", "error", "permanent": bool,
@@ -72,12 +72,34 @@ def no_store(response):
 
 @bp.get("/claim")
 def claim():
-    """Hand out one task with a lease, or 'ask again after N s', or the drained sentinel."""
+    """Hand out one task with a lease, or 'ask again after N s', or the drained sentinel.
+
+    With `wait=S`, a claim that would be told to wait is held for up to S seconds
+    (see holds.py); the answer then says `"held": true`.
+    """
     worker = validate.worker(request.args.get("worker"))
+    hold = validate.hold(request.args.get("wait"))
+    holds = current_app.extensions["taskserver.holds"]
+    seen = holds.generation  # read first: a write answered meanwhile is not missed
     answer = store().claim(worker)
+    held = False
+    if answer.status == "wait" and hold:
+        store().release_connection()  # a held claim keeps no database connection while it waits
+
+        def again():
+            try:
+                return store().claim(worker)
+            finally:
+                store().release_connection()
+        taken = holds.claim(again, seen, min(hold, answer.retry_after))
+        if taken is not None:  # None: every thread that may hold is holding; answered at once
+            answer, held = taken, True
     if answer.status == "task":
         log.info("task %s leased to %s (attempt %s)", answer.task["id"], worker, answer.task["attempt"])
-    response = jsonify(answer.to_dict())
+    body = answer.to_dict()
+    if held and answer.status == "wait":
+        body["held"] = True
+    response = jsonify(body)
     if answer.status == "wait":
         response.headers["Retry-After"] = str(max(1, round(answer.retry_after)))
     return response

@@ -9,7 +9,7 @@ from pathlib import Path
 from flask import Flask, jsonify, request
 from werkzeug.exceptions import HTTPException
 
-from . import logs, security
+from . import holds, logs, security
 from .config import Config
 from .errors import ConfigError, TaskServerError
 from .sheet import spool_sheet
@@ -40,6 +40,7 @@ def create_app(config: Config | None = None, clock: Clock | None = None) -> Flas
     from .notify import Notifier, parse_targets
     from .schedule import start_ticker
 
+    holds.install(app, config.threads)
     stop = app.extensions["taskserver.stop"] = threading.Event()  # set when the coordinator stops
     start_ticker(store, config.schedule_every, stop)
     Notifier(store, parse_targets(config.notify)).start(stop)

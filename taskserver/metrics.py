@@ -19,10 +19,11 @@ bp.before_request(api.check_token)
 
 
 class StoreCollector:
-    """Turns the store's figures into metric families."""
+    """Turns the store's figures (and the held claims) into metric families."""
 
-    def __init__(self, store):
+    def __init__(self, store, holds=None):
         self.store = store
+        self.holds = holds
 
     def collect(self):
         figures = self.store.metrics()
@@ -45,6 +46,9 @@ class StoreCollector:
         for server, count in sorted(figures["nvr_running"].items()):
             running.add_metric([server], count)
         yield running
+        if self.holds is not None:
+            yield GaugeMetricFamily("taskserver_claims_held", "Claims held open until a task is freed (?wait=)",
+                                    value=self.holds.holding)
 
 
 @bp.get("/metrics")
@@ -53,6 +57,6 @@ def metrics():
     registry = current_app.extensions.get("taskserver.metrics")
     if registry is None:
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(StoreCollector(api.store()))
+        registry.register(StoreCollector(api.store(), current_app.extensions.get("taskserver.holds")))
         current_app.extensions["taskserver.metrics"] = registry
     return Response(generate_latest(registry), mimetype=CONTENT_TYPE_LATEST)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from flask import Blueprint, current_app, jsonify
 
 from . import __version__, api, validate
+from .holds import MAX_HOLD
 from .store import State
 
 bp = Blueprint("openapi", __name__, url_prefix="/api")
@@ -131,6 +132,7 @@ SCHEMAS = {
                      ("id", "server", "username", "password", "cameras", "attempt")),
         "lease": _obj({"id": {"type": "string"}, "seconds": {"type": "number"}}, ("id", "seconds")),
         "retry_after": {"type": "number", "minimum": 0},
+        "held": {"type": "boolean", "description": "the claim was held (wait=) and nothing was freed meanwhile"},
     }, ("status",), description="task: a task with its password and a lease; wait: ask again after retry_after"
                                 " seconds; drained: every task is finished, exit"),
     "Status": _obj({
@@ -219,7 +221,10 @@ def _paths() -> dict:
                                          tag="pages")},
         "/api/claim": {"get": _op("claim one task (hands out the password and a lease)",
                                   {200: _json(_ref("Claim"), "a task, wait, or drained")},
-                                  (400, 401, 403, 421, 503), [_query("worker", WORKER, "the worker's name")],
+                                  (400, 401, 403, 421, 503), [
+                                      _query("worker", WORKER, "the worker's name"),
+                                      _query("wait", {"type": "number", "minimum": 0, "maximum": MAX_HOLD},
+                                             "seconds to hold the claim while nothing can be handed out")],
                                   tag="workers")},
         "/api/tasks/{task_id}/heartbeat": {"post": _op(
             "extend the lease; report progress", {200: _json(_obj({"ok": {"type": "boolean"},

@@ -9,6 +9,7 @@ rather than refused, so that a hostile NVR cannot make a worker's report fail.
 from __future__ import annotations
 
 import json
+import math
 import re
 from datetime import datetime
 
@@ -16,6 +17,7 @@ from flask import request
 from werkzeug.routing import IntegerConverter
 
 from .errors import BadRequest
+from .holds import MAX_HOLD
 
 MAX_DEPTH = 32  # nesting of any JSON body; real bodies need 4
 MAX_ID = 2**63 - 1  # task and event ids are 64-bit integers in both databases
@@ -136,6 +138,19 @@ def worker(name) -> str:
     if not isinstance(name, str) or not WORKER_NAME.fullmatch(name):
         raise BadRequest("'worker' must be 1-200 characters of letters, digits and . : @ / + - _")
     return name
+
+
+def hold(value) -> float:
+    """A claim's `wait` (seconds to hold it while there is nothing to take); 0 when not asked."""
+    if value is None:
+        return 0.0
+    try:
+        seconds = float(value) if len(value) <= 20 else math.nan
+    except ValueError:
+        seconds = math.nan
+    if not 0 <= seconds <= MAX_HOLD:  # NaN fails this too
+        raise BadRequest(f"'wait' must be a number of seconds from 0 to {MAX_HOLD:g}")
+    return seconds
 
 
 def progress(value) -> dict | None:

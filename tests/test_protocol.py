@@ -4,9 +4,11 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
+import requests
 
 from .harness import HEADER, PYTHON, FakeClock, T, api, coordinator_in_process, start_coordinator, wait_for, write_sheet
 
@@ -234,3 +236,66 @@ def test_work_held_back_by_an_nvr_cap_means_wait_not_drained(procs, tmp_path, db
     assert (nvr["running"], nvr["queued"], nvr["done"], nvr["files"], nvr["bytes"]) == (0, 1, 1, 2, 5000)
     assert claim(url).json()["status"] == "task"
     assert claim(url).json()["status"] == "wait"  # the last task is leased, not done: not drained yet
+
+
+def held_claim(url: str, worker: str, seconds: float) -> dict:
+    """A claim asking to be held; runs in a thread of its own, its answer in the returned dict."""
+    answer: dict = {}
+
+    def ask():
+        answer.update(requests.get(f"{url}/api/claim?worker={worker}&wait={seconds}", timeout=120).json())
+    thread = threading.Thread(target=ask, daemon=True)
+    thread.start()
+    answer["thread"] = thread
+    return answer
+
+
+def held(url: str) -> float:
+    return float(re.search(r"^taskserver_claims_held (\S+)$", api(url, path="/metrics").text, re.M).group(1))
+
+
+def test_a_held_claim_takes_the_task_its_nvr_frees_the_moment_it_is_freed(procs, tmp_path, db):
+    """A worker told to wait asks the coordinator to hold its claim; a completion or an import ends the hold
+    at once with a task (the hint is 60 s here: without the wake-up, the answers would not come in time)."""
+    rows = [["nvr-a", "u", "p", c, T, T.replace(hour=1)] for c in (101, 201)]
+    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), db,
+                            "--per-nvr", "1", "--max-wait", "60", "--lease-seconds", "120").url
+    first = claim(url, "a").json()
+    assert claim(url, "b").json() == {"status": "wait", "retry_after": 60}
+    waiting = held_claim(url, "b", 50)
+    wait_for(lambda: held(url) == 1, what="b's claim to be held")
+    api(url, "POST", f"/api/tasks/{first['task']['id']}/complete", json={"lease": first["lease"]["id"], "result": {}})
+    waiting["thread"].join(20)
+    assert waiting["status"] == "task" and waiting["task"]["id"] == 2
+    assert held(url) == 0
+    second = waiting
+
+    # An import of work for another NVR ends a hold too; a heartbeat does not.
+    waiting = held_claim(url, "c", 50)
+    wait_for(lambda: held(url) == 1, what="c's claim to be held")
+    beat = api(url, "POST", "/api/tasks/2/heartbeat", json={"lease": second["lease"]["id"], "progress": None})
+    assert beat.status_code == 200 and waiting["thread"].is_alive()
+    added = api(url, "POST", "/api/tasks", json={"tasks": [{"server": "nvr-b", "user": "u", "password": "p",
+                                                           "cameras": "101", "start": "2026-01-01",
+                                                           "end": "2026-01-02"}]})
+    assert added.status_code == 201
+    waiting["thread"].join(20)
+    assert waiting["status"] == "task" and waiting["task"]["server"] == "nvr-b"
+
+
+
+def test_at_most_half_the_threads_hold_claims_and_a_bad_wait_is_refused(procs, tmp_path, db):
+    rows = [["nvr-a", "u", "p", c, T, T.replace(hour=1)] for c in (101, 201)]
+    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), db,
+                            "--per-nvr", "1", "--max-wait", "60", "--lease-seconds", "120", "--threads", "2").url
+    first = claim(url, "a").json()
+    waiting = held_claim(url, "b", 50)
+    wait_for(lambda: held(url) == 1, what="b's claim to be held")
+    # The one thread that may hold is holding: another claim asking to be held is answered at once.
+    assert api(url, path="/api/claim?worker=c&wait=50").json() == {"status": "wait", "retry_after": 60}
+    for bad in ("-1", "61", "nan", "inf", "soon", "1" * 30):
+        answer = api(url, path=f"/api/claim?worker=d&wait={bad}")
+        assert answer.status_code == 400 and "'wait' must be a number of seconds from 0 to 60" in answer.text, bad
+    api(url, "POST", f"/api/tasks/{first['task']['id']}/release", json={"lease": first["lease"]["id"]})
+    waiting["thread"].join(20)
+    assert waiting["status"] == "task" and waiting["task"]["id"] == 1

@@ -1,0 +1,64 @@
+"""Held claims, in process: no wake-up is missed, and only so many claims are held at once."""
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from taskserver.holds import Holds
+from taskserver.store.base import Claim
+
+pytestmark = pytest.mark.fast
+
+TASK = Claim("task", task={"id": 7}, lease={"id": "l", "seconds": 60})
+WAIT = Claim("wait", retry_after=60)
+
+
+def test_a_write_answered_between_the_first_claim_and_the_hold_is_not_missed():
+    holds = Holds(slots=1)
+    seen = holds.generation  # read before the request's first claim
+    holds.notify()  # a completion answered meanwhile
+    answers = iter([TASK])
+    assert holds.claim(lambda: next(answers), seen, 60) is TASK  # at once: not after 60 s
+
+
+def test_a_hold_looks_again_at_each_write_and_ends_with_the_first_task():
+    holds = Holds(slots=1)
+    answers = iter([WAIT, TASK])
+    claims = []
+
+    def claim():
+        claims.append(1)
+        answer = next(answers)
+        if answer is WAIT:
+            holds.notify()  # the next write, answered while this hold goes on
+        return answer
+
+    seen = holds.generation
+    holds.notify()  # the write that wakes it
+    assert holds.claim(claim, seen, 60) is TASK and len(claims) == 2
+    assert holds.holding == 0
+
+
+def test_only_the_slots_hold_and_a_hold_that_times_out_answers_its_last_wait():
+    holds = Holds(slots=1)
+    release = threading.Event()
+    entered = threading.Event()
+    answers: list = []
+
+    def slow_claim():
+        entered.set()
+        release.wait(30)
+        return TASK
+
+    seen = holds.generation
+    holds.notify()
+    first = threading.Thread(target=lambda: answers.append(holds.claim(slow_claim, seen, 60)))
+    first.start()
+    entered.wait(30)
+    assert holds.holding == 1
+    assert holds.claim(lambda: TASK, seen, 60) is None  # no slot left: the caller answers at once
+    release.set()
+    first.join(30)
+    assert answers == [TASK]
+    assert holds.claim(lambda: WAIT, holds.generation, 0) is WAIT  # nothing freed: the last answer, held
