@@ -4,10 +4,10 @@ Real NVR exports run from minutes to an hour. Here the task durations are scaled
 down to seconds; the product's timings are not: the coordinator runs with its
 default settings (leases, retries, the "ask again after" hint of up to 5 s) and each
 host is the shipped worker pool, `python -m taskclient --runner command --command
-'sleep {name}'`, which polls as it does in production. The lower bound is
-max(total work / workers, longest task). taskserver hands out the longest ranges
-first; "sheet order" gives every task the same range length, so only the order of
-the sheet remains. The blog-post client fetches 2 tasks and waits for both before
+'sleep {name}'`, which claims as it does in production. The lower bound is
+max(total work / workers, longest task), raised to what the NVR caps allow at best
+(see lower_bounds). taskserver hands out the longest ranges first; "sheet order"
+gives every task the same range length, so only the order of the sheet remains. The blog-post client fetches 2 tasks and waits for both before
 fetching again. Run: python -m bench.makespan [--quick] [--rounds K]
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ import requests
 from bench.common import Workspace, fmt, goal, interleaved, options, report, run_parallel, spread, store_at
 from tests.harness import PYTHON, start_client, start_coordinator, wait_for
 
-HOSTS, PER_HOST, NVRS = 3, 2, 5
+HOSTS, PER_HOST, NVRS, CAP = 3, 2, 5, 2
 
 
 def durations(n: int, scale: float, seed: int = 7) -> list[float]:
@@ -44,7 +44,24 @@ def _sleep_row(row: str) -> None:
 
 
 DEFAULTS = ("--lease-seconds", "60", "--backoff-base", "10", "--backoff-max", "600", "--max-wait", "5",
-            "--nvr-backoff", "5", "--per-nvr", "2")  # the product's defaults, over the tests' short timings
+            "--nvr-backoff", "5", "--per-nvr", str(CAP))  # the product's defaults, over the tests' short timings
+
+
+def lower_bounds(work: list[float]) -> tuple[float, float]:
+    """How soon any schedule could end: (ignoring the NVR caps, with them).
+
+    Ignoring the caps: the larger of total work / workers and the longest task. With
+    them, an NVR's tasks run on at most CAP slots: no sooner than its work / CAP, and
+    when it has more than CAP tasks, two of its CAP + 1 longest share a slot.
+    """
+    free = max(sum(work) / (HOSTS * PER_HOST), max(work))
+    capped = free
+    for nvr in range(NVRS):
+        mine = sorted((d for i, d in enumerate(work) if i % NVRS == nvr), reverse=True)
+        capped = max(capped, sum(mine) / CAP)
+        if len(mine) > CAP:
+            capped = max(capped, mine[CAP - 1] + mine[CAP])
+    return free, capped
 
 
 def bench_ours(ws: Workspace, work: list[float], spans: bool) -> float:
@@ -92,7 +109,7 @@ def ws_repo():
 def main() -> None:
     args = options(__doc__)
     work = durations(12, 0.25) if args.quick else durations(36, 1.0)
-    bound = max(sum(work) / (HOSTS * PER_HOST), max(work))
+    free, bound = lower_bounds(work)
     labels = {"spans": "taskserver, longest range first, NVR caps", "order": "taskserver, sheet order, NVR caps",
               "blog": "blog-post client (batches of 2, no caps)"}
     shapes = {"spans": f"{HOSTS} x `taskclient --workers {PER_HOST} --runner command`, default settings",
@@ -104,14 +121,18 @@ def main() -> None:
                             "blog": lambda: bench_blog(ws, work)}, args.rounds)
     walls = {name: spread(values) for name, values in runs.items()}
     bounds = {name: spread([w / bound for w in values]) for name, values in runs.items()}
-    rows = [[labels[name], shapes[name], len(work), fmt(walls[name]), fmt(bounds[name])] for name in runs]
+    frees = {name: spread([w / free for w in values]) for name, values in runs.items()}
+    rows = [[labels[name], shapes[name], len(work), fmt(walls[name]), fmt(bounds[name]), fmt(frees[name])]
+            for name in runs]
     report("makespan", f"Makespan: {len(work)} heavy-tailed tasks, {HOSTS} hosts x {PER_HOST} workers, {NVRS} NVRs,"
            f" {args.rounds} interleaved round(s)",
-           ["system", "client shape", "tasks", "makespan s, median (range)", "x lower bound"], rows,
-           [f"Lower bound {bound:.1f} s (total work {sum(work):.1f} s / {HOSTS * PER_HOST} workers, longest"
-            f" {max(work):.1f} s).", goal("taskserver <= 1.05x the lower bound", bounds["spans"],
-                                          bounds["spans"]["median"] <= 1.05, "x")],
-           {"bound": bound, "work": work, "runs": runs})
+           ["system", "client shape", "tasks", "makespan s, median (range)", "x lower bound with the caps",
+            "x lower bound ignoring them"], rows,
+           [f"Lower bound with the caps {bound:.1f} s (each NVR's tasks on {CAP} slots); ignoring them {free:.1f} s"
+            f" (total work {sum(work):.1f} s / {HOSTS * PER_HOST} workers, longest {max(work):.1f} s).",
+            goal("taskserver <= 1.05x the lower bound with the caps", bounds["spans"],
+                 bounds["spans"]["median"] <= 1.05, "x")],
+           {"bound": bound, "bound_ignoring_caps": free, "work": work, "runs": runs})
 
 
 if __name__ == "__main__":

@@ -25,6 +25,9 @@ from flask import Flask, request
 from .store.base import Claim
 
 MAX_HOLD = 60.0  # seconds a worker may ask for; the coordinator's own hint (`--max-wait`) bounds it further
+# A held claim looks again at most this often: a busy fleet's writes must not turn each held
+# claim into a stream of claims (four held claims then cost at most 16 claims a second).
+MIN_GAP = 0.25
 # Writes that never free work: a heartbeat, a worker's state. Every other write wakes held claims.
 QUIET = {"api.heartbeat", "api.worker_state"}
 
@@ -71,6 +74,7 @@ class Holds:
             self.holding += 1
         try:
             deadline = self._clock() + seconds
+            looked = None  # when this hold last claimed
             while True:
                 with self._changed:
                     while self.generation == seen:
@@ -78,9 +82,14 @@ class Holds:
                         if left <= 0:
                             break
                         self._changed.wait(left)
+                    if looked is not None:  # not sooner than MIN_GAP after the last look
+                        until = min(looked + MIN_GAP, deadline)
+                        while (pause := until - self._clock()) > 0:
+                            self._changed.wait(pause)
                     seen = self.generation
                 answer = claim()
-                if answer.status != "wait" or self._clock() >= deadline:
+                looked = self._clock()
+                if answer.status != "wait" or looked >= deadline:
                     return answer
         finally:
             with self._changed:

@@ -62,3 +62,21 @@ def test_only_the_slots_hold_and_a_hold_that_times_out_answers_its_last_wait():
     first.join(30)
     assert answers == [TASK]
     assert holds.claim(lambda: WAIT, holds.generation, 0) is WAIT  # nothing freed: the last answer, held
+
+
+def test_a_stream_of_writes_makes_a_held_claim_look_again_only_every_quarter_second():
+    holds = Holds(slots=1)
+    claims = []
+    done = threading.Event()
+
+    def busy_fleet():  # writes answered as fast as they come, while the claim is held
+        while not done.is_set():
+            holds.notify()
+    writer = threading.Thread(target=busy_fleet)
+    writer.start()
+    try:
+        assert holds.claim(lambda: claims.append(1) or WAIT, holds.generation, 0.6) is WAIT
+    finally:
+        done.set()
+        writer.join(10)
+    assert 1 <= len(claims) <= 5  # 0.6 s at one look per 0.25 s; thousands of writes came meanwhile
