@@ -286,10 +286,17 @@ def _sweep(folder: Path, name: str) -> None:
 
 
 def _alive(pid: int) -> bool:
+    """Whether a process runs with this id; when in doubt, yes (its file then stays).
+
+    Windows has no signal 0 (os.kill would send Ctrl-C to the console): there the
+    hidden leftovers of killed workers are not swept, and stay until removed by hand.
+    """
+    if os.name == "nt" or pid <= 0:
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except (PermissionError, OverflowError):
+    except (OSError, OverflowError):
         return True
     return True

@@ -91,8 +91,14 @@ def claim():
                 return store().claim(worker)
             finally:
                 store().release_connection()
-        taken = holds.claim(again, seen, min(hold, answer.retry_after))
-        if taken is not None:  # None: every thread that may hold is holding; answered at once
+        # waitress says when the worker hung up meanwhile (killed, its network gone): nothing is leased to it then.
+        gone = request.environ.get("waitress.client_disconnected", lambda: False)
+        taken = holds.claim(again, seen, min(hold, answer.retry_after), gone)
+        if taken is not None and taken.status == "task" and gone():  # hung up as the task came: give it back
+            store().release(taken.task["id"], taken.lease["id"], "its worker hung up while the claim was held")
+            holds.notify()  # free again: another held claim may take it
+            taken = None
+        if taken is not None:  # None: no thread may hold now, or nobody is listening; answered at once
             answer, held = taken, True
     if answer.status == "task":
         log.info("task %s leased to %s (attempt %s)", answer.task["id"], worker, answer.task["attempt"])

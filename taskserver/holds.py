@@ -62,11 +62,13 @@ class Holds:
             self.generation += 1
             self._changed.notify_all()
 
-    def claim(self, claim: Callable[[], Claim], seen: int, seconds: float) -> Claim | None:
+    def claim(self, claim: Callable[[], Claim], seen: int, seconds: float,
+              gone: Callable[[], bool] = lambda: False) -> Claim | None:
         """Claim again each time work may have been freed since generation `seen`, for up to `seconds`.
 
         Returns the first answer that is not "wait", or the last "wait" once the time
-        is up; None if no thread is free to hold (the caller answers at once).
+        is up; None if no thread is free to hold, or once `gone()` says the worker hung
+        up (nothing is claimed for it then).
         """
         if not self._slots.acquire(blocking=False):
             return None
@@ -87,6 +89,8 @@ class Holds:
                         while (pause := until - self._clock()) > 0:
                             self._changed.wait(pause)
                     seen = self.generation
+                if gone():
+                    return None
                 answer = claim()
                 looked = self._clock()
                 if answer.status != "wait" or looked >= deadline:

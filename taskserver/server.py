@@ -124,6 +124,7 @@ def make_server(app, config: Config):
         connection_limit=config.connections, channel_timeout=IDLE_SECONDS, asyncore_use_poll=True,
         cleanup_interval=max(1, min(30, int(config.header_timeout / 3))),
         max_request_body_size=config.max_body, max_request_header_size=MAX_HEADER_BYTES,
+        channel_request_lookahead=1,  # a connection closed while its request runs is seen (held claims)
     )
     dispatcher = ThreadedTaskDispatcher()
     dispatcher.set_thread_count(adj.threads)

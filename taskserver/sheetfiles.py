@@ -19,6 +19,8 @@ from pathlib import Path
 from xml.etree.ElementTree import ParseError
 
 from lxml import etree
+from openpyxl.formula.tokenizer import TokenizerError
+from openpyxl.formula.translate import TranslatorError
 from openpyxl.reader.excel import ExcelReader
 from openpyxl.styles.stylesheet import apply_stylesheet
 from openpyxl.utils.cell import coordinate_to_tuple
@@ -38,6 +40,8 @@ MAX_PART_BYTES = 32 * MiB  # any other part, uncompressed (shared strings and st
 MAX_TOTAL_BYTES = 384 * MiB  # all parts together, uncompressed
 MAX_RATIO = 100  # uncompressed / compressed for a part over 1 MiB; people's sheets compress 5-20 times
 MAX_CSV_LINE = 65_536  # bytes in one line of a .csv file
+PROLOG_BYTES = 65_536  # what may come before an XML part's first element (a real one: a line or two)
+XML_PARTS = (".xml", ".rels", ".vml")  # the parts openpyxl parses as XML
 
 OTHER_FORMATS = {".xls": "an Excel 97-2003 workbook", ".xlsb": "an Excel binary workbook",
                  ".ods": "an OpenDocument spreadsheet", ".numbers": "a Numbers spreadsheet",
@@ -45,8 +49,8 @@ OTHER_FORMATS = {".xls": "an Excel 97-2003 workbook", ".xlsb": "an Excel binary 
 SAVE_AS = "save it as an Excel workbook (.xlsx) or as CSV UTF-8 (.csv) and import that"
 OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # the container of .xls (and .doc) files
 # What openpyxl may raise on a damaged workbook, while opening it or while streaming its rows.
-DAMAGED = (zipfile.BadZipFile, zlib.error, ParseError, etree.LxmlError, KeyError, IndexError, ValueError, TypeError, AttributeError,
-           EOFError, OSError, OverflowError, UnicodeError)
+DAMAGED = (zipfile.BadZipFile, zlib.error, ParseError, etree.LxmlError, TokenizerError, TranslatorError, KeyError,
+           IndexError, ValueError, TypeError, AttributeError, EOFError, OSError, OverflowError, UnicodeError)
 
 
 @contextmanager
@@ -220,10 +224,11 @@ class _RowParser(WorkSheetParser):
         openpyxl's own parser.
         """
         kind = element.get("t", "n")
+        column = None
         if not len(element) and kind in _SIMPLE and kind != "inlineStr":  # a blank cell with a format
             column = self._column(element.get("r"))
             if column:
-                return column, None, kind if kind != "str" else "s"
+                return column, None, kind
         elif len(element) == 1 and kind in _SIMPLE:
             child = element[0]
             if kind == "inlineStr":
@@ -235,15 +240,15 @@ class _RowParser(WorkSheetParser):
                 column = self._column(element.get("r"))
                 value = child.text
                 if column and not value:
-                    return column, None, kind if kind != "str" else "s"
+                    return column, None, kind
                 if column and kind == "n":
-                    style = element.get("s")
+                    style = element.get("s", 0)  # none given: style 0, which may be a date format too
+                    style = int(style) if style else style
                     number = _cast_number(value)
-                    if not style or int(style) not in self.date_formats:
+                    if style not in self.date_formats:
                         return column, number, "n"
                     try:
-                        return column, from_excel(number, self.epoch,
-                                                  timedelta=int(style) in self.timedelta_formats), "d"
+                        return column, from_excel(number, self.epoch, timedelta=style in self.timedelta_formats), "d"
                     except (OverflowError, ValueError):
                         pass  # openpyxl's parser below makes it an error cell, with its warning
                 elif column and kind == "s":
@@ -252,6 +257,8 @@ class _RowParser(WorkSheetParser):
                     return column, value, "s"
                 elif column and kind == "b":
                     return column, bool(int(value)), "b"
+        if column is not None and element.get("r") is None:
+            self.col_counter -= 1  # openpyxl's parser counts this cell's column again
         cell = super().parse_cell(element)
         return cell["column"], cell["value"], cell["data_type"]
 
@@ -305,6 +312,10 @@ def check_zip(path: Path, name: str, size: int) -> None:
         for part in parts:
             _check_part(part, name)
             total += part.file_size
+        if total <= MAX_TOTAL_BYTES:
+            for part in parts:
+                if part.filename.lower().endswith(XML_PARTS):
+                    _check_prolog(archive, part, name)
     if total > MAX_TOTAL_BYTES:
         _refuse(name, f"the workbook would unpack to {total / MiB:,.0f} MiB, more than the"
                 f" {MAX_TOTAL_BYTES // MiB} MiB accepted")
@@ -320,6 +331,37 @@ def _check_part(part: zipfile.ZipInfo, name: str) -> None:
     if part.file_size > MiB and part.file_size > MAX_RATIO * max(part.compress_size, 1):
         _refuse(name, f"{what} unpacks {part.file_size // max(part.compress_size, 1):,} times larger than it is"
                 " stored (a decompression bomb?); this is not a task sheet a person made")
+
+
+def _check_prolog(archive: zipfile.ZipFile, part: zipfile.ZipInfo, name: str) -> None:
+    """Refuse an XML part that declares a DTD, before any XML parser reads it.
+
+    Excel and LibreOffice never write one. A DTD's entities would be expanded inside
+    attribute values whatever the parser is told (a few kilobytes of workbook then
+    fill gigabytes of memory), so the part is refused outright; what comes before its
+    first element (declaration, comments, processing instructions) is all that is read.
+    """
+    with archive.open(part) as f:
+        head = f.read(PROLOG_BYTES)
+    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
+        text = head.decode("utf-16", errors="ignore")
+    else:
+        text = head.decode("utf-8", errors="ignore")
+    at = 0
+    while (at := text.find("<", at)) >= 0:
+        if text.startswith(("<!DOCTYPE", "<!ENTITY"), at):
+            _refuse(name, f"part {part.filename[:80]!r} declares a DTD (Excel never writes one); this is not a"
+                    " workbook a spreadsheet saved")
+        closing = "?>" if text.startswith("<?", at) else "-->" if text.startswith("<!--", at) else None
+        if closing is None:
+            return  # the first element: no DTD came before it
+        end = text.find(closing, at)
+        if end < 0:
+            break
+        at = end + len(closing)
+    if len(head) >= PROLOG_BYTES:
+        _refuse(name, f"part {part.filename[:80]!r} has no element in its first {PROLOG_BYTES // 1024} KiB; this"
+                " is not a workbook a spreadsheet saved")
 
 
 class CsvTable:

@@ -299,3 +299,24 @@ def test_at_most_half_the_threads_hold_claims_and_a_bad_wait_is_refused(procs, t
     api(url, "POST", f"/api/tasks/{first['task']['id']}/release", json={"lease": first["lease"]["id"]})
     waiting["thread"].join(20)
     assert waiting["status"] == "task" and waiting["task"]["id"] == 1
+
+
+def test_a_worker_that_hangs_up_while_its_claim_is_held_is_leased_nothing(procs, tmp_path, db):
+    """Killed, or its network gone, while the coordinator held its claim: the task freed meanwhile goes to
+    the next worker as its first attempt, not to the one that left (which would cost an attempt and a lease)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    rows = [["nvr-a", "u", "p", c, T, T.replace(hour=1)] for c in (101, 201)]
+    url = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), db,
+                            "--per-nvr", "1", "--max-wait", "60", "--lease-seconds", "120").url
+    first = claim(url, "a").json()
+    where = urlsplit(url)
+    gone = socket.create_connection((where.hostname, where.port))
+    gone.sendall(f"GET /api/claim?worker=b&wait=50 HTTP/1.1\r\nHost: {where.netloc}\r\n\r\n".encode())
+    wait_for(lambda: held(url) == 1, what="b's claim to be held")
+    gone.close()  # b is killed
+    api(url, "POST", f"/api/tasks/{first['task']['id']}/complete", json={"lease": first["lease"]["id"], "result": {}})
+    wait_for(lambda: held(url) == 0, 20, what="the hold to end")
+    nxt = claim(url, "c").json()
+    assert nxt["status"] == "task" and nxt["task"]["id"] == 2 and nxt["task"]["attempt"] == 1, nxt

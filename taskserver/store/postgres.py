@@ -188,14 +188,18 @@ class PostgresStore(SQLStore):
             return []
         m = _BULK_INSERT.fullmatch(sql)
         table, columns, conflict = m.group(1), m.group(2), m.group(3)
-        db.execute(f"CREATE TEMPORARY TABLE bulk_rows ON COMMIT DROP AS SELECT {columns} FROM {table} WITH NO DATA")
-        db.execute("ALTER TABLE bulk_rows ADD COLUMN seq bigint GENERATED ALWAYS AS IDENTITY")
-        with db.conn.cursor().copy(f"COPY bulk_rows ({columns}) FROM STDIN") as copy:
+        bulk = f"bulk_{table}"  # one per transaction, emptied between batches: a table per batch would hold
+        # a dozen locks each until the commit, and a million rows would run out of the server's lock table
+        if db.execute("SELECT to_regclass(?)", (f"pg_temp.{bulk}",)).fetchone()[0] is None:
+            db.execute(f"CREATE TEMPORARY TABLE {bulk} ON COMMIT DROP AS SELECT {columns} FROM {table} WITH NO DATA")
+            db.execute(f"ALTER TABLE {bulk} ADD COLUMN seq bigint GENERATED ALWAYS AS IDENTITY")
+        else:
+            db.execute(f"TRUNCATE {bulk}")
+        with db.conn.cursor().copy(f"COPY {bulk} ({columns}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
-        added = db.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM bulk_rows ORDER BY seq"
+        added = db.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {bulk} ORDER BY seq"
                            f" ON CONFLICT {conflict} DO NOTHING RETURNING id").fetchall()
-        db.execute("DROP TABLE bulk_rows")
         return sorted(row[0] for row in added)  # ids follow the rows' order (ORDER BY seq)
 
     def _before_feed(self, db) -> None:
