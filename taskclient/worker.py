@@ -156,12 +156,14 @@ class Worker:
             drained = False
             if status == "wait":
                 self.send("idle", retry_after=answer["retry_after"])
-                hold = float(answer["retry_after"])
-                held, answer = answer.get("held"), None
+                after, held, answer = float(answer["retry_after"]), answer.get("held"), None
+                # A wait of a second or more ends when work is freed: ask for the next claim to be held.
+                # Shorter ones end on the coordinator's clock (a backoff, a rest): those are polled.
+                hold = after if after >= 1 else 0.0
                 if held:  # the coordinator held the claim and nothing was freed: ask again at once
                     continue
                 # Poll gently: start fast, grow to the coordinator's hint, with jitter.
-                idle = min(hold, idle * 2)
+                idle = min(after, idle * 2)
                 self.events.stop.wait(idle * random.uniform(0.8, 1.2))
                 continue
             idle, hold = 0.1, 0.0

@@ -204,8 +204,9 @@ class _RowParser(WorkSheetParser):
         for _, element in rows:
             yield self.parse_row(element)
             element.clear(keep_tail=False)
-            while element.getprevious() is not None:  # the rows read before this one leave the tree
-                del element.getparent()[0]
+            for node in (element, *element.iterancestors()):  # what was read before this row leaves the tree
+                while node.getprevious() is not None:  # (rows, and whatever a hostile sheet wraps them in)
+                    del node.getparent()[0]
 
     def parse_row(self, row):
         number = row.get("r")

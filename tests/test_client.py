@@ -98,3 +98,27 @@ def test_command_runner_gets_parameters_in_argv_and_the_password_in_its_environm
     (out,) = (tmp_path / "dl").rglob("out.txt")
     assert out.read_text() == "10.0.0.5 101 2026-01-01T00:00:00 True"
     assert api(coordinator.url, path="/api/tasks/1").json()["result"] == {"files": 1, "bytes": out.stat().st_size}
+
+
+def test_a_worker_held_back_by_its_nvrs_cap_asks_for_its_claim_to_be_held_and_gets_the_freed_slot(procs, tmp_path):
+    """Two tasks on one NVR capped at 1, two workers: the second worker waits in a held claim (the coordinator's
+    hint is 30 s) and takes the second task as the first one finishes, not at a later poll."""
+    rows = [["10.0.0.5", "admin", "pw", c, T, T.replace(hour=1)] for c in (101, 201)]
+    coordinator = start_coordinator(procs, write_sheet(tmp_path / "t.xlsx", rows, HEADER), tmp_path / "ts.db",
+                                    "--per-nvr", "1", "--max-wait", "30", "--lease-seconds", "60")
+    gate = tmp_path / "gate"
+    script = tmp_path / "run.py"
+    script.write_text("import pathlib, sys, time\n"
+                      "while not pathlib.Path(sys.argv[1]).exists():\n    time.sleep(0.05)\n")
+    client = start_client(procs, coordinator.url, tmp_path / "dl", 2, "--runner", "command",
+                          "--command", f"{sys.executable} {script} {gate}")
+
+    def held() -> float:
+        metrics = api(coordinator.url, path="/metrics").text
+        return float(next(line.split()[1] for line in metrics.splitlines()
+                          if line.startswith("taskserver_claims_held ")))
+    wait_for(lambda: held() == 1, 30, what="the second worker's claim to be held")
+    gate.write_text("go")  # the first task ends; the held claim takes the second at once
+    assert client.wait(60) == 0, client.output()[-2000:]
+    first, second = (api(coordinator.url, path=f"/api/tasks/{t}").json()["attempt_log"][0] for t in (1, 2))
+    assert second["started"] - first["ended"] < 10, (first, second)  # a poll could have come up to 30 s later
