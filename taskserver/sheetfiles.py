@@ -1,11 +1,11 @@
 """Task sheet files: .xlsx workbooks and .csv lists, opened safely, read as rows of cells.
 
-A workbook is a zip of XML. Its directory and declared sizes are checked before
-openpyxl reads a byte of it, so a small hostile file (a decompression bomb, one
-huge shared string, millions of parts) is refused at once instead of filling the
-coordinator's memory. openpyxl's read-only mode then streams the sheet's rows;
-both readers stop at a maximum row count, so a long run of blank rows costs
-neither memory nor minutes.
+A workbook is a zip of XML. Its directory, declared sizes and XML prologs are
+checked before openpyxl reads a byte of it, so a small hostile file (a
+decompression bomb, one huge shared string, millions of parts, entities declared
+in a DTD) is refused at once instead of filling the coordinator's memory. The
+sheet's rows are then streamed one at a time; both readers stop at a maximum row
+count, so a long run of blank rows costs neither memory nor minutes.
 """
 from __future__ import annotations
 
@@ -194,8 +194,8 @@ class _RowParser(WorkSheetParser):
 
     lxml hands over row elements only (the standard library's parser would hand
     every element's start and end to Python, half of the reading time); like
-    openpyxl's own lxml parser, it resolves no entity and loads no DTD, so a
-    sheet cannot make it read a file or a URL.
+    openpyxl's own lxml parser, it resolves no entity and loads no DTD, and a part
+    that declares a DTD never reaches it (check_zip refuses it first).
     """
 
     def parse(self):
