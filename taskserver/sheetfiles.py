@@ -344,10 +344,13 @@ def _check_prolog(archive: zipfile.ZipFile, part: zipfile.ZipInfo, name: str) ->
     """
     with archive.open(part) as f:
         head = f.read(PROLOG_BYTES)
-    if head.startswith((b"\xff\xfe", b"\xfe\xff")):
-        text = head.decode("utf-16", errors="ignore")
-    else:
-        text = head.decode("utf-8", errors="ignore")
+    utf16 = head.startswith((b"\xff\xfe", b"\xfe\xff")) and not head.startswith(b"\xff\xfe\x00\x00")
+    text = head.decode("utf-16" if utf16 else "utf-8", errors="ignore")
+    start = text.lstrip("\ufeff \t\r\n")
+    if "\x00" in text or (start and not start.startswith("<")):
+        # UTF-32, EBCDIC and the like: an XML parser may still read them, this check could not
+        _refuse(name, f"part {part.filename[:80]!r} is not XML in UTF-8 or UTF-16; this is not a workbook a"
+                " spreadsheet saved")
     at = 0
     while (at := text.find("<", at)) >= 0:
         if text.startswith(("<!DOCTYPE", "<!ENTITY"), at):

@@ -162,6 +162,22 @@ def test_a_part_that_declares_a_dtd_is_refused_before_it_is_parsed(tmp_path, par
     assert f"part '{part}' declares a DTD (Excel never writes one)" in str(caught.value)
 
 
+@pytest.mark.parametrize("encoding", ["utf-32", "utf-32-be", "cp500"])
+def test_a_part_in_an_encoding_the_dtd_check_cannot_read_is_refused(tmp_path, encoding):
+    """libxml2 reads UTF-32 and EBCDIC too; a DTD hidden that way must not slip past the check."""
+    xml = (f'<?xml version="1.0" encoding="{encoding}"?><!DOCTYPE x [<!ENTITY a "aaaa">]>'
+           f'<sst xmlns="http://schemas.openxmlformats.org/spreadsheetml/2006/main"><si><t a="&a;">x</t></si></sst>')
+    path = tmp_path / "t.xlsx"
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in PARTS.items():
+            archive.writestr(name, text)
+        archive.writestr("xl/worksheets/sheet1.xml", b"<worksheet " + NS + b"><sheetData/></worksheet>")
+        archive.writestr("xl/sharedStrings.xml", xml.encode(encoding))
+    with pytest.raises(SheetError) as caught:
+        ours(path)
+    assert "part 'xl/sharedStrings.xml' is not XML in UTF-8 or UTF-16" in str(caught.value)
+
+
 @pytest.mark.parametrize("attack", ["file", "billion laughs"])
 def test_a_sheet_cannot_read_files_or_expand_entities(tmp_path, attack):
     secret = tmp_path / "secret.txt"
