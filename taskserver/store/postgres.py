@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import re
 import secrets
 import time
 from urllib.parse import urlsplit, urlunsplit
@@ -25,8 +24,6 @@ from .base import Claim, Clock, Policy
 from .sql import L, Q, SQLStore, login_on_trial, retried
 
 log = logging.getLogger("taskserver")
-# The INSERTs that `_insert_many` runs: table, columns, conflict target.
-_BULK_INSERT = re.compile(r"INSERT INTO (\w+) \(([\w\", ]+)\) VALUES \([?,]+\) ON CONFLICT (\(\w+\)) DO NOTHING")
 FEED_LOCK = 7_414_155_301  # advisory lock keys (arbitrary, fixed)
 SCHEMA_LOCK = 7_414_155_302
 
@@ -181,13 +178,12 @@ class PostgresStore(SQLStore):
         self.release_connection()
         self._pool.close()
 
-    def _insert_many(self, db, sql: str, rows: list[tuple]) -> list[int]:
+    def _insert_many(self, db, table: str, columns: tuple[str, ...], rows: list[tuple]) -> list[int]:
         # COPY into a temporary table, then one INSERT ... SELECT: a sheet's rows cost one
         # stream instead of a statement each (pipelined, they took most of an import's time).
         if not rows:
             return []
-        m = _BULK_INSERT.fullmatch(sql)
-        table, columns, conflict = m.group(1), m.group(2), m.group(3)
+        columns = ", ".join(columns)
         bulk = f"bulk_{table}"  # one per transaction, emptied between batches: a table per batch would hold
         # a dozen locks each until the commit, and a million rows would run out of the server's lock table
         if db.execute("SELECT to_regclass(?)", (f"pg_temp.{bulk}",)).fetchone()[0] is None:
@@ -199,7 +195,7 @@ class PostgresStore(SQLStore):
             for row in rows:
                 copy.write_row(row)
         added = db.execute(f"INSERT INTO {table} ({columns}) SELECT {columns} FROM {bulk} ORDER BY seq"
-                           f" ON CONFLICT {conflict} DO NOTHING RETURNING id").fetchall()
+                           " ON CONFLICT (key) DO NOTHING RETURNING id").fetchall()
         return sorted(row[0] for row in added)  # ids follow the rows' order (ORDER BY seq)
 
     def _before_feed(self, db) -> None:

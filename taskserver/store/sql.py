@@ -29,6 +29,8 @@ from .reads import SQLReads
 from .schema import MIGRATIONS, SCHEMA_VERSION, TABLES
 
 ADD_BATCH = 5000  # tasks inserted per statement batch by an import
+_TASK_COLUMNS = ("key", "name", "server", "username", "cameras", "start", '"end"', "priority", "source", "grp", "span",
+                 "takes_earlier", "timezone", "tls_fingerprint", "mode", "options", "schedule_id", "created")
 PRUNE_EVERY = 100  # write transactions between two prunings of the event feed
 IDLE_WRITE = 15.0  # seconds between two writes of an idle worker's last poll (at most half a lease)
 HELD = 1e18  # ready_at of a task held for a refused password: never ready until released
@@ -92,8 +94,8 @@ class SQLStore(SQLReads, Store):
         self.made_here: collections.deque = collections.deque(maxlen=10_000)
 
     # --- connections and transactions (the dialect's part) --------------------------
-    def _insert_many(self, db, sql: str, rows: list[tuple]) -> list[int]:
-        """Run an INSERT ... ON CONFLICT DO NOTHING per row; the ids of the rows it added, in order."""
+    def _insert_many(self, db, table: str, columns: tuple[str, ...], rows: list[tuple]) -> list[int]:
+        """Insert the rows, skipping those whose `key` is taken (ON CONFLICT DO NOTHING); the new rows' ids, in order."""
         raise NotImplementedError
 
     def _before_feed(self, db) -> None:
@@ -284,10 +286,7 @@ class SQLStore(SQLReads, Store):
         new_ids, count = [], 0
         for batch in _batches(specs, ADD_BATCH):  # a million rows need not be in memory twice
             ids = self._insert_many(
-                db,
-                "INSERT INTO tasks (key, name, server, username, cameras, start, \"end\", priority, source, grp,"
-                " span, takes_earlier, timezone, tls_fingerprint, mode, options, schedule_id, created)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (key) DO NOTHING",
+                db, "tasks", _TASK_COLUMNS,
                 [(spec.key, spec.name, spec.server, spec.username, ",".join(spec.cameras), spec.start, spec.end,
                   spec.priority, spec.source, spec.group or spec.key, spec.span, int(spec.takes_earlier),
                   spec.timezone, spec.tls_fingerprint, spec.mode, _json(dict(spec.options)) if spec.options else None,
@@ -364,9 +363,7 @@ class SQLStore(SQLReads, Store):
             self._store_passwords(db, {(s.template.server, s.template.username): s.password for s in schedules},
                                   now, result)
             ids = self._insert_many(
-                db,
-                "INSERT INTO schedules (key, cadence, zone, template, cursor, next_fire, source, created)"
-                " VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (key) DO NOTHING",
+                db, "schedules", ("key", "cadence", "zone", "template", "cursor", "next_fire", "source", "created"),
                 [(s.key, s.cadence, s.zone, _json(s.template_dict()), s.cursor, s.next_fire, s.template.source, now)
                  for s in schedules],
             )

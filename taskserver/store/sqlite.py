@@ -86,11 +86,12 @@ class SQLiteStore(SQLStore):
     def _transaction(self):
         return self._group.transaction()
 
-    def _insert_many(self, db, sql: str, rows: list[tuple]) -> list[int]:
+    def _insert_many(self, db, table: str, columns: tuple[str, ...], rows: list[tuple]) -> list[int]:
         # The rows added inside this write transaction take the ids after the largest one,
         # in order (SQLite's rule for an integer primary key), so one executemany serves.
         before = db.total_changes
-        db.executemany(sql, rows)
+        db.executemany(f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+                       " ON CONFLICT (key) DO NOTHING", rows)
         added = db.total_changes - before
         last = db.execute("SELECT last_insert_rowid()").fetchone()[0]
         return list(range(last - added + 1, last + 1))
