@@ -308,6 +308,12 @@ def status(url: str, token: str | None = None) -> dict:
     return api(url, token=token).json()
 
 
+def claims_held(url: str) -> float:
+    """How many claims the coordinator holds open right now (its /metrics gauge)."""
+    metrics = api(url, path="/metrics").text
+    return float(next(line.split()[1] for line in metrics.splitlines() if line.startswith("taskserver_claims_held ")))
+
+
 def exported(downloads: Path) -> list[Path]:
     """Every exported file under the downloads folder (not the checksum files, the ledger or temporary files)."""
     return sorted(p for p in downloads.rglob("*") if p.is_file() and not p.name.startswith("SHA256SUMS")

@@ -13,6 +13,7 @@ from .harness import (
     SIM_PASSWORD,
     T,
     api,
+    claims_held,
     start_client,
     start_coordinator,
     start_nvr,
@@ -112,12 +113,7 @@ def test_a_worker_held_back_by_its_nvrs_cap_asks_for_its_claim_to_be_held_and_ge
                       "while not pathlib.Path(sys.argv[1]).exists():\n    time.sleep(0.05)\n")
     client = start_client(procs, coordinator.url, tmp_path / "dl", 2, "--runner", "command",
                           "--command", f"{sys.executable} {script} {gate}")
-
-    def held() -> float:
-        metrics = api(coordinator.url, path="/metrics").text
-        return float(next(line.split()[1] for line in metrics.splitlines()
-                          if line.startswith("taskserver_claims_held ")))
-    wait_for(lambda: held() == 1, 30, what="the second worker's claim to be held")
+    wait_for(lambda: claims_held(coordinator.url) == 1, 30, what="the second worker's claim to be held")
     gate.write_text("go")  # the first task ends; the held claim takes the second at once
     assert client.wait(60) == 0, client.output()[-2000:]
     first, second = (api(coordinator.url, path=f"/api/tasks/{t}").json()["attempt_log"][0] for t in (1, 2))

@@ -10,7 +10,18 @@ from pathlib import Path
 import pytest
 import requests
 
-from .harness import HEADER, PYTHON, FakeClock, T, api, coordinator_in_process, start_coordinator, wait_for, write_sheet
+from .harness import (
+    HEADER,
+    PYTHON,
+    FakeClock,
+    T,
+    api,
+    claims_held,
+    coordinator_in_process,
+    start_coordinator,
+    wait_for,
+    write_sheet,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 PASSWORD = "Pr0tocol-secret"
@@ -250,10 +261,6 @@ def held_claim(url: str, worker: str, seconds: float) -> dict:
     return answer
 
 
-def held(url: str) -> float:
-    return float(re.search(r"^taskserver_claims_held (\S+)$", api(url, path="/metrics").text, re.M).group(1))
-
-
 def test_a_held_claim_takes_the_task_its_nvr_frees_the_moment_it_is_freed(procs, tmp_path, db):
     """A worker told to wait asks the coordinator to hold its claim; a completion or an import ends the hold
     at once with a task (the hint is 60 s here: without the wake-up, the answers would not come in time)."""
@@ -263,16 +270,16 @@ def test_a_held_claim_takes_the_task_its_nvr_frees_the_moment_it_is_freed(procs,
     first = claim(url, "a").json()
     assert claim(url, "b").json() == {"status": "wait", "retry_after": 60}
     waiting = held_claim(url, "b", 50)
-    wait_for(lambda: held(url) == 1, what="b's claim to be held")
+    wait_for(lambda: claims_held(url) == 1, what="b's claim to be held")
     api(url, "POST", f"/api/tasks/{first['task']['id']}/complete", json={"lease": first["lease"]["id"], "result": {}})
     waiting["thread"].join(20)
     assert waiting["status"] == "task" and waiting["task"]["id"] == 2
-    assert held(url) == 0
+    assert claims_held(url) == 0
     second = waiting
 
     # An import of work for another NVR ends a hold too; a heartbeat does not.
     waiting = held_claim(url, "c", 50)
-    wait_for(lambda: held(url) == 1, what="c's claim to be held")
+    wait_for(lambda: claims_held(url) == 1, what="c's claim to be held")
     beat = api(url, "POST", "/api/tasks/2/heartbeat", json={"lease": second["lease"]["id"], "progress": None})
     assert beat.status_code == 200 and waiting["thread"].is_alive()
     added = api(url, "POST", "/api/tasks", json={"tasks": [{"server": "nvr-b", "user": "u", "password": "p",
@@ -290,7 +297,7 @@ def test_at_most_half_the_threads_hold_claims_and_a_bad_wait_is_refused(procs, t
                             "--per-nvr", "1", "--max-wait", "60", "--lease-seconds", "120", "--threads", "2").url
     first = claim(url, "a").json()
     waiting = held_claim(url, "b", 50)
-    wait_for(lambda: held(url) == 1, what="b's claim to be held")
+    wait_for(lambda: claims_held(url) == 1, what="b's claim to be held")
     # The one thread that may hold is holding: another claim asking to be held is answered at once.
     assert api(url, path="/api/claim?worker=c&wait=50").json() == {"status": "wait", "retry_after": 60}
     for bad in ("-1", "61", "nan", "inf", "soon", "1" * 30):
@@ -314,9 +321,9 @@ def test_a_worker_that_hangs_up_while_its_claim_is_held_is_leased_nothing(procs,
     where = urlsplit(url)
     gone = socket.create_connection((where.hostname, where.port))
     gone.sendall(f"GET /api/claim?worker=b&wait=50 HTTP/1.1\r\nHost: {where.netloc}\r\n\r\n".encode())
-    wait_for(lambda: held(url) == 1, what="b's claim to be held")
+    wait_for(lambda: claims_held(url) == 1, what="b's claim to be held")
     gone.close()  # b is killed
     api(url, "POST", f"/api/tasks/{first['task']['id']}/complete", json={"lease": first["lease"]["id"], "result": {}})
-    wait_for(lambda: held(url) == 0, 20, what="the hold to end")
+    wait_for(lambda: claims_held(url) == 0, 20, what="the hold to end")
     nxt = claim(url, "c").json()
     assert nxt["status"] == "task" and nxt["task"]["id"] == 2 and nxt["task"]["attempt"] == 1, nxt
