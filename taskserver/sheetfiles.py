@@ -47,6 +47,7 @@ OTHER_FORMATS = {".xls": "an Excel 97-2003 workbook", ".xlsb": "an Excel binary 
                  ".ods": "an OpenDocument spreadsheet", ".numbers": "a Numbers spreadsheet",
                  ".xlt": "an Excel 97-2003 template", ".ots": "an OpenDocument template"}
 SAVE_AS = "save it as an Excel workbook (.xlsx) or as CSV UTF-8 (.csv) and import that"
+RESAVE = "open it in Excel or LibreOffice and save it again"
 OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # the container of .xls (and .doc) files
 # What openpyxl may raise on a damaged workbook, while opening it or while streaming its rows.
 DAMAGED = (zipfile.BadZipFile, zlib.error, ParseError, etree.LxmlError, TokenizerError, TranslatorError, KeyError,
@@ -349,13 +350,11 @@ def _check_prolog(archive: zipfile.ZipFile, part: zipfile.ZipInfo, name: str) ->
     start = text.lstrip("\ufeff \t\r\n")
     if "\x00" in text or (start and not start.startswith("<")):
         # UTF-32, EBCDIC and the like: an XML parser may still read them, this check could not
-        _refuse(name, f"part {part.filename[:80]!r} is not XML in UTF-8 or UTF-16; this is not a workbook a"
-                " spreadsheet saved")
+        _refuse(name, f"part {part.filename[:80]!r} is not XML in UTF-8 or UTF-16; {RESAVE}")
     at = 0
     while (at := text.find("<", at)) >= 0:
         if text.startswith(("<!DOCTYPE", "<!ENTITY"), at):
-            _refuse(name, f"part {part.filename[:80]!r} declares a DTD (Excel never writes one); this is not a"
-                    " workbook a spreadsheet saved")
+            _refuse(name, f"part {part.filename[:80]!r} declares a DTD, which spreadsheets never write; {RESAVE}")
         closing = "?>" if text.startswith("<?", at) else "-->" if text.startswith("<!--", at) else None
         if closing is None:
             return  # the first element: no DTD came before it
@@ -364,8 +363,7 @@ def _check_prolog(archive: zipfile.ZipFile, part: zipfile.ZipInfo, name: str) ->
             break
         at = end + len(closing)
     if len(head) >= PROLOG_BYTES:
-        _refuse(name, f"part {part.filename[:80]!r} has no element in its first {PROLOG_BYTES // 1024} KiB; this"
-                " is not a workbook a spreadsheet saved")
+        _refuse(name, f"part {part.filename[:80]!r} has no element in its first {PROLOG_BYTES // 1024} KiB; {RESAVE}")
 
 
 class CsvTable:

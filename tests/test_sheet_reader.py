@@ -159,7 +159,7 @@ def test_a_part_that_declares_a_dtd_is_refused_before_it_is_parsed(tmp_path, par
     assert path.stat().st_size < 5000
     with pytest.raises(SheetError) as caught:
         ours(path)
-    assert f"part '{part}' declares a DTD (Excel never writes one)" in str(caught.value)
+    assert f"part '{part}' declares a DTD, which spreadsheets never write" in str(caught.value)
 
 
 @pytest.mark.parametrize("encoding", ["utf-32", "utf-32-be", "cp500"])
@@ -191,7 +191,7 @@ def test_a_sheet_cannot_read_files_or_expand_entities(tmp_path, attack):
     path = by_hand(tmp_path / "t.xlsx", sheet)
     with pytest.raises(SheetError) as caught:
         ours(path)
-    assert "declares a DTD" in str(caught.value)
+    assert "declares a DTD, which spreadsheets never write" in str(caught.value)
 
 
 def test_a_damaged_part_is_named_not_a_traceback(tmp_path):
