@@ -199,7 +199,7 @@ class Remux:
                 *_output(self.fmt, video, audio, self.transcode, None, self.target)]
         try:
             self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE)
+                                         stderr=subprocess.PIPE, start_new_session=True)  # see _run
         except FileNotFoundError:
             raise HostFault("ffmpeg is missing on this worker host (install ffmpeg)") from None
         threading.Thread(target=lambda: self.errors.append(self.proc.stderr.read()), daemon=True).start()
@@ -252,7 +252,10 @@ def _quote(path: Path) -> str:
 def _run(argv: list[str], label: str, name: str, cancel: threading.Event) -> None:
     """Run ffmpeg; stop it when the task is cancelled; TaskFailed with its last words when it fails."""
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        # A session of its own: ffmpeg stops at a Ctrl-C or SIGTERM sent to the host's process group, and
+        # a first Ctrl-C means "finish the running tasks"; the worker stops ffmpeg itself when it must.
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                start_new_session=True)
     except FileNotFoundError:
         raise HostFault("ffmpeg is missing on this worker host (install ffmpeg)") from None
     errors: list[bytes] = []

@@ -170,7 +170,7 @@ class Uploader:
         cancel = cancel or threading.Event()
         try:
             proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                                    text=True, errors="replace")
+                                    text=True, errors="replace", start_new_session=True)  # stopped by the worker only
         except OSError as exc:
             raise UploadFailed(f"cannot run {self.rclone}: {exc}") from None
         output = _Collect(proc)

@@ -96,3 +96,22 @@ def test_a_stop_sent_to_every_process_of_the_host_still_hands_the_running_task_b
     assert all(a["outcome"] == "released" and a["error"] == "host grouped stopping" for a in task["attempt_log"])
     workers = [w for w in status(coordinator.url)["workers"] if w["name"].startswith("grouped")]
     assert len(workers) == 2 and all(w["state"] == "stopped" for w in workers), workers
+
+
+def test_a_stop_sent_to_the_whole_group_leaves_a_commands_task_uncharged(procs, tmp_path):
+    """The runner's command (and ffmpeg, rclone) run in sessions of their own: a SIGTERM to the host's
+    process group reaches the worker, which gives the task back, not the command, whose death would
+    have been reported as a failed attempt ("command exited with -15")."""
+    sheet = write_sheet(tmp_path / "t.xlsx", [["10.9.8.1", "admin", "pw", 101, at(0), at(1), "long job"]], HEADER)
+    coordinator = start_coordinator(procs, sheet, tmp_path / "ts.db")
+    started = tmp_path / "started"
+    script = tmp_path / "job.py"
+    script.write_text(f"import pathlib, time\npathlib.Path({str(started)!r}).write_text('x')\ntime.sleep(60)\n")
+    host = start_client(procs, coordinator.url, tmp_path / "dl", 1, "--service", "--name", "grouped",
+                        "--runner", "command", "--command", f"{PYTHON} {script}")
+    wait_for(started.exists, 60, what="the command to be running")
+    os.killpg(host.pid, signal.SIGTERM)
+    assert host.wait(60) == 0, host.output()[-3000:]
+    task = api(coordinator.url, path="/api/tasks/1").json()
+    assert task["state"] == "queued" and task["attempts"] == 0, task
+    assert [a["outcome"] for a in task["attempt_log"]] == ["released"], task["attempt_log"]

@@ -43,8 +43,10 @@ class CommandRunner:
         values.update(cameras=",".join(task.get("cameras") or ()), folder=str(folder))
         env = {**os.environ, "TASK_PASSWORD": task.get("password") or "", "TASK_ID": str(task["id"])}
         folder.mkdir(parents=True, exist_ok=True)  # the command's working folder (removed again if left empty)
+        # A session of its own: a stop sent to the host's whole process group (a service manager, a
+        # terminal's Ctrl-C) is the worker's to act on; the worker ends the command when it gives the task back.
         proc = subprocess.Popen(self._argv(values), cwd=folder, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE)
+                                stderr=subprocess.PIPE, start_new_session=True)
         try:
             while True:
                 try:
