@@ -30,6 +30,9 @@ MAX_HOLD = 60.0  # seconds a worker may ask for; the coordinator's own hint (`--
 MIN_GAP = 0.25
 # Writes that never free work: a heartbeat, a worker's state. Every other write wakes held claims.
 QUIET = {"api.heartbeat", "api.worker_state"}
+# Writes that free one task's slot at most: they wake one held claim (if it finds nothing, no other
+# would). An import, a requeue, a resume may free many: they wake them all.
+ONE = {"api.complete", "api.fail", "api.release"}
 
 
 def install(app: Flask, threads: int) -> Holds:
@@ -40,7 +43,7 @@ def install(app: Flask, threads: int) -> Holds:
     def wake_held_claims(response):
         if request.method not in ("GET", "HEAD", "OPTIONS") and response.status_code < 400 \
                 and request.endpoint not in QUIET:
-            holds.notify()
+            holds.notify(everyone=request.endpoint not in ONE)
         return response
 
     return holds
@@ -56,11 +59,14 @@ class Holds:
         self.generation = 0  # counts the writes that may have freed work
         self.holding = 0  # claims held right now (a gauge in /metrics)
 
-    def notify(self) -> None:
-        """A write that may free work was answered: held claims look again."""
+    def notify(self, everyone: bool = True) -> None:
+        """A write that may free work was answered: held claims look again (or one of them)."""
         with self._changed:
             self.generation += 1
-            self._changed.notify_all()
+            if everyone:
+                self._changed.notify_all()
+            else:
+                self._changed.notify()
 
     def claim(self, claim: Callable[[], Claim], seen: int, seconds: float,
               gone: Callable[[], bool] = lambda: False) -> Claim | None:
@@ -90,6 +96,7 @@ class Holds:
                             self._changed.wait(pause)
                     seen = self.generation
                 if gone():
+                    self.notify(everyone=False)  # this wake-up may have been the only one: pass it on
                     return None
                 answer = claim()
                 looked = self._clock()

@@ -80,3 +80,26 @@ def test_a_stream_of_writes_makes_a_held_claim_look_again_only_every_quarter_sec
         done.set()
         writer.join(10)
     assert 1 <= len(claims) <= 5  # 0.6 s at one look per 0.25 s; thousands of writes came meanwhile
+
+
+def test_a_write_that_frees_one_slot_wakes_one_held_claim_and_an_import_wakes_them_all():
+    holds = Holds(slots=4)
+    claims: list[int] = []
+    answers: list = []
+    threads = [threading.Thread(target=lambda n=n: answers.append(
+        holds.claim(lambda: claims.append(n) or TASK, holds.generation, 30))) for n in range(3)]
+    for thread in threads:
+        thread.start()
+    while holds.holding < 3:  # all three are holding
+        threading.Event().wait(0.01)
+    holds.notify(everyone=False)  # a completion: one slot freed
+    for _ in range(500):
+        if claims:
+            break
+        threading.Event().wait(0.01)
+    threading.Event().wait(0.5)  # room for a wrongly woken second one to claim
+    assert len(claims) == 1 and holds.holding == 2
+    holds.notify()  # an import: everyone looks
+    for thread in threads:
+        thread.join(5)
+    assert len(claims) == 3 and answers == [TASK] * 3 and holds.holding == 0
