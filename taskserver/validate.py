@@ -32,6 +32,7 @@ PROGRESS_COUNTS = ("done", "total", "bytes", "cameras", "rate")  # non-negative 
 PROGRESS_KEY = re.compile(r"[a-z][a-z0-9_]{0,39}")
 LEASE = re.compile(r"[A-Za-z0-9_-]{1,64}")
 WORKER_NAME = re.compile(r"[\w.:@/+-]{1,200}")  # fullmatch: no trailing newline either
+HOLD = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,6})?")  # seconds, as a claim's `wait` gives them
 UNSAFE_TEXT = re.compile(r"[\x00\ud800-\udfff]")  # no database keeps a NUL or half a surrogate pair
 UNSAFE_PATH = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")  # controls: a path in a log or a terminal shows as it is
 MAX_MANIFEST = 100_000  # files one task may report (a camera-day in one-minute pictures is 1,440)
@@ -144,10 +145,7 @@ def hold(value) -> float:
     """A claim's `wait` (seconds to hold it while there is nothing to take); 0 when not asked."""
     if value is None:
         return 0.0
-    try:
-        seconds = float(value) if len(value) <= 20 else math.nan
-    except ValueError:
-        seconds = math.nan
+    seconds = float(value) if HOLD.fullmatch(value) else math.nan  # plain ASCII digits: no 5_0, no ५
     if not 0 <= seconds <= MAX_HOLD:  # NaN fails this too
         raise BadRequest(f"'wait' must be a number of seconds from 0 to {MAX_HOLD:g}")
     return seconds

@@ -300,7 +300,7 @@ def test_at_most_half_the_threads_hold_claims_and_a_bad_wait_is_refused(procs, t
     wait_for(lambda: claims_held(url) == 1, what="b's claim to be held")
     # The one thread that may hold is holding: another claim asking to be held is answered at once.
     assert api(url, path="/api/claim?worker=c&wait=50").json() == {"status": "wait", "retry_after": 60}
-    for bad in ("-1", "61", "nan", "inf", "soon", "1" * 30):
+    for bad in ("-1", "61", "nan", "inf", "soon", "1" * 30, "5_0", "\u096b", "1e1", " 5"):
         answer = api(url, path=f"/api/claim?worker=d&wait={bad}")
         assert answer.status_code == 400 and "'wait' must be a number of seconds from 0 to 60" in answer.text, bad
     api(url, "POST", f"/api/tasks/{first['task']['id']}/release", json={"lease": first["lease"]["id"]})
