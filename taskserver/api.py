@@ -17,7 +17,7 @@ from __future__ import annotations
 import hmac
 import logging
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 
 from . import validate
 from .errors import BadRequest, Unauthorized
@@ -133,6 +133,7 @@ def complete(task_id: int):
         answer["next"] = following.to_dict()
         if following.status == "task":
             log.info("task %s leased to %s (attempt %s)", following.task["id"], worker, following.task["attempt"])
+            g.refilled = True  # the worker took the next task itself: no held claim need look (holds.py)
     return jsonify(answer)
 
 

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from flask import Flask, request
+from flask import Flask, g, request
 
 from .store.base import Claim
 
@@ -31,7 +31,10 @@ MIN_GAP = 0.25
 # Writes that never free work: a heartbeat, a worker's state. Every other write wakes held claims.
 QUIET = {"api.heartbeat", "api.worker_state"}
 # Writes that free one task's slot at most: they wake one held claim (if it finds nothing, no other
-# would). An import, a requeue, a resume may free many: they wake them all.
+# would). An import, a requeue, a resume may free many: they wake them all. A completion whose worker
+# took its next task in the same request (`g.refilled`) wakes none: on a busy fleet that worker filled
+# the slot, and every held claim woken would find nothing; a slot it left free elsewhere is found when
+# the holds time out, as a poll would have.
 ONE = {"api.complete", "api.fail", "api.release"}
 
 
@@ -42,7 +45,7 @@ def install(app: Flask, threads: int) -> Holds:
     @app.after_request
     def wake_held_claims(response):
         if request.method not in ("GET", "HEAD", "OPTIONS") and response.status_code < 400 \
-                and request.endpoint not in QUIET:
+                and request.endpoint not in QUIET and not g.get("refilled"):
             holds.notify(everyone=request.endpoint not in ONE)
         return response
 
