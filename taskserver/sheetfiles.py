@@ -23,7 +23,7 @@ from openpyxl.formula.tokenizer import TokenizerError
 from openpyxl.formula.translate import TranslatorError
 from openpyxl.reader.excel import ExcelReader
 from openpyxl.styles.stylesheet import apply_stylesheet
-from openpyxl.utils.cell import coordinate_to_tuple
+from openpyxl.utils.cell import column_index_from_string
 from openpyxl.utils.datetime import from_excel
 from openpyxl.worksheet._reader import INLINE_STRING, ROW_TAG, VALUE_TAG, WorkSheetParser, _cast_number
 from openpyxl.xml.constants import SHEET_MAIN_NS
@@ -271,6 +271,11 @@ class _RowParser(WorkSheetParser):
             return self.col_counter
         letters = coordinate.rstrip("0123456789")
         column = _COLUMNS.get(letters)
+        if column is None and letters.isascii() and letters.isupper():
+            try:  # openpyxl's own table (A to XFD); remembered here, where a lookup costs least
+                column = _COLUMNS[letters] = column_index_from_string(letters)
+            except ValueError:
+                return None
         if column is None or len(letters) == len(coordinate):
             return None
         self.col_counter = column
@@ -279,10 +284,7 @@ class _RowParser(WorkSheetParser):
 
 _SIMPLE = frozenset(("n", "s", "str", "b", "inlineStr"))
 _TEXT_TAG = f"{{{SHEET_MAIN_NS}}}t"
-# Column letters to numbers, A to ZZZ (all 18,278 are used less than the first 16,384 allowed).
-_COLUMNS = {letters: coordinate_to_tuple(f"{letters}1")[1] for letters in (
-    [chr(65 + a) for a in range(26)] + [chr(65 + a) + chr(65 + b) for a in range(26) for b in range(26)]
-    + [chr(65 + a) + chr(65 + b) + chr(65 + c) for a in range(26) for b in range(26) for c in range(26)])}
+_COLUMNS: dict[str, int] = {}  # column letters seen so far, and their numbers
 
 
 def check_zip(path: Path, name: str, size: int) -> None:
