@@ -5,7 +5,10 @@ bare openpyxl read-only pass over the same file, on SQLite and on PostgreSQL; an
 the peak memory of importing 1,000,000 rows (a CSV sheet) into each.
 Claim cost: dispatch (2 pullers, complete-with-next) against a queue of 20,000 and
 one of 1,000,000 tasks, on both stores, first never analysed, then after ANALYZE.
-With the big SQLite queue: the coordinator's memory and /api/status.
+With the big SQLite queue: the coordinator's memory and /api/status. And claims
+after churn: 20,000 complete-and-claims in process on a table never vacuumed, the
+last 2,000 against the first 2,000 (PostgreSQL keeps every replaced row version
+until a VACUUM; a claim must not read them all).
 Run: python -m bench.scale [--quick] [--rounds K]
 """
 from __future__ import annotations
@@ -171,6 +174,36 @@ def claim_cost(ws: Workspace, small: int, big: int, tasks: int, rounds: int) -> 
     return results
 
 
+def churn(ws: Workspace, store_kind: str, tasks: int, window: int) -> dict | None:
+    """Complete-and-claim `tasks` tasks in process, one worker, never vacuumed: ms per task, first and last window."""
+    from bench.common import store_at
+    from bench.dispatch import fill as fill_even
+
+    if store_kind == "postgres":
+        if postgres_missing():
+            return None
+        context = postgres_schema()
+        url = context.__enter__()
+    else:
+        context, url = None, str(ws.path / f"churn-{time.monotonic_ns()}.db")
+    try:
+        fill_even(url, tasks + 10)  # over 20 NVRs, as in the dispatch benchmark
+        store = store_at(url)
+        claim = store.claim("bench/w")
+        marks = []
+        for done in range(tasks):
+            if done in (0, tasks - window):
+                marks.append(time.perf_counter())
+            claim = store.complete(claim.task["id"], claim.lease["id"], {}, next_for="bench/w")
+            if done in (window - 1, tasks - 1):
+                marks.append(time.perf_counter())
+        store.close()
+    finally:
+        if context is not None:
+            context.__exit__(None, None, None)
+    return {"first_ms": (marks[1] - marks[0]) / window * 1e3, "last_ms": (marks[3] - marks[2]) / window * 1e3}
+
+
 def main() -> None:
     args = options(__doc__)
     rows_n = 5_000 if args.quick else 100_000
@@ -189,6 +222,9 @@ def main() -> None:
         # One round: a peak of memory does not depend on the machine's load.
         big_imports = {name: import_into(ws, million, name) for name in ("sqlite", "postgres")}
         costs = claim_cost(ws, small, big, tasks, args.rounds)
+        churned, window = (3_000, 500) if args.quick else (20_000, 2_000)
+        churns = interleaved({name: lambda name=name: churn(ws, name, churned, window)
+                              for name in ("sqlite", "postgres")}, args.rounds)
     bare = [r["wall"] for r in imports["bare"]]
     rows = [[f"bare openpyxl read-only pass, {rows_n:,} rows", fmt(spread(bare)), "1",
              fmt(spread([r["rss"] / 1e6 for r in imports["bare"]]))]]
@@ -228,6 +264,13 @@ def main() -> None:
     rss = spread([r["rss"] / 1e6 for r in big_sqlite])
     notes.append(goal(f"coordinator RSS with {big:,} queued (SQLite) <= 300 MB", rss, rss["max"] <= 300, " MB"))
     notes.append(f"/api/status with {big:,} tasks: {fmt(spread([r['status_ms'] for r in big_sqlite]))} ms.")
+    for name, runs in churns.items():
+        ratio = ratios([r["last_ms"] for r in runs], [r["first_ms"] for r in runs])
+        rows.append([name, f"after {churned:,} done, never vacuumed (in process, ms per task)",
+                     fmt(spread([r["first_ms"] for r in runs])) + f" ms, first {window:,}",
+                     fmt(spread([r["last_ms"] for r in runs])) + f" ms, last {window:,}", fmt(ratio), "-"])
+        notes.append(goal(f"{name}: the last {window:,} of {churned:,} complete-and-claims cost within 10% of the"
+                          " first (no VACUUM)", ratio, ratio["median"] <= 1.1, "x"))
     report("scale", f"Claim cost: {tasks:,} complete-and-claims by 2 pullers, {small:,} vs {big:,} queued over"
            f" {NVRS} NVRs, {args.rounds} interleaved round(s)",
            ["store", "statistics", f"tasks/s, {small:,} queued", f"tasks/s, {big:,} queued", "x (per round)",

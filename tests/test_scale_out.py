@@ -174,6 +174,8 @@ def test_a_database_from_the_first_version_is_upgraded_at_start_and_keeps_its_fi
     version_one = [s for s in MIGRATIONS[0].split(";") if s.strip()]
     done_task = ("INSERT INTO tasks (key, server, username, password, state, files, bytes, created)"
                  " VALUES ('k1', 'nvr-a', 'u', 'p', 'done', 3, 3000, 0)")
+    running_task = ("INSERT INTO tasks (key, server, username, password, state, lease_id, lease_expires, worker,"
+                    " attempts, created) VALUES ('k2', 'nvr-a', 'u', 'p', 'leased', 'l2', 4e9, 'h/w', 1, 0)")
     if store == "sqlite":
         import sqlite3
 
@@ -182,6 +184,7 @@ def test_a_database_from_the_first_version_is_upgraded_at_start_and_keeps_its_fi
             for statement in version_one:
                 conn.execute(statement.format(**SQLiteStore.TYPES, nulls_last=SQLiteStore.NULLS_LAST))
             conn.execute(done_task)
+            conn.execute(running_task)
             conn.execute("INSERT INTO nvrs (server) VALUES ('nvr-a')")
             conn.execute("PRAGMA user_version = 1")
     else:
@@ -190,6 +193,7 @@ def test_a_database_from_the_first_version_is_upgraded_at_start_and_keeps_its_fi
             for statement in version_one:
                 conn.execute(statement.format(**PostgresStore.TYPES, nulls_last=PostgresStore.NULLS_LAST))
             conn.execute(done_task)
+            conn.execute(running_task)
             conn.execute("INSERT INTO nvrs (server) VALUES ('nvr-a')")
             conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
             conn.execute("INSERT INTO schema_version VALUES (1)")
@@ -197,6 +201,22 @@ def test_a_database_from_the_first_version_is_upgraded_at_start_and_keeps_its_fi
     shown = status(coordinator.url)
     assert (shown["files"], shown["bytes"]) == (3, 3000)
     assert [(n["server"], n["done"], n["files"], n["bytes"]) for n in shown["nvrs"]] == [("nvr-a", 1, 3, 3000)]
+    # The running task counts against the NVR's cap, and the counter follows it from then on.
+    if store == "sqlite":
+        import sqlite3
+
+        def running():
+            with sqlite3.connect(db) as conn:
+                return conn.execute("SELECT running FROM nvrs").fetchone()[0]
+    else:
+        def running():
+            with psycopg.connect(db, autocommit=True) as conn:
+                return conn.execute("SELECT running FROM nvrs").fetchone()[0]
+    assert running() == 1
+    answer = api(coordinator.url, "POST", "/api/tasks/2/complete", json={"lease": "l2", "worker": "h/w",
+                                                                           "result": {"files": 0, "bytes": 0}})
+    assert answer.status_code == 200, answer.text
+    assert running() == 0
 
 
 

@@ -201,6 +201,81 @@ def test_a_per_nvr_cap_holds_work_back_without_draining(make_store):
     assert answer.status == "wait" and 0.1 <= answer.retry_after <= POLICY.max_wait
 
 
+def test_each_nvrs_running_count_follows_whatever_happens_to_its_tasks(make_store, clock):
+    """The caps compare with a counter on each NVR's row, kept by triggers: it must equal the NVR's
+    leased tasks after any mix of claims, completions, failures, expiries, cancels and requeues,
+    from two coordinators at once."""
+    import random
+
+    stores = [make_store(policy(per_nvr=2, max_attempts=2)) for _ in range(2)]
+    rng = random.Random(9)
+    leases: dict[int, str] = {}
+    added = 0
+
+    def add(count):
+        nonlocal added
+        stores[0].add([spec(n, f"nvr-{n % 3}", user=f"u{n % 2}", max_parallel=3 if n % 3 == 0 else None)
+                       for n in range(added, added + count)])
+        added += count
+
+    def take(claims):
+        for claim in claims if isinstance(claims, list) else [claims]:
+            if claim is not None and claim.status == "task":
+                leases[claim.task["id"]] = claim.lease["id"]
+
+    def held():
+        task_id = rng.choice(sorted(leases))
+        return task_id, leases.pop(task_id) if rng.random() < 0.9 else leases[task_id]
+
+    def step(store, action):
+        if action == "claim" or not leases:
+            take(store.claim(f"w{rng.randrange(4)}"))
+        elif action == "complete":
+            take(store.complete(*held(), {"files": 1, "bytes": 10}, next_for=rng.choice([None, "w0", "w5"])))
+        elif action == "exchange":
+            task_id, lease_id = held()
+            take(store.exchange("w6", [(task_id, lease_id, {"files": 0, "bytes": 0})], rng.randrange(1, 4))[1])
+        elif action == "fail":
+            kind = rng.choice([{}, {"permanent": True}, {"device": "busy"}, {"device": "auth"}])
+            store.fail(*held(), "it broke", **kind)
+        elif action == "release":
+            store.release(*held())
+        elif action == "heartbeat":
+            task_id = rng.choice(sorted(leases))
+            store.heartbeat(task_id, leases[task_id], {"files": 1})
+        elif action == "cancel":
+            store.cancel(rng.randrange(1, added + 1), by="a test")
+        elif action == "requeue":
+            store.requeue(cancelled=rng.random() < 0.5)
+        elif action == "retry_login":
+            store.retry_login(f"nvr-{rng.randrange(3)}")
+        elif action == "expire":
+            clock.advance(POLICY.lease_seconds + 1)
+        elif action == "rest":
+            clock.advance(rng.choice([5, 60, 600]))
+        elif action == "add":
+            add(rng.randrange(1, 6))
+
+    add(12)
+    actions = ["claim"] * 6 + ["complete"] * 4 + ["exchange", "fail", "fail", "release", "heartbeat", "cancel",
+                                                   "requeue", "retry_login", "expire", "rest", "add"]
+    seen = set()
+    for _ in range(400):
+        action = rng.choice(actions)
+        try:
+            step(rng.choice(stores), action)
+        except (LeaseLost, Conflict, TaskNotFound):
+            pass  # a stale lease or a finished task: refused, and nothing may change
+        db = stores[1]._db()
+        counted = {r[0]: r[1] for r in db.execute("SELECT server, count(*) FROM tasks WHERE state = 'leased'"
+                                                   " GROUP BY server").fetchall()}
+        kept = {r[0]: r[1] for r in db.execute("SELECT server, running FROM nvrs").fetchall()}
+        stores[1].release_connection()
+        assert kept == {server: counted.get(server, 0) for server in kept}, f"after {action}"
+        seen.add((action, sum(counted.values())))
+    assert {a for a, _ in seen} == set(actions) and max(n for _, n in seen) >= 4  # the mix really ran
+
+
 def test_the_sentinel_comes_only_when_every_task_is_finished(store):
     store.add([spec(1)])
     task, lease_id = lease(store)

@@ -26,7 +26,7 @@ from ..errors import ConfigError, Conflict, LeaseLost, TaskNotFound
 from ..vault import CHECK, Vault
 from .base import TRANSITIONS, Claim, Clock, ImportResult, Policy, Schedule, State, Store, TaskSpec
 from .reads import SQLReads
-from .schema import MIGRATIONS, SCHEMA_VERSION, TABLES
+from .schema import MIGRATIONS, SCHEMA_VERSION, TABLES, statements
 
 ADD_BATCH = 5000  # tasks inserted per statement batch by an import
 _TASK_COLUMNS = ("key", "name", "server", "username", "cameras", "start", '"end"', "priority", "source", "grp", "span",
@@ -77,6 +77,7 @@ class SQLStore(SQLReads, Store):
     NULLS_LAST = ""  # SQLite sorts NULLs last in DESC order already; PostgreSQL must be told
     TRUNC = "CAST({} AS INTEGER)"  # a number's integer part (PostgreSQL's CAST rounds)
     TYPES: dict[str, str] = {}  # the schema's types in this dialect (see schema.MIGRATIONS)
+    RUNNING_TRIGGERS = ""  # the triggers that keep nvrs.running, in this dialect (schema.MIGRATIONS, 9)
 
     def __init__(self, policy: Policy, vault: Vault, clock: Clock = time.time):
         super().__init__(policy, clock)
@@ -111,9 +112,9 @@ class SQLStore(SQLReads, Store):
             raise ConfigError(f"{where} was written by a newer taskserver (schema {version}, this one knows "
                               f"{SCHEMA_VERSION}); upgrade taskserver")
         for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-            for statement in script.format(**self.TYPES, nulls_last=self.NULLS_LAST).split(";"):
-                if statement.strip():
-                    db.execute(statement)
+            for statement in statements(script.format(**self.TYPES, nulls_last=self.NULLS_LAST,
+                                                      running_triggers=self.RUNNING_TRIGGERS)):
+                db.execute(statement)
             yield number
         self._check_vault(db)
 
@@ -494,8 +495,9 @@ class SQLStore(SQLReads, Store):
         An NVR resting after busy/unreachable answers, or already running its cap of
         tasks, is skipped. Among the rest: priority, then the longest range (so the
         long tasks do not all end up last), then the NVR with the fewest running
-        tasks (so every NVR works), then sheet order. One index probe per NVR, so a
-        claim costs the same with a hundred or a million tasks queued.
+        tasks (so every NVR works), then sheet order. One index probe per NVR, and each
+        NVR's running tasks are a counter on its row (`nvrs.running`, kept by triggers),
+        so a claim costs the same with a hundred or a million tasks queued or done.
         """
         return self._candidates(db, now, 1).fetchone()
 
@@ -503,14 +505,12 @@ class SQLStore(SQLReads, Store):
         """NVR queue heads that may be handed out now, best first (see `_next`)."""
         trials = self.policy.login_trials
         return db.execute(
-            "SELECT t.* FROM (SELECT n.server, n.max_parallel,"
-            f"   (SELECT count(*) FROM tasks l WHERE l.state = {L} AND l.server = n.server) AS running,"
+            "SELECT t.* FROM (SELECT n.server, n.running,"
             f"   (SELECT q.id FROM tasks q WHERE q.state = {Q} AND q.server = n.server"
             f"    ORDER BY q.priority DESC, q.span DESC{self.NULLS_LAST}, q.id LIMIT 1) AS head"
-            "  FROM nvrs n WHERE n.backoff_until <= ?) AS c"
+            "  FROM nvrs n WHERE n.backoff_until <= ? AND n.running < coalesce(n.max_parallel, ?)) AS c"
             " JOIN tasks t ON t.id = c.head"
-            " WHERE c.running < coalesce(c.max_parallel, ?)"
-            f"  AND (c.running < {int(trials)} OR NOT {login_on_trial('t.server', 't.username', trials)})"
+            f" WHERE (c.running < {int(trials)} OR NOT {login_on_trial('t.server', 't.username', trials)})"
             f" ORDER BY t.priority DESC, t.span DESC{self.NULLS_LAST}, c.running, t.id LIMIT ?",
             (now, self.policy.per_nvr, limit),
         )

@@ -82,6 +82,17 @@ class SQLiteStore(SQLStore):
 
     TYPES = {"id": "INTEGER PRIMARY KEY", "serial": "INTEGER PRIMARY KEY AUTOINCREMENT",
              "real": "REAL", "bigint": "INTEGER"}
+    # nvrs.running follows every task that becomes leased or stops being leased, whatever changed it.
+    RUNNING_TRIGGERS = (
+        "CREATE TRIGGER IF NOT EXISTS tasks_running_insert AFTER INSERT ON tasks WHEN NEW.state = 'leased'"
+        " BEGIN UPDATE nvrs SET running = running + 1 WHERE server = NEW.server; END;\n"
+        "CREATE TRIGGER IF NOT EXISTS tasks_running_update AFTER UPDATE OF state, server ON tasks"
+        " WHEN (OLD.state = 'leased' OR NEW.state = 'leased')"
+        " AND (OLD.state IS NOT NEW.state OR OLD.server IS NOT NEW.server)"
+        " BEGIN UPDATE nvrs SET running = running - 1 WHERE server = OLD.server AND OLD.state = 'leased';"
+        " UPDATE nvrs SET running = running + 1 WHERE server = NEW.server AND NEW.state = 'leased'; END;\n"
+        "CREATE TRIGGER IF NOT EXISTS tasks_running_delete AFTER DELETE ON tasks WHEN OLD.state = 'leased'"
+        " BEGIN UPDATE nvrs SET running = running - 1 WHERE server = OLD.server; END;\n")
 
     def _transaction(self):
         return self._group.transaction()
