@@ -283,17 +283,21 @@ class PostgresStore(SQLStore):
         return self._complete(task_id, lease_id, result, next_for)
 
     def _complete_and_claim(self, task_id: int, lease_id: str, result: dict, worker: str) -> Claim | None:
-        """A completion and the worker's next claim in three round trips to the database, at steady state.
+        """A completion and the worker's next claim in two round trips to the database, at steady state.
 
         The statements are the general path's, sent in a pipeline and read back together:
         1. begin; is an expiry due? paused? the "done" transition with its bookkeeping;
            the best NVR no other coordinator is claiming from, locked;
-        2. under that lock, its head leased: the "leased" transition, the attempt and the
-           worker in one statement (a data-modifying WITH);
-        3. the events (in commit order, as ever), and the commit.
-        Anything else (an expiry or a pause due, a repeated or stale completion, every NVR
-        busy, the head gone meanwhile) rolls back and returns None: the general path,
-        which handles every case, runs instead.
+        2. the event feed's lock and the completion's event; under the NVR's lock, its
+           head leased: the "leased" transition, the attempt, the worker and the lease's
+           event in one statement (a data-modifying WITH); the commit.
+        The lease needs a statement of its own after the NVR's lock: only a new
+        statement sees the leases other coordinators committed before it was taken.
+        Anything unusual after the first (an expiry or a pause due, a repeated or stale
+        completion, every NVR busy) rolls back and returns None; a head gone by the
+        second (an admin cancelled it meanwhile) commits the completion alone and returns
+        None. Then the general path, which handles every case, runs instead (a completion
+        it finds done with this lease is not recorded twice).
         """
         now = self.clock()
         db = self._db()
@@ -315,6 +319,8 @@ class PostgresStore(SQLStore):
                 if expiring or paused == "1" or len(moved) != 1 or best is None:
                     db.execute("ROLLBACK")
                     return None
+                self._moved("done", moved, now)
+                self._write_events(db)
                 head, head_params = self._head_sql("q.id", best["server"], now)
                 leased, leased_params = self._move_sql(
                     "leased", "id = (SELECT id FROM head)", (),
@@ -327,17 +333,14 @@ class PostgresStore(SQLStore):
                     "  SELECT id, lease_id, worker, ? FROM moved),"
                     " seen AS (INSERT INTO workers (name, first_seen, last_seen, task_id) SELECT worker, ?, ?, id"
                     "  FROM moved ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen,"
-                    "  task_id = excluded.task_id)"
+                    "  task_id = excluded.task_id),"
+                    " feed AS (INSERT INTO events (at, kind, task_id, state, worker, detail)"
+                    "  SELECT ?, 'leased', id, state, worker, concat('attempt ', attempts) FROM moved)"
                     " SELECT moved.*, g.password AS sealed FROM moved"
                     " LEFT JOIN logins g ON g.server = moved.server AND g.username = moved.username",
-                    (*head_params, *leased_params, now, now, now)).fetchone()
-                if task is None:
-                    db.execute("ROLLBACK")
-                    return None
-                self._moved("done", moved, now)
-                self._moved("leased", [task], now, f"attempt {task['attempts']}")
-                self._write_events(db)
+                    (*head_params, *leased_params, now, now, now, now))
                 db.execute("COMMIT")
+            task = task.fetchone()  # read once the pipeline is synced on leaving it: no round trip more
         except BaseException:
             if conn.broken:  # cut before the commit: the general path runs on another connection
                 self.release_connection()
@@ -345,6 +348,8 @@ class PostgresStore(SQLStore):
                 return None
             conn.execute("ROLLBACK")
             raise
+        if task is None:
+            return None
         return self._handout(task, lease, task["attempts"], task["sealed"])
 
     def _outlive(self, backend: int, wait: float = 10.0) -> None:
