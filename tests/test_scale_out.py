@@ -118,6 +118,12 @@ def test_a_sqlite_deployment_moves_to_postgresql_with_its_leases(procs, tmp_path
     assert "4 tasks" in moved.stdout and "2 attempts" in moved.stdout
 
     new = start_coordinator(procs, None, postgres, "--lease-seconds", "60")
+
+    def running_on_the_nvr():  # what its cap is compared with: moved as it was, and kept from then on
+        with psycopg.connect(postgres, autocommit=True) as conn:
+            return conn.execute("SELECT running FROM nvrs").fetchone()[0]
+
+    assert running_on_the_nvr() == 1
     after = [api(new.url, path=f"/api/tasks/{n}").json() for n in range(1, 5)]
     for old_view, new_view in zip(before, after, strict=True):
         old_view.pop("lease_expires_in"), new_view.pop("lease_expires_in")
@@ -125,6 +131,7 @@ def test_a_sqlite_deployment_moves_to_postgresql_with_its_leases(procs, tmp_path
     # The worker that held a lease finishes its task on the new coordinator, with the same lease.
     assert api(new.url, "POST", f"/api/tasks/{running['task']['id']}/complete",
                json={"lease": running["lease"]["id"], "result": {"files": 1, "bytes": 100}}).status_code == 200
+    assert running_on_the_nvr() == 0
     # New tasks get new ids after the moved ones.
     added = api(new.url, "POST", "/api/tasks", json={"tasks": [{
         "server": "192.0.2.10:80", "username": "admin", "password": "x", "cameras": "101",
