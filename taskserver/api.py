@@ -127,13 +127,15 @@ def complete(task_id: int):
     lease, result = validate.lease(body), validate.result(body.get("result"))
     worker = validate.worker(body.get("worker")) if validate.flag(body, "next") else None
     following = store().complete(task_id, lease, result, next_for=worker)
-    log.info("task %s done: %s file(s), %s byte(s)", task_id, result.get("files"), result.get("bytes"))
     answer = {"ok": True}
     if following is not None:
         answer["next"] = following.to_dict()
-        if following.status == "task":
-            log.info("task %s leased to %s (attempt %s)", following.task["id"], worker, following.task["attempt"])
-            g.refilled = True  # the worker took the next task itself: no held claim need look (holds.py)
+    if following is not None and following.status == "task":  # one line for both: logging is a cost per task
+        log.info("task %s done: %s file(s), %s byte(s); task %s leased to %s (attempt %s)", task_id,
+                 result.get("files"), result.get("bytes"), following.task["id"], worker, following.task["attempt"])
+        g.refilled = True  # the worker took the next task itself: no held claim need look (holds.py)
+    else:
+        log.info("task %s done: %s file(s), %s byte(s)", task_id, result.get("files"), result.get("bytes"))
     return jsonify(answer)
 
 
