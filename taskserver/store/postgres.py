@@ -60,8 +60,15 @@ class _Row:
 
 
 def _row_factory(cursor):
-    names = {column.name: i for i, column in enumerate(cursor.description or ())}
+    result = cursor.pgresult  # the raw names: cursor.description makes an object per column, every statement
+    names = _names(tuple(result.fname(i) for i in range(result.nfields))) if result is not None else {}
     return lambda values: _Row(names, values)
+
+
+@functools.lru_cache(maxsize=512)
+def _names(raw: tuple[bytes, ...]) -> dict[str, int]:
+    """Each column's position by name (the statements' names are ASCII; a COPY's columns have none)."""
+    return {name.decode(): i for i, name in enumerate(raw) if name is not None}
 
 
 class _Connection:
