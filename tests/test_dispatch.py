@@ -92,6 +92,34 @@ def test_postgresql_completes_and_claims_in_two_round_trips_with_the_same_events
     assert events == expected
 
 
+@pytest.mark.fast
+def test_postgresql_a_head_gone_before_its_lease_keeps_the_completion_once_and_claims_again(make_store, monkeypatch):
+    """Between the two round trips an admin may cancel the head the first one found: the completion
+    is committed alone, and the general path records nothing twice and leases the next task."""
+    store = make_store(policy(per_nvr=100))
+    if not isinstance(store, PostgresStore):
+        pytest.skip("the two-round-trip path: PostgreSQL only")
+    store.add([spec(n, f"nvr-{n % 2}") for n in range(1, 6)])
+    task, lease_id = lease(store)
+    first = store.last_event()
+    general_head = store._head_sql
+    gone = iter([True])  # only the fast path's first lease finds its head gone
+
+    def head_sql(columns, server, now):
+        sql, params = general_head(columns, server, now)
+        return (sql.replace(" WHERE ", " WHERE false AND ", 1) if next(gone, False) else sql), params
+
+    monkeypatch.setattr(store, "_head_sql", head_sql)
+    following = store.complete(task["id"], lease_id, {"files": 2, "bytes": 20}, next_for="w")
+    assert following.status == "task" and following.task["id"] != task["id"]
+    done = [(k, t) for k, t, _ in kinds(store, first) if k == "done"]
+    assert done == [("done", task["id"])]  # one completion event
+    assert store.task(task["id"])["state"] == "done"
+    nvr = next(n for n in store.status()["nvrs"] if n["server"] == task["server"])
+    assert (nvr["files"], nvr["bytes"]) == (2, 20)  # its figures counted once
+    assert [a["outcome"] for a in store.task(task["id"])["attempt_log"]] == ["done"]
+
+
 # --- opt-in batches ------------------------------------------------------------------------
 @pytest.mark.fast
 def test_a_batch_leases_each_task_with_its_own_lease_within_the_nvr_caps(make_store, clock):
