@@ -4,6 +4,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import time
 from datetime import timedelta
 
 import psycopg
@@ -225,6 +226,47 @@ def test_a_database_from_the_first_version_is_upgraded_at_start_and_keeps_its_fi
     assert answer.status_code == 200, answer.text
     assert running() == 0
 
+
+
+def test_a_lease_that_ends_on_an_older_coordinator_while_the_schema_upgrades_is_counted_right(postgres):
+    """Migration 9 counts each NVR's running tasks once and keeps them with triggers from then on: a
+    coordinator of the older version, still running, may end a lease at that moment, and the count
+    must neither miss nor keep that change."""
+    import threading
+
+    from taskserver.store import schema
+    from taskserver.store.postgres import PostgresStore
+
+    old, upgrade = psycopg.connect(postgres, autocommit=True), psycopg.connect(postgres, autocommit=True)
+    old.execute("CREATE TABLE nvrs (server TEXT PRIMARY KEY, max_parallel INTEGER)")
+    old.execute("CREATE TABLE tasks (id INTEGER PRIMARY KEY, server TEXT, state TEXT)")
+    old.execute("INSERT INTO nvrs VALUES ('nvr-a', 1)")
+    old.execute("INSERT INTO tasks VALUES (1, 'nvr-a', 'leased'), (2, 'nvr-a', 'queued')")
+    script = schema.statements(schema.MIGRATIONS[8].format(**PostgresStore.TYPES, nulls_last=" NULLS LAST",
+                                                           running_triggers=PostgresStore.RUNNING_TRIGGERS))
+    old.execute("BEGIN")
+    old.execute("UPDATE tasks SET state = 'expired' WHERE id = 1")  # the old coordinator's expiry, not committed
+
+    def migrate():
+        upgrade.execute("BEGIN")
+        for statement in script:
+            upgrade.execute(statement)
+        upgrade.execute("COMMIT")
+
+    running = threading.Thread(target=migrate)
+    running.start()
+    backend = upgrade.info.backend_pid
+    deadline = time.monotonic() + 30
+    with psycopg.connect(postgres, autocommit=True) as watch:
+        while not watch.execute("SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
+                                (backend,)).fetchone()[0]:  # until the upgrade waits for the old coordinator
+            assert running.is_alive() and time.monotonic() < deadline, "the upgrade never waited for the old writer"
+    old.execute("COMMIT")
+    running.join(30)
+    assert old.execute("SELECT running FROM nvrs").fetchone()[0] == 0
+    old.execute("UPDATE tasks SET state = 'leased' WHERE id = 2")  # and from then on, the triggers count
+    assert old.execute("SELECT running FROM nvrs").fetchone()[0] == 1
+    old.close(), upgrade.close()
 
 
 def test_a_database_password_never_shows_in_messages_or_logs(procs, tmp_path, postgres):
