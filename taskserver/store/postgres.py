@@ -294,9 +294,9 @@ class PostgresStore(SQLStore):
         The statements are the general path's, sent in a pipeline and read back together:
         1. begin; is an expiry due? paused? the "done" transition with its bookkeeping;
            the best NVR no other coordinator is claiming from, locked;
-        2. the event feed's lock and the completion's event; under the NVR's lock, its
-           head leased: the "leased" transition, the attempt, the worker and the lease's
-           event in one statement (a data-modifying WITH); the commit.
+        2. under the NVR's lock, its head leased: the "leased" transition, the attempt and
+           the worker in one statement (a data-modifying WITH); then, as in every write,
+           the event feed's lock last, the two events, and the commit.
         The lease needs a statement of its own after the NVR's lock: only a new
         statement sees the leases other coordinators committed before it was taken.
         Anything unusual after the first (an expiry or a pause due, a repeated or stale
@@ -325,8 +325,6 @@ class PostgresStore(SQLStore):
                 if expiring or paused == "1" or len(moved) != 1 or best is None:
                     db.execute("ROLLBACK")
                     return None
-                self._moved("done", moved, now)
-                self._write_events(db)
                 head, head_params = self._head_sql("q.id", best["server"], now)
                 leased, leased_params = self._move_sql(
                     "leased", "id = (SELECT id FROM head)", (),
@@ -339,12 +337,15 @@ class PostgresStore(SQLStore):
                     "  SELECT id, lease_id, worker, ? FROM moved),"
                     " seen AS (INSERT INTO workers (name, first_seen, last_seen, task_id) SELECT worker, ?, ?, id"
                     "  FROM moved ON CONFLICT (name) DO UPDATE SET last_seen = excluded.last_seen,"
-                    "  task_id = excluded.task_id),"
-                    " feed AS (INSERT INTO events (at, kind, task_id, state, worker, detail)"
-                    "  SELECT ?, 'leased', id, state, worker, concat('attempt ', attempts) FROM moved)"
+                    "  task_id = excluded.task_id)"
                     " SELECT moved.*, g.password AS sealed FROM moved"
                     " LEFT JOIN logins g ON g.server = moved.server AND g.username = moved.username",
-                    (*head_params, *leased_params, now, now, now, now))
+                    (*head_params, *leased_params, now, now, now))
+                self._moved("done", moved, now)
+                self._write_events(db)  # the feed's lock, after every row lock, as in the general path
+                db.execute("INSERT INTO events (at, kind, task_id, state, worker, detail)"
+                           " SELECT ?, 'leased', t.id, t.state, t.worker, concat('attempt ', t.attempts)"
+                           " FROM attempts a JOIN tasks t ON t.id = a.task_id WHERE a.lease_id = ?", (now, lease))
                 db.execute("COMMIT")
             task = task.fetchone()  # read once the pipeline is synced on leaving it: no round trip more
         except BaseException:
