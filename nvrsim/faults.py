@@ -28,6 +28,7 @@ class Faults:
     body: str | None = None  # answer every video download with this text instead (a playlist, a manifest ...)
     # the device as a whole
     refuse_until: float = 0.0  # reset every connection until this time (a reboot)
+    refuse_next: int = 0  # reset the next this many connections (a reboot as its first clients see it)
     delay: float = 0.0  # seconds to pause per block sent (a slow link)
     stall: bool = False  # accept requests and never answer (a hung device)
     drip: float = 0.0  # send ISAPI XML answers one byte every this many seconds (alive, but never done)

@@ -368,7 +368,11 @@ class Server(ThreadingHTTPServer):
             self.socket = tls.wrap_socket(self.socket, server_side=True, do_handshake_on_connect=False)
 
     def verify_request(self, request, client_address) -> bool:
-        if time.time() < self.device.faults.refuse_until:
+        with self.device.lock:
+            refused = time.time() < self.device.faults.refuse_until or self.device.faults.refuse_next > 0
+            if self.device.faults.refuse_next > 0:
+                self.device.faults.refuse_next -= 1
+        if refused:
             _cut(request, "reset")
             return False
         return True

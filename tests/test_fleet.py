@@ -79,7 +79,8 @@ def test_a_busy_nvr_rests_and_no_task_attempt_is_burned(procs, tmp_path, db):
 
 
 def test_an_nvr_rebooting_for_a_while_is_waited_for(procs, tmp_path, db):
-    nvr = start_nvr(procs, channels=1, hours=1, extra=("--refuse-for", "3"))  # resets every connection for 3 s
+    nvr = start_nvr(procs, channels=1, hours=1)
+    nvr.faults(refuse_next=4)  # rebooting: it resets the worker's first connections, however late they come
     sheet = write_sheet(tmp_path / "t.xlsx", [[nvr.address, "admin", SIM_PASSWORD, 101, at(0), at(1)]], HEADER)
     coordinator = start_coordinator(procs, sheet, db, "--max-attempts", "1")
     client = start_client(procs, coordinator.url, tmp_path / "dl", 1)
@@ -87,6 +88,7 @@ def test_an_nvr_rebooting_for_a_while_is_waited_for(procs, tmp_path, db):
     task = api(coordinator.url, path="/api/tasks/1").json()
     assert task["state"] == "done"
     assert "nvr unreachable" in [a["outcome"] for a in task["attempt_log"]]
+    assert nvr.faults()["refuse_next"] == 0  # every reset was met, and waited out
     assert task_files(tmp_path / "dl") == nvr.expected(101, at(0), at(1))
 
 
