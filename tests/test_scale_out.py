@@ -176,10 +176,10 @@ def test_a_coordinator_refuses_a_database_from_a_newer_version(procs, tmp_path, 
 def test_a_database_from_the_first_version_is_upgraded_at_start_and_keeps_its_figures(procs, tmp_path, store,
                                                                                        request):
     from taskserver.store.postgres import PostgresStore
-    from taskserver.store.sql import MIGRATIONS
+    from taskserver.store.schema import MIGRATIONS, statements
     from taskserver.store.sqlite import SQLiteStore
 
-    version_one = [s for s in MIGRATIONS[0].split(";") if s.strip()]
+    version_one = statements(MIGRATIONS[0])
     done_task = ("INSERT INTO tasks (key, server, username, password, state, files, bytes, created)"
                  " VALUES ('k1', 'nvr-a', 'u', 'p', 'done', 3, 3000, 0)")
     running_task = ("INSERT INTO tasks (key, server, username, password, state, lease_id, lease_expires, worker,"

@@ -154,14 +154,13 @@ def test_a_sqlite_database_gets_a_private_key_file_and_private_files(tmp_path, c
 
 
 def test_plaintext_passwords_of_an_older_database_are_sealed_at_start(tmp_path, clock):
-    from taskserver.store.schema import MIGRATIONS
+    from taskserver.store.schema import MIGRATIONS, statements
 
     db = tmp_path / "old.db"
     with sqlite3.connect(db) as conn:
         for script in MIGRATIONS[:2]:
-            for statement in script.format(**SQLiteStore.TYPES, nulls_last="").split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in statements(script.format(**SQLiteStore.TYPES, nulls_last="")):
+                conn.execute(statement)
         conn.execute("INSERT INTO tasks (key, server, username, password, created) VALUES ('k', 'n', 'u', 'Old-pw', 0)")
         conn.execute("INSERT INTO nvrs (server) VALUES ('n')")
         conn.execute("PRAGMA user_version = 2")
